@@ -1,0 +1,417 @@
+"""Layer specs: YAML (or a dict) parsed and validated into an immutable Spec.
+
+The loader collects every problem in a file and raises them together, one line
+each, naming the file, the field, what was expected and what was found.
+Derived facts (shapes, parameter count, MACs) live here too; nothing about
+loops or code does.
+"""
+
+from __future__ import annotations
+
+import difflib
+import keyword
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from .errors import SpecError
+from .filters import FILTERS
+
+OPS = ("conv2d", "maxpool2d", "avgpool2d")
+PADDING_MODES = ("zeros", "reflect", "replicate")
+ACTIVATIONS = ("none", "relu", "relu6")
+LAYOUTS = ("NCHW", "NHWC")
+DTYPES = ("float32",)
+FIELDS = (
+    "name", "op", "batch", "in_channels", "out_channels", "input_size",
+    "kernel_size", "stride", "padding", "padding_mode", "dilation", "groups",
+    "bias", "activation", "layout", "dtype", "weights",
+)
+CONV_ONLY_FIELDS = ("out_channels", "groups", "bias", "weights")
+
+# C keywords a name may not take, since the name becomes a C symbol.
+_C_KEYWORDS = frozenset(
+    "auto break case char const continue default do double else enum extern float for goto if "
+    "inline int long register restrict return short signed sizeof static struct switch typedef "
+    "union unsigned void volatile while _Bool _Complex _Imaginary".split()
+)
+_C_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+PADDING_EXPECTED = "an int, [h, w], [top, bottom, left, right], 'same' or 'valid'"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One layer, validated. Pooling layers have out_channels == in_channels and groups == 1.
+
+    `padding` is resolved to (top, bottom, left, right). `weights`, when the
+    spec gives them, are flat float values in OIHW order.
+    """
+
+    name: str
+    op: str
+    batch: int
+    in_channels: int
+    out_channels: int
+    input_size: tuple[int, int]
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int, int, int]
+    padding_mode: str
+    dilation: tuple[int, int]
+    groups: int
+    bias: bool
+    activation: str
+    input_layout: str
+    output_layout: str
+    dtype: str
+    weights: tuple[float, ...] | None = None
+    bias_values: tuple[float, ...] | None = None
+    source: str = "<dict>"
+
+    @property
+    def is_conv(self) -> bool:
+        return self.op == "conv2d"
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        return _output_size(self.input_size, self.kernel_size, self.stride, self.padding, self.dilation)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of x in the spec's input layout."""
+        return layout_shape(self.input_layout, self.batch, self.in_channels, *self.input_size)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of y in the spec's output layout."""
+        return layout_shape(self.output_layout, self.batch, self.out_channels, *self.output_size)
+
+    @property
+    def weight_shape(self) -> tuple[int, int, int, int] | None:
+        """OIHW: [out_channels, in_channels / groups, kh, kw]; None for pooling."""
+        if not self.is_conv:
+            return None
+        return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+
+    @property
+    def param_count(self) -> int:
+        if not self.is_conv:
+            return 0
+        return int(np.prod(self.weight_shape)) + (self.out_channels if self.bias else 0)
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates (for pooling: window element visits)."""
+        oh, ow = self.output_size
+        kh, kw = self.kernel_size
+        per_output = kh * kw * (self.in_channels // self.groups if self.is_conv else 1)
+        return self.batch * self.out_channels * oh * ow * per_output
+
+    def weight_array(self) -> np.ndarray | None:
+        """The spec's own weights as float32 OIHW, or None when the caller supplies them."""
+        if self.weights is None:
+            return None
+        return np.array(self.weights, dtype=np.float32).reshape(self.weight_shape)
+
+    def bias_array(self) -> np.ndarray | None:
+        if self.bias_values is None:
+            return None
+        return np.array(self.bias_values, dtype=np.float32)
+
+
+def layout_shape(layout: str, n: int, c: int, h: int, w: int) -> tuple[int, ...]:
+    sizes = {"N": n, "C": c, "H": h, "W": w}
+    return tuple(sizes[axis] for axis in layout)
+
+
+def _output_size(size, kernel, stride, padding, dilation) -> tuple[int, int]:
+    top, bottom, left, right = padding
+    pads = (top + bottom, left + right)
+    return tuple(
+        (size[i] + pads[i] - dilation[i] * (kernel[i] - 1) - 1) // stride[i] + 1 for i in range(2)
+    )
+
+
+def same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """TensorFlow's 'same': ceil(size / stride) outputs, the odd extra pad at the end."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + dilation * (kernel - 1) + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def load_spec(source: str | Path | dict) -> Spec:
+    """Parse and validate a layer spec from a YAML file path or a dict.
+
+    Raises SpecError listing every problem found, one line each.
+    """
+    if isinstance(source, dict):
+        return _SpecParser("<dict>", source).parse()
+    path = Path(source)
+    label = str(source)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError([f"{label}: no such file"]) from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as err:
+        raise SpecError([f"{label}: cannot read the file: {err.__class__.__name__}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or "invalid syntax"
+        raise SpecError([f"{label}: not valid YAML{where}: {problem}"]) from None
+    if not isinstance(data, dict):
+        found = "an empty file" if data is None else f"a {type(data).__name__}"
+        raise SpecError([f"{label}: expected a mapping of spec fields (one layer per file); got {found}"])
+    return _SpecParser(label, data).parse()
+
+
+def _suggest(value: Any, choices) -> str:
+    if not isinstance(value, str):
+        return ""
+    lowered = {c.lower(): c for c in choices}
+    if value.lower() in lowered:
+        return f"; did you mean '{lowered[value.lower()]}'?"
+    close = difflib.get_close_matches(value.lower(), list(lowered), n=1, cutoff=0.6)
+    return f"; did you mean '{lowered[close[0]]}'?" if close else ""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class _Missing(Exception):
+    """A field could not be parsed; its problem is already recorded."""
+
+
+class _SpecParser:
+    def __init__(self, label: str, data: dict):
+        self.label = label
+        self.data = data
+        self.problems: list[str] = []
+
+    # -- recording problems -------------------------------------------------
+    def fail(self, field: str, expected: str, found: Any, hint: str = "") -> None:
+        self.problems.append(f"{self.label}: {field}: expected {expected}; got {found!r}{hint}")
+        raise _Missing(field)
+
+    def note(self, field: str, message: str) -> None:
+        self.problems.append(f"{self.label}: {field}: {message}")
+
+    def field(self, name: str, parse, default=None, required=False):
+        """Parse one field; a failed field yields None and a recorded problem."""
+        if name not in self.data:
+            if required:
+                self.note(name, "missing (required)")
+            return default
+        try:
+            return parse(name, self.data[name])
+        except _Missing:
+            return None
+
+    # -- value parsers ------------------------------------------------------
+    def choice(self, choices):
+        def parse(field, value):
+            if value not in choices:
+                options = ", ".join(repr(c) for c in choices)
+                self.fail(field, f"one of {options}", value, _suggest(value, choices))
+            return value
+        return parse
+
+    def positive_int(self, field, value):
+        if not _is_int(value) or value < 1:
+            self.fail(field, "a positive int", value)
+        return value
+
+    def pair(self, field, value):
+        """int or [a, b], both positive."""
+        if _is_int(value) and value >= 1:
+            return (value, value)
+        if isinstance(value, list) and len(value) == 2 and all(_is_int(v) and v >= 1 for v in value):
+            return tuple(value)
+        self.fail(field, "a positive int or [h, w] of positive ints", value)
+
+    def input_size(self, field, value):
+        if isinstance(value, list) and len(value) == 2 and all(_is_int(v) and v >= 1 for v in value):
+            return tuple(value)
+        self.fail(field, "[H, W] of positive ints", value)
+
+    def padding(self, field, value):
+        if isinstance(value, str):
+            if value in ("same", "valid"):
+                return value
+            self.fail(field, PADDING_EXPECTED, value, _suggest(value, ("same", "valid")))
+        if _is_int(value) and value >= 0:
+            return (value, value, value, value)
+        if isinstance(value, list) and all(_is_int(v) and v >= 0 for v in value):
+            if len(value) == 2:
+                return (value[0], value[0], value[1], value[1])
+            if len(value) == 4:
+                return tuple(value)
+        self.fail(field, PADDING_EXPECTED + " (non-negative)", value)
+
+    def bias(self, field, value):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, list) and value and all(_is_number(v) for v in value):
+            return tuple(float(v) for v in value)
+        self.fail(field, "true, false or a list of numbers (one per output channel)", value)
+
+    def layout(self, field, value):
+        if isinstance(value, str):
+            value = {"input": value, "output": value}
+        if not isinstance(value, dict):
+            self.fail(field, "{input: NCHW|NHWC, output: NCHW|NHWC} or one of 'NCHW', 'NHWC'", value)
+        for key in value:
+            if key not in ("input", "output"):
+                self.note(f"{field}.{key}", f"unknown key; expected 'input' or 'output'{_suggest(key, ('input', 'output'))}")
+        result = []
+        for key in ("input", "output"):
+            got = value.get(key, "NCHW")
+            if got not in LAYOUTS:
+                self.note(f"{field}.{key}", f"expected 'NCHW' or 'NHWC'; got {got!r}{_suggest(got, LAYOUTS)}")
+                got = None
+            result.append(got)
+        if None in result:
+            raise _Missing(field)
+        return tuple(result)
+
+    def name(self, field, value):
+        if not isinstance(value, str) or not _C_IDENTIFIER.match(value):
+            self.fail(field, "a C identifier (letters, digits, '_', not starting with a digit)", value)
+        if value in _C_KEYWORDS or keyword.iskeyword(value):
+            self.fail(field, "a C identifier that is not a keyword", value)
+        return value
+
+    def weights(self, field, value):
+        if isinstance(value, str):
+            if value not in FILTERS:
+                self.fail(field, f"a filter name ({', '.join(FILTERS)}) or nested lists of numbers",
+                          value, _suggest(value, FILTERS))
+            return np.array(FILTERS[value], dtype=np.float64)
+        try:
+            array = np.array(value, dtype=np.float64)
+        except (ValueError, TypeError):
+            array = None
+        if array is None or array.ndim not in (2, 4) or array.size == 0 or isinstance(value, bool):
+            self.fail(field, "a filter name or numbers shaped [kh, kw] or [out, in/groups, kh, kw]",
+                      _shorten(value))
+        return array
+
+    # -- the whole spec -----------------------------------------------------
+    def parse(self) -> Spec:
+        for key in self.data:
+            if key not in FIELDS:
+                self.note(str(key), f"unknown field{_suggest(key, FIELDS) or '; known fields are ' + ', '.join(FIELDS)}")
+
+        name = self.field("name", self.name, required=True)
+        op = self.field("op", self.choice(OPS), required=True)
+        is_conv = op == "conv2d"
+        if op in ("maxpool2d", "avgpool2d"):
+            for key in CONV_ONLY_FIELDS:
+                if key in self.data:
+                    self.note(key, f"not a field of {op} (only conv2d has it)")
+
+        batch = self.field("batch", self.positive_int, default=1)
+        in_channels = self.field("in_channels", self.positive_int, required=True)
+        out_channels = self.field("out_channels", self.positive_int, required=is_conv) if is_conv else in_channels
+        input_size = self.field("input_size", self.input_size, required=True)
+        weights = self.field("weights", self.weights) if is_conv else None
+        kernel_size = self.field("kernel_size", self.pair, required=weights is None)
+        if kernel_size is None and weights is not None:
+            kernel_size = tuple(weights.shape[-2:])
+        stride = self.field("stride", self.pair, default=(1, 1) if is_conv else kernel_size)
+        padding = self.field("padding", self.padding, default=(0, 0, 0, 0))
+        padding_mode = self.field("padding_mode", self.choice(PADDING_MODES), default="zeros")
+        dilation = self.field("dilation", self.pair, default=(1, 1))
+        groups = self.field("groups", self.positive_int, default=1) if is_conv else 1
+        bias = self.field("bias", self.bias, default=True) if is_conv else False
+        activation = self.field("activation", self.choice(ACTIVATIONS), default="none")
+        layout = self.field("layout", self.layout, default=("NCHW", "NCHW"))
+        dtype = self.field("dtype", self.choice(DTYPES), default="float32")
+
+        if self.problems:
+            raise SpecError(self.problems)
+
+        if groups and (in_channels % groups or out_channels % groups):
+            self.note("groups", f"expected a divisor of in_channels ({in_channels}) and "
+                                f"out_channels ({out_channels}); got {groups}")
+        if op == "avgpool2d" and dilation != (1, 1):
+            self.note("dilation", f"expected 1 for avgpool2d (PyTorch's AvgPool2d has none); got {list(dilation)}")
+        if padding in ("same", "valid"):
+            padding = self._resolve_named_padding(padding, input_size, kernel_size, stride, dilation)
+        self._check_padding(op, padding, padding_mode, input_size, kernel_size, dilation)
+        out = _output_size(input_size, kernel_size, stride, padding, dilation)
+        if min(out) < 1:
+            self.note("input_size", f"expected an input large enough for the kernel: {list(input_size)} with "
+                                    f"kernel {list(kernel_size)}, dilation {list(dilation)}, padding "
+                                    f"{list(padding)} gives an output of {list(out)}")
+        weight_values = self._check_weights(weights, out_channels, in_channels, groups, kernel_size)
+        bias_values = None
+        if isinstance(bias, tuple):
+            bias_values, bias = bias, True
+            if len(bias_values) != out_channels:
+                self.note("bias", f"expected {out_channels} numbers (one per output channel); got {len(bias_values)}")
+        if self.problems:
+            raise SpecError(self.problems)
+
+        return Spec(
+            name=name, op=op, batch=batch, in_channels=in_channels, out_channels=out_channels,
+            input_size=input_size, kernel_size=kernel_size, stride=stride, padding=padding,
+            padding_mode=padding_mode, dilation=dilation, groups=groups, bias=bias,
+            activation=activation, input_layout=layout[0], output_layout=layout[1], dtype=dtype,
+            weights=weight_values, bias_values=bias_values, source=self.label,
+        )
+
+    def _resolve_named_padding(self, padding, input_size, kernel_size, stride, dilation):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        (top, bottom), (left, right) = (
+            same_padding(input_size[i], kernel_size[i], stride[i], dilation[i]) for i in range(2)
+        )
+        return (top, bottom, left, right)
+
+    def _check_padding(self, op, padding, mode, input_size, kernel_size, dilation):
+        top, bottom, left, right = padding
+        if mode == "reflect":
+            for side, pad, size in (("top", top, input_size[0]), ("bottom", bottom, input_size[0]),
+                                    ("left", left, input_size[1]), ("right", right, input_size[1])):
+                if pad >= size:
+                    self.note("padding", f"expected reflect padding smaller than the input "
+                                         f"({size}) on every side; got {pad} on the {side}")
+        if op != "conv2d" and mode == "zeros":
+            # PyTorch's rule: a window must never lie wholly in the padding.
+            for axis, pads in ((0, (top, bottom)), (1, (left, right))):
+                half = (dilation[axis] * (kernel_size[axis] - 1) + 1) // 2
+                if max(pads) > half:
+                    self.note("padding", f"expected at most half the effective kernel ({half}) for "
+                                         f"{op}; got {list(padding)}")
+                    return
+
+    def _check_weights(self, weights, out_channels, in_channels, groups, kernel_size):
+        if weights is None:
+            return None
+        full = (out_channels, in_channels // groups, *kernel_size)
+        if weights.shape[-2:] != tuple(kernel_size):
+            self.note("weights", f"expected a {kernel_size[0]}x{kernel_size[1]} kernel (kernel_size); "
+                                 f"got {weights.shape[-2]}x{weights.shape[-1]}")
+            return None
+        if weights.ndim == 4 and weights.shape != full:
+            self.note("weights", f"expected shape {list(full)} (OIHW); got {list(weights.shape)}")
+            return None
+        return tuple(float(v) for v in np.broadcast_to(weights, full).ravel())
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _shorten(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
