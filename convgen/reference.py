@@ -1,0 +1,93 @@
+"""The meaning of a layer, in plain float64 NumPy, written from the formulas.
+
+    y[n, o, i, j] = act( b[o] + sum_{c, p, q} w[o, c, p, q]
+                         * xpad[n, g(o) * Cg + c, i * sh + p * dh, j * sw + q * dw] )
+
+with xpad the input padded by (top, bottom, left, right) in the padding mode,
+g(o) = o // (O / groups) and Cg = C / groups. Max pooling pads with -inf,
+average pooling with zeros that count towards the mean (PyTorch semantics).
+
+This module shares no code with lowering or codegen: it is what they are
+checked against.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .spec import Spec
+
+_NUMPY_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "edge"}
+
+
+def reference(spec: Spec, x: np.ndarray, w: np.ndarray | None = None, b: np.ndarray | None = None) -> np.ndarray:
+    """Compute the layer in float64. x and the result are in the spec's layouts; w is OIHW."""
+    x = _to_nchw(np.asarray(x, dtype=np.float64), spec.input_layout)
+    if spec.is_conv:
+        y = _conv2d(spec, x, np.asarray(w, dtype=np.float64))
+        if spec.bias:
+            y = y + np.asarray(b, dtype=np.float64).reshape(1, -1, 1, 1)
+    else:
+        y = _pool2d(spec, x)
+    y = _activation(spec.activation, y)
+    return _from_nchw(y, spec.output_layout)
+
+
+def _to_nchw(x: np.ndarray, layout: str) -> np.ndarray:
+    return x if layout == "NCHW" else x.transpose(0, 3, 1, 2)
+
+
+def _from_nchw(y: np.ndarray, layout: str) -> np.ndarray:
+    return y if layout == "NCHW" else y.transpose(0, 2, 3, 1)
+
+
+def _pad(spec: Spec, x: np.ndarray, fill: float) -> np.ndarray:
+    top, bottom, left, right = spec.padding
+    widths = ((0, 0), (0, 0), (top, bottom), (left, right))
+    mode = _NUMPY_PAD_MODE[spec.padding_mode]
+    if mode == "constant":
+        return np.pad(x, widths, mode="constant", constant_values=fill)
+    return np.pad(x, widths, mode=mode)
+
+
+def _taps(spec: Spec, xpad: np.ndarray):
+    """Yield (p, q, window): the input values each output position sees at kernel tap (p, q)."""
+    oh, ow = spec.output_size
+    sh, sw = spec.stride
+    dh, dw = spec.dilation
+    kh, kw = spec.kernel_size
+    for p in range(kh):
+        for q in range(kw):
+            rows = slice(p * dh, p * dh + (oh - 1) * sh + 1, sh)
+            cols = slice(q * dw, q * dw + (ow - 1) * sw + 1, sw)
+            yield p, q, xpad[:, :, rows, cols]
+
+
+def _conv2d(spec: Spec, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    n = spec.batch
+    groups = spec.groups
+    cg = spec.in_channels // groups
+    og = spec.out_channels // groups
+    oh, ow = spec.output_size
+    wg = w.reshape(groups, og, cg, *spec.kernel_size)
+    y = np.zeros((n, groups, og, oh, ow))
+    for p, q, window in _taps(spec, _pad(spec, x, 0.0)):
+        xg = window.reshape(n, groups, cg, oh, ow)
+        y += np.einsum("ngchw,goc->ngohw", xg, wg[:, :, :, p, q], optimize=True)
+    return y.reshape(n, spec.out_channels, oh, ow)
+
+
+def _pool2d(spec: Spec, x: np.ndarray) -> np.ndarray:
+    if spec.op == "maxpool2d":
+        windows = [window for _, _, window in _taps(spec, _pad(spec, x, -np.inf))]
+        return np.max(np.stack(windows), axis=0)
+    windows = [window for _, _, window in _taps(spec, _pad(spec, x, 0.0))]
+    return np.sum(np.stack(windows), axis=0) / len(windows)
+
+
+def _activation(name: str, y: np.ndarray) -> np.ndarray:
+    if name == "relu":
+        return np.maximum(y, 0.0)
+    if name == "relu6":
+        return np.clip(y, 0.0, 6.0)
+    return y
