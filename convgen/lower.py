@@ -1,0 +1,152 @@
+"""Lowering: a Spec becomes the naive loop nest that computes exactly the reference.
+
+conv2d, per output element:
+    acc = bias[oc] (or 0)
+    for ic, kh, kw: acc += x[n, group_base + ic, ih, iw] * w[oc, ic, kh, kw]
+    y[n, oc, oh, ow] = activation(acc)
+with ih = oh*sh + kh*dh - pad_top (and alike for iw). Padding becomes a guard
+(zeros: the tap is skipped, so it contributes 0; for max pooling that is the
+-inf of PyTorch) or an index remap (reflect, replicate). No optimisation
+choice is made here; the simplifier only drops guards that ranges settle.
+"""
+
+from __future__ import annotations
+
+from . import ir
+from .ir import Buffer, FloatImm, IntImm, Loop, Seq, Store, Var
+from .spec import Spec
+
+
+def lower(spec: Spec) -> ir.Func:
+    """The naive loop nest for a spec, simplified."""
+    params = _params(spec)
+    body = _conv_body(spec, params) if spec.is_conv else _pool_body(spec, params)
+    return ir.simplify(ir.Func(spec.name, tuple(params.values()), body, doc=describe(spec)))
+
+
+def describe(spec: Spec) -> str:
+    """In words, what the kernel computes and what it costs (backends put this in comments)."""
+    kh, kw = spec.kernel_size
+    parts = [f"{spec.op} {kh}x{kw}", f"stride {list(spec.stride)}",
+             f"padding {list(spec.padding)} ({spec.padding_mode})", f"dilation {list(spec.dilation)}"]
+    if spec.is_conv:
+        parts.insert(1, f"{spec.in_channels}->{spec.out_channels} channels")
+        parts.append(f"groups {spec.groups}")
+        parts.append("bias" if spec.bias else "no bias")
+    else:
+        parts.insert(1, f"{spec.in_channels} channels")
+    parts.append(f"activation {spec.activation}")
+    return f"{spec.name}: {', '.join(parts)}.\nMACs: {spec.macs:,} per call (batch {spec.batch})."
+
+
+def _params(spec: Spec) -> dict[str, Buffer]:
+    oh, ow = spec.output_size
+    h, w = spec.input_size
+    params = {"x": Buffer("x", ir.FLOAT32, ("N", "C", "H", "W"), (spec.batch, spec.in_channels, h, w),
+                          tuple(spec.input_layout))}
+    if spec.is_conv:
+        params["w"] = Buffer("w", ir.FLOAT32, ("O", "I", "H", "W"), spec.weight_shape, ("O", "I", "H", "W"))
+        if spec.bias:
+            params["b"] = Buffer("b", ir.FLOAT32, ("O",), (spec.out_channels,), ("O",))
+    params["y"] = Buffer("y", ir.FLOAT32, ("N", "C", "H", "W"), (spec.batch, spec.out_channels, oh, ow),
+                         tuple(spec.output_layout))
+    return params
+
+
+def _nest(loops: list[tuple[str, int]], body: ir.Stmt) -> ir.Stmt:
+    """Wrap body in serial loops, the first outermost."""
+    for name, extent in reversed(loops):
+        body = Loop(Var(name), extent, body)
+    return body
+
+
+def _input_index(spec: Spec, out: Var, tap: Var, axis: int) -> ir.Expr:
+    """The (unpadded) input row/column a tap reads: out*stride + tap*dilation - pad_before."""
+    pad_before = spec.padding[2 * axis]
+    return out * spec.stride[axis] + tap * spec.dilation[axis] - pad_before
+
+
+def _padded_access(spec: Spec, ih: ir.Expr, iw: ir.Expr) -> tuple[ir.Expr, ir.Expr, ir.Expr]:
+    """(row, column, guard) for reading the padded input at (ih, iw)."""
+    h, w = spec.input_size
+    if spec.padding_mode == "zeros":
+        guard = ir.all_of(ir.le(0, ih), ir.lt(ih, h), ir.le(0, iw), ir.lt(iw, w))
+        return ih, iw, guard
+    if spec.padding_mode == "reflect":
+        return _reflect(ih, h), _reflect(iw, w), ir.BoolImm(True)
+    return _clamp(ih, h), _clamp(iw, w), ir.BoolImm(True)
+
+
+def _reflect(i: ir.Expr, size: int) -> ir.Expr:
+    """Mirror about the edge without repeating it: -1 -> 1, size -> size - 2."""
+    return ir.Select(ir.lt(i, 0), -i, ir.Select(ir.lt(i, size), i, (2 * size - 2) - i))
+
+
+def _clamp(i: ir.Expr, size: int) -> ir.Expr:
+    return ir.minimum(ir.maximum(i, 0), size - 1)
+
+
+def _activation(spec: Spec, value: ir.Expr) -> ir.Expr:
+    if spec.activation in ("relu", "relu6"):
+        value = ir.maximum(value, FloatImm(0.0))
+    if spec.activation == "relu6":
+        value = ir.minimum(value, FloatImm(6.0))
+    return value
+
+
+def _guarded(guard: ir.Expr, stmt: ir.Stmt) -> ir.Stmt:
+    return stmt if guard == ir.BoolImm(True) else ir.If(guard, stmt)
+
+
+def _accumulate(spec: Spec, init: ir.Expr, taps: list[tuple[str, int]], update, finish,
+                params: dict[str, Buffer], out_channel: Var) -> ir.Stmt:
+    """acc = init; for taps: acc = update(acc); y[n, c, oh, ow] = finish(acc)."""
+    acc = Buffer("acc", ir.FLOAT32, ("i",), (1,), ("i",), scope="local")
+    zero = (IntImm(0),)
+    acc_value = ir.Load(acc, zero)
+    n, oh, ow = Var("n"), Var("oh"), Var("ow")
+    body = Seq((
+        Store(acc, zero, init),
+        _nest(taps, update(acc, acc_value)),
+        Store(params["y"], (n, out_channel, oh, ow), _activation(spec, finish(acc_value))),
+    ))
+    return ir.Allocate(acc, body)
+
+
+def _conv_body(spec: Spec, params: dict[str, Buffer]) -> ir.Stmt:
+    n, oc, oh, ow, ic, kh, kw = (Var(v) for v in ("n", "oc", "oh", "ow", "ic", "kh", "kw"))
+    in_per_group = spec.in_channels // spec.groups
+    out_per_group = spec.out_channels // spec.groups
+    channel = (oc // out_per_group) * in_per_group + ic
+    row, col, guard = _padded_access(spec, _input_index(spec, oh, kh, 0), _input_index(spec, ow, kw, 1))
+    x, w = params["x"], params["w"]
+    init = ir.Load(params["b"], (oc,)) if spec.bias else FloatImm(0.0)
+
+    def update(acc, acc_value):
+        product = ir.Load(x, (n, channel, row, col)) * ir.Load(w, (oc, ic, kh, kw))
+        return _guarded(guard, Store(acc, (IntImm(0),), acc_value + product))
+
+    taps = [("ic", in_per_group), ("kh", spec.kernel_size[0]), ("kw", spec.kernel_size[1])]
+    inner = _accumulate(spec, init, taps, update, lambda v: v, params, oc)
+    oh_n, ow_n = spec.output_size
+    return _nest([("n", spec.batch), ("oc", spec.out_channels), ("oh", oh_n), ("ow", ow_n)], inner)
+
+
+def _pool_body(spec: Spec, params: dict[str, Buffer]) -> ir.Stmt:
+    n, c, oh, ow, kh, kw = (Var(v) for v in ("n", "c", "oh", "ow", "kh", "kw"))
+    row, col, guard = _padded_access(spec, _input_index(spec, oh, kh, 0), _input_index(spec, ow, kw, 1))
+    window = spec.kernel_size[0] * spec.kernel_size[1]
+    is_max = spec.op == "maxpool2d"
+
+    def update(acc, acc_value):
+        value = ir.Load(params["x"], (n, c, row, col))
+        combined = ir.maximum(acc_value, value) if is_max else acc_value + value
+        return _guarded(guard, Store(acc, (IntImm(0),), combined))
+
+    init = FloatImm(float("-inf") if is_max else 0.0)
+    # Average pooling divides by the whole window: padded zeros count (PyTorch's default).
+    finish = (lambda v: v) if is_max else (lambda v: v / FloatImm(float(window)))
+    taps = [("kh", spec.kernel_size[0]), ("kw", spec.kernel_size[1])]
+    inner = _accumulate(spec, init, taps, update, finish, params, c)
+    oh_n, ow_n = spec.output_size
+    return _nest([("n", spec.batch), ("c", spec.in_channels), ("oh", oh_n), ("ow", ow_n)], inner)
