@@ -1,0 +1,21 @@
+"""convgen: a hardware-aware compiler for convolution layers.
+
+    import convgen
+    spec = convgen.load_spec("specs/resnet_3x3_64.yaml")
+    kernel = convgen.build(spec, target="llvm")     # or "c"
+    y = kernel(x, w, b)                              # float32 NumPy arrays
+    convgen.reference(spec, x, w, b)                 # float64 NumPy meaning of the layer
+"""
+
+from .check import CheckResult, check
+from .errors import CodegenError, CompileError, ConvgenError, KernelCallError, SpecError
+from .lower import lower
+from .reference import reference
+from .runtime import Kernel, build
+from .spec import Spec, load_spec
+
+__all__ = [
+    "load_spec", "build", "reference", "check", "lower",
+    "Spec", "Kernel", "CheckResult",
+    "ConvgenError", "SpecError", "CodegenError", "CompileError", "KernelCallError",
+]

@@ -1,0 +1,69 @@
+"""Checking a kernel against the reference on fresh random inputs.
+
+The output buffer is poisoned with NaN before the call, so an element the
+kernel fails to write shows up as a failure. The tolerance is a bound, not a
+guess: a float32 sum of L products differs from the exact sum by at most
+about L * 2**-24 times the sum of their magnitudes, which the reference gives
+by running on |x| and |w|.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .reference import reference
+from .runtime import Kernel
+from .spec import Spec
+
+_UNIT_ROUNDOFF = 2.0 ** -24
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    max_abs_error: float
+    max_allowed: float        # the tolerance at the element with the worst error/tolerance ratio
+    unwritten: int            # outputs still NaN after the call
+    passed: bool
+
+
+def random_inputs(spec: Spec, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """x (in the spec's layout), and for conv2d w and b: the spec's own values or uniform in [-1, 1)."""
+    inputs = {"x": rng.uniform(-1, 1, spec.input_shape).astype(np.float32)}
+    if spec.is_conv:
+        own = spec.weight_array()
+        inputs["w"] = own if own is not None else rng.uniform(-1, 1, spec.weight_shape).astype(np.float32)
+        if spec.bias:
+            own = spec.bias_array()
+            inputs["b"] = own if own is not None else rng.uniform(-1, 1, spec.out_channels).astype(np.float32)
+    return inputs
+
+
+def tolerance(spec: Spec, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """Per-output bound on float32 rounding error of any summation order."""
+    magnitudes = {name: np.abs(value) for name, value in inputs.items()}
+    magnitude = reference(replace(spec, activation="none"), **magnitudes)
+    terms = spec.kernel_size[0] * spec.kernel_size[1] * (spec.in_channels // spec.groups) + 2
+    return terms * _UNIT_ROUNDOFF * magnitude + 1e-30
+
+
+def check(kernel: Kernel, rng: np.random.Generator | int | None = None) -> CheckResult:
+    """Run the kernel once on random inputs and compare with the float64 reference."""
+    rng = np.random.default_rng(rng)
+    spec = kernel.spec
+    inputs = random_inputs(spec, rng)
+    out = np.full(spec.output_shape, np.nan, dtype=np.float32)
+    kernel(**inputs, out=out)
+    expected = reference(spec, **inputs)
+    return compare(out, expected, tolerance(spec, inputs))
+
+
+def compare(actual: np.ndarray, expected: np.ndarray, allowed: np.ndarray) -> CheckResult:
+    error = np.abs(actual.astype(np.float64) - expected)
+    unwritten = int(np.isnan(actual).sum())
+    ok = bool(np.all(error <= allowed))  # False wherever error is NaN
+    worst = int(np.nanargmax(error / allowed)) if error.size and unwritten < error.size else 0
+    max_error = float(np.nanmax(error)) if unwritten < error.size else float("nan")
+    return CheckResult(max_abs_error=max_error, max_allowed=float(allowed.flat[worst]),
+                       unwritten=unwritten, passed=ok and unwritten == 0)

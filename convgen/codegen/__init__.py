@@ -1,0 +1,1 @@
+"""Backends: one module per output language, each a walk over the IR."""

@@ -1,0 +1,178 @@
+"""C backend: a walk over the IR that writes C99 source and header text.
+
+The body is plain C99 with flat indexing (the buffer layout decides the
+offsets through ir.flat_index); the boilerplate around it comes from
+templates/c/. The code uses no heap and no mutable globals.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import ir
+from ..errors import CodegenError
+from .render import render
+
+_C_TYPES = {ir.FLOAT32: "float", ir.INDEX: "ptrdiff_t", ir.BOOL: "int"}
+
+
+def _helper(op: str, ctype: str, suffix: str) -> tuple[str, str]:
+    name = f"convgen_{op}_{suffix}"
+    sign = ">" if op == "max" else "<"
+    return name, f"static inline {ctype} {name}({ctype} a, {ctype} b) {{ return a {sign} b ? a : b; }}"
+
+
+# min/max as tiny inline functions: C99 has no operator for them, and fmaxf would need libm.
+_HELPERS = {(op, dtype): _helper(op, _C_TYPES[dtype], suffix)
+            for op in ("min", "max") for dtype, suffix in ((ir.FLOAT32, "f32"), (ir.INDEX, "index"))}
+# C operator precedence (higher binds tighter); IR `//` is emitted as `/` once proven non-negative.
+_PRECEDENCE = {"||": 1, "&&": 2, "==": 3, "!=": 3, "<": 4, "<=": 4, "+": 5, "-": 5,
+               "*": 6, "/": 6, "//": 6, "%": 6}
+
+
+@dataclass(frozen=True)
+class CFiles:
+    """An emitted kernel: `<name>.h` and `<name>.c`."""
+
+    name: str
+    header: str
+    source: str
+
+
+def emit_c(func: ir.Func) -> CFiles:
+    """Render a kernel as a C99 header and source file."""
+    emitter = _CEmitter()
+    emitter.stmt(func.body, 1)
+    outputs = func.written_buffers()
+    params = [_c_param(p, p.name in outputs) for p in func.params]
+    context = dict(
+        name=func.name,
+        guard=f"CONVGEN_{func.name.upper()}_H",
+        doc_lines=func.doc.splitlines() or [func.name],
+        params=params,
+        arg_names=[p.name for p in func.params],
+        args=[_arg_doc(p, p.name in outputs) for p in func.params],
+    )
+    header = render("c/kernel.h.j2", **context)
+    source = render("c/kernel.c.j2", includes=sorted(emitter.includes),
+                    helpers=[_HELPERS[key][1] for key in sorted(emitter.helpers)],
+                    body="\n".join(emitter.lines), **context)
+    return CFiles(func.name, header, source)
+
+
+def _c_param(buffer: ir.Buffer, is_output: bool) -> str:
+    const = "" if is_output else "const "
+    return f"{const}{_C_TYPES[buffer.dtype]} *CONVGEN_RESTRICT {buffer.name}"
+
+
+def _arg_doc(buffer: ir.Buffer, is_output: bool) -> dict:
+    return dict(name=buffer.name, role="output" if is_output else "input", shape=buffer.shape,
+                layout=buffer.layout if len(buffer.axes) > 1 else "",
+                bytes=buffer.size * np.dtype(buffer.dtype).itemsize)
+
+
+def float_literal(value: float) -> str:
+    """A float32 C literal that reads back to the same float32."""
+    if math.isinf(value):
+        return "-INFINITY" if value < 0 else "INFINITY"
+    text = format(float(np.float32(value)), ".9g")
+    if not any(ch in text for ch in ".en"):
+        text += ".0"
+    return text + "f"
+
+
+class _CEmitter:
+    def __init__(self):
+        self.lines: list[str] = []
+        self.includes: set[str] = set()
+        self.helpers: set[tuple[str, str]] = set()
+        self.ranges: ir.Ranges = {}
+
+    def emit(self, depth: int, text: str) -> None:
+        self.lines.append("    " * depth + text)
+
+    # -- statements ---------------------------------------------------------
+    def stmt(self, node: ir.Stmt, depth: int) -> None:
+        method = getattr(self, "stmt_" + type(node).__name__, None)
+        if method is None:
+            raise CodegenError(f"C backend: cannot emit statement {type(node).__name__}")
+        method(node, depth)
+
+    def stmt_Seq(self, node: ir.Seq, depth: int) -> None:
+        for s in node.body:
+            self.stmt(s, depth)
+
+    def stmt_Loop(self, node: ir.Loop, depth: int) -> None:
+        if node.kind != "serial":
+            raise CodegenError(f"C backend: loop {node.var.name}: kind '{node.kind}' is not supported yet")
+        var = node.var.name
+        self.emit(depth, f"for (ptrdiff_t {var} = 0; {var} < {node.extent}; ++{var}) {{")
+        self.ranges[var] = (0, node.extent - 1)
+        self.stmt(node.body, depth + 1)
+        del self.ranges[var]
+        self.emit(depth, "}")
+
+    def stmt_Store(self, node: ir.Store, depth: int) -> None:
+        self.emit(depth, f"{self.access(node.buffer, node.indices)} = {self.expr(node.value)};")
+
+    def stmt_If(self, node: ir.If, depth: int) -> None:
+        self.emit(depth, f"if ({self.expr(node.cond)}) {{")
+        self.stmt(node.then, depth + 1)
+        if node.orelse is not None:
+            self.emit(depth, "} else {")
+            self.stmt(node.orelse, depth + 1)
+        self.emit(depth, "}")
+
+    def stmt_Allocate(self, node: ir.Allocate, depth: int) -> None:
+        buffer = node.buffer
+        self.emit(depth, f"{_C_TYPES[buffer.dtype]} {buffer.name}[{buffer.size}];")
+        self.stmt(node.body, depth)
+
+    # -- expressions --------------------------------------------------------
+    def access(self, buffer: ir.Buffer, indices) -> str:
+        return f"{buffer.name}[{self.expr(ir.flat_index(buffer, indices))}]"
+
+    def expr(self, node: ir.Expr, parent: int = 0) -> str:
+        if isinstance(node, ir.IntImm):
+            return str(node.value) if node.value >= 0 or parent == 0 else f"({node.value})"
+        if isinstance(node, ir.BoolImm):
+            return "1" if node.value else "0"
+        if isinstance(node, ir.FloatImm):
+            if math.isinf(node.value):
+                self.includes.add("math.h")
+            return float_literal(node.value)
+        if isinstance(node, ir.Var):
+            return node.name
+        if isinstance(node, ir.Load):
+            return self.access(node.buffer, node.indices)
+        if isinstance(node, ir.Select):
+            text = f"{self.expr(node.cond, 1)} ? {self.expr(node.true_value, 1)} : {self.expr(node.false_value, 1)}"
+            return f"({text})"
+        if isinstance(node, ir.BinOp):
+            return self.binop(node, parent)
+        raise CodegenError(f"C backend: cannot emit expression {type(node).__name__}")
+
+    def binop(self, node: ir.BinOp, parent: int) -> str:
+        if node.op in ("min", "max"):
+            key = (node.op, node.dtype)
+            self.helpers.add(key)
+            return f"{_HELPERS[key][0]}({self.expr(node.a)}, {self.expr(node.b)})"
+        op, b = node.op, node.b
+        if op in ("//", "%"):
+            self.require_nonnegative(node)
+            op = "/" if op == "//" else "%"
+        if op == "+" and isinstance(b, ir.IntImm) and b.value < 0:
+            op, b = "-", ir.IntImm(-b.value)
+        prec = _PRECEDENCE[op]
+        text = f"{self.expr(node.a, prec)} {op} {self.expr(b, prec + 1)}"
+        return f"({text})" if prec < parent else text
+
+    def require_nonnegative(self, node: ir.BinOp) -> None:
+        """C's / and % truncate; they equal the IR's floor forms only for a >= 0, b > 0."""
+        a, b = ir.bounds(node.a, self.ranges), ir.bounds(node.b, self.ranges)
+        if a is None or b is None or a[0] < 0 or b[0] <= 0:
+            raise CodegenError(f"C backend: cannot prove {ir.format_expr(node)} has a non-negative "
+                               f"dividend and a positive divisor")
