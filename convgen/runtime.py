@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -29,12 +30,14 @@ from .target import Target, host, llvm_target_machine
 BACKENDS = ("llvm", "c")
 
 
-def build(spec: Spec | str | os.PathLike | dict, target: str = "llvm", schedule=None) -> "Kernel":
+def build(spec: Spec | str | os.PathLike | dict, target: str = "llvm", schedule=None,
+          workdir: str | os.PathLike | None = None) -> "Kernel":
     """Compile a layer into a callable kernel.
 
     spec: a Spec, or a path or dict for load_spec. target: "llvm" (JIT for the
     host CPU) or "c" (emitted C built with the host C compiler). schedule: not
-    yet supported; the naive loop nest is compiled.
+    yet supported; the naive loop nest is compiled. workdir: a folder to keep
+    the emitted files (and the C shared object) in; by default nothing is written.
     """
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
@@ -44,13 +47,17 @@ def build(spec: Spec | str | os.PathLike | dict, target: str = "llvm", schedule=
         raise ConvgenError("build: schedule: schedules are not supported yet; pass schedule=None")
     func = lower(spec)
     machine = host()
+    workdir = Path(workdir) if workdir is not None else None
     if target == "llvm":
         source = emit_llvm(func, machine)
+        if workdir is not None:
+            workdir.mkdir(parents=True, exist_ok=True)
+            (workdir / f"{func.name}.ll").write_text(source)
         function, keepalive = _jit(source, func.name, machine)
     else:
         files = emit_c(func)
         source = files.source
-        function, keepalive = _load_c(files, machine)
+        function, keepalive = _load_c(files, machine, workdir)
     function.argtypes = [ctypes.c_void_p] * len(func.params)
     function.restype = None
     return Kernel(spec, target, func, source, function, keepalive)
@@ -101,9 +108,16 @@ def compile_c_shared(files: CFiles, directory: Path, target: Target, extra_flags
     return library
 
 
-def _load_c(files: CFiles, target: Target):
+def _load_c(files: CFiles, target: Target, workdir: Path | None):
+    # Built and loaded from a fresh folder each time: dlopen caches by path, so
+    # reloading a rebuilt library from the same path would run the old code.
     with tempfile.TemporaryDirectory(prefix="convgen-") as tmp:
-        library = ctypes.CDLL(str(compile_c_shared(files, Path(tmp), target)))
+        built = compile_c_shared(files, Path(tmp), target)
+        library = ctypes.CDLL(str(built))
+        if workdir is not None:
+            workdir.mkdir(parents=True, exist_ok=True)
+            for path in Path(tmp).iterdir():
+                shutil.copy(path, workdir / path.name)
     return getattr(library, files.name), library
 
 
