@@ -63,6 +63,11 @@ class Buffer:
     def layout(self) -> str:
         return "".join(self.order) if all(len(a) == 1 for a in self.order) else "/".join(self.order)
 
+    @property
+    def storage_shape(self) -> tuple[int, ...]:
+        """The shape in storage order (what a C or NumPy caller allocates)."""
+        return tuple(self.extent(axis) for axis in self.order)
+
     def extent(self, axis: str) -> int:
         return self.shape[self.axes.index(axis)]
 
@@ -609,7 +614,8 @@ def format_expr(expr: Expr, parent: int = 0) -> str:
 
 
 def format_buffer(buffer: Buffer) -> str:
-    dims = ", ".join(str(s) for s in buffer.shape)
+    """name: dtype[AXIS=extent, ...] LAYOUT; indices follow the axes as listed."""
+    dims = ", ".join(f"{axis}={extent}" for axis, extent in zip(buffer.axes, buffer.shape))
     layout = f" {buffer.layout}" if len(buffer.axes) > 1 else ""
     return f"{buffer.name}: {buffer.dtype}[{dims}]{layout}"
 

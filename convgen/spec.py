@@ -349,9 +349,9 @@ class _SpecParser:
         self._check_padding(op, padding, padding_mode, input_size, kernel_size, dilation)
         out = _output_size(input_size, kernel_size, stride, padding, dilation)
         if min(out) < 1:
-            self.note("input_size", f"expected an input large enough for the kernel: {list(input_size)} with "
-                                    f"kernel {list(kernel_size)}, dilation {list(dilation)}, padding "
-                                    f"{list(padding)} gives an output of {list(out)}")
+            self.note("input_size", f"expected an output of at least 1x1; {list(input_size)} with kernel "
+                                    f"{list(kernel_size)}, dilation {list(dilation)}, padding "
+                                    f"{list(padding)} gives {list(out)}")
         weight_values = self._check_weights(weights, out_channels, in_channels, groups, kernel_size)
         bias_values = None
         if isinstance(bias, tuple):
@@ -380,11 +380,12 @@ class _SpecParser:
     def _check_padding(self, op, padding, mode, input_size, kernel_size, dilation):
         top, bottom, left, right = padding
         if mode == "reflect":
-            for side, pad, size in (("top", top, input_size[0]), ("bottom", bottom, input_size[0]),
-                                    ("left", left, input_size[1]), ("right", right, input_size[1])):
-                if pad >= size:
-                    self.note("padding", f"expected reflect padding smaller than the input "
-                                         f"({size}) on every side; got {pad} on the {side}")
+            too_wide = [f"{pad} on the {side}" for side, pad, size in (
+                ("top", top, input_size[0]), ("bottom", bottom, input_size[0]),
+                ("left", left, input_size[1]), ("right", right, input_size[1])) if pad >= size]
+            if too_wide:
+                self.note("padding", f"expected reflect padding smaller than the input "
+                                     f"({input_size[0]}x{input_size[1]}) on every side; got {', '.join(too_wide)}")
         if op != "conv2d" and mode == "zeros":
             # PyTorch's rule: a window must never lie wholly in the padding.
             for axis, pads in ((0, (top, bottom)), (1, (left, right))):

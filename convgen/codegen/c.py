@@ -69,7 +69,7 @@ def _c_param(buffer: ir.Buffer, is_output: bool) -> str:
 
 
 def _arg_doc(buffer: ir.Buffer, is_output: bool) -> dict:
-    return dict(name=buffer.name, role="output" if is_output else "input", shape=buffer.shape,
+    return dict(name=buffer.name, role="output" if is_output else "input", shape=buffer.storage_shape,
                 layout=buffer.layout if len(buffer.axes) > 1 else "",
                 bytes=buffer.size * np.dtype(buffer.dtype).itemsize)
 

@@ -1,0 +1,136 @@
+"""Every backend against the reference: random specs (property test), the specs
+in specs/, strict C compilation, and the emitted C under address and
+undefined-behaviour sanitizers."""
+
+import shutil
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import convgen
+from convgen.check import random_inputs
+from convgen.codegen.c import emit_c
+from convgen.lower import lower
+from convgen.reference import reference
+from convgen.check import compare, tolerance
+from c_harness import SANITIZE_FLAGS, STRICT_FLAGS, build_program, run_program
+from conftest import spec_paths
+from convgen.runtime import BACKENDS
+from strategies import specs
+
+needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
+
+
+def _assert_matches(kernel, seed):
+    result = convgen.check(kernel, seed)
+    assert result.passed, (f"{kernel.target}: max error {result.max_abs_error} > {result.max_allowed}, "
+                           f"{result.unwritten} unwritten\n{kernel.spec}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(spec=specs(), seed=st.integers(0, 2**32 - 1))
+def test_random_specs_match_reference(backend, spec, seed):
+    """At least 300 random specs per backend (the hypothesis profile in conftest.py)."""
+    _assert_matches(convgen.build(spec, backend), seed)
+
+
+@pytest.mark.parametrize("path", spec_paths(), ids=lambda p: p.stem)
+def test_spec_files_match_reference(backend, path):
+    _assert_matches(convgen.build(path, backend), np.random.SeedSequence().entropy)
+
+
+def test_check_catches_an_unwritten_output():
+    kernel = convgen.build({"name": "k", "op": "maxpool2d", "in_channels": 1, "input_size": [4, 4],
+                            "kernel_size": 2})
+    inputs = random_inputs(kernel.spec, np.random.default_rng(0))
+    out = np.full(kernel.spec.output_shape, np.nan, dtype=np.float32)
+    kernel(**inputs, out=out)
+    out[0, 0, 1, 1] = np.nan  # as if the kernel had skipped one element
+    result = compare(out, reference(kernel.spec, **inputs), tolerance(kernel.spec, inputs))
+    assert not result.passed and result.unwritten == 1
+
+
+def test_check_catches_a_wrong_value():
+    kernel = convgen.build({"name": "k", "op": "conv2d", "in_channels": 2, "out_channels": 2,
+                            "input_size": [5, 5], "kernel_size": 3})
+    inputs = random_inputs(kernel.spec, np.random.default_rng(1))
+    out = kernel(**inputs)
+    out[0, 1, 2, 2] += 1e-4
+    assert not compare(out, reference(kernel.spec, **inputs), tolerance(kernel.spec, inputs)).passed
+
+
+def _run_sanitized(spec, folder, seed):
+    files = emit_c(lower(spec))
+    func = lower(spec)
+    sizes = [(p.name, p.size) for p in func.params]
+    program = build_program(files, sizes, folder, SANITIZE_FLAGS)
+    inputs = random_inputs(spec, np.random.default_rng(seed))
+    poisoned = np.full(spec.output_shape, np.nan, dtype=np.float32)
+    arrays = {p.name: inputs.get(p.name, poisoned) for p in func.params}
+    y = run_program(program, arrays, poisoned)
+    result = compare(y, reference(spec, **inputs), tolerance(spec, inputs))
+    assert result.passed, f"max error {result.max_abs_error}, {result.unwritten} unwritten\n{spec}"
+
+
+@needs_gcc
+@pytest.mark.parametrize("path", spec_paths(), ids=lambda p: p.stem)
+def test_spec_files_c_under_sanitizers(tmp_path, path):
+    _run_sanitized(convgen.load_spec(path), tmp_path, 0)
+
+
+@needs_gcc
+@settings(max_examples=25)
+@given(spec=specs(), seed=st.integers(0, 2**32 - 1))
+def test_random_specs_c_under_sanitizers(tmp_path_factory, spec, seed):
+    _run_sanitized(spec, tmp_path_factory.mktemp("asan"), seed)
+
+
+@needs_gcc
+@pytest.mark.parametrize("path", spec_paths(), ids=lambda p: p.stem)
+def test_emitted_c_compiles_without_warnings(tmp_path, path):
+    """-std=c99 -Wall -Wextra -Werror -pedantic, as a firmware project would build it."""
+    import subprocess
+    files = emit_c(lower(convgen.load_spec(path)))
+    (tmp_path / f"{files.name}.h").write_text(files.header)
+    (tmp_path / f"{files.name}.c").write_text(files.source)
+    result = subprocess.run(["gcc", *STRICT_FLAGS, "-O2", "-c", f"{files.name}.c"], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_c_header_documents_the_kernel():
+    spec = convgen.load_spec({"name": "doc", "op": "conv2d", "in_channels": 3, "out_channels": 8,
+                              "input_size": [10, 12], "kernel_size": 3, "layout": "NHWC"})
+    header = emit_c(lower(spec)).header
+    assert "MACs: 17,280" in header                       # 8 * 8 * 10 * 3 * 9
+    assert "x  input  float32 [1, 10, 12, 3] NHWC, 1440 bytes" in header
+    assert "w  input  float32 [8, 3, 3, 3] OIHW, 864 bytes" in header
+    assert "y  output float32 [1, 8, 10, 8] NHWC, 2560 bytes" in header
+    assert "void doc(const float *CONVGEN_RESTRICT x" in header
+
+
+def test_emitted_c_has_no_heap_or_mutable_globals():
+    for path in spec_paths():
+        source = emit_c(lower(convgen.load_spec(path))).source
+        assert "malloc" not in source and "static float" not in source and "static ptrdiff_t" not in source
+
+
+def test_llvm_source_is_kept_on_the_kernel():
+    kernel = convgen.build({"name": "ll", "op": "avgpool2d", "in_channels": 1, "input_size": [4, 4],
+                            "kernel_size": 2}, "llvm")
+    assert "define void @\"ll\"" in kernel.source or "define void @ll" in kernel.source
+    assert "noalias" in kernel.source
+
+
+def test_llvm_targets_the_host_cpu():
+    from convgen.runtime import llvm_assembly
+    from convgen.target import host
+    spec = convgen.load_spec({"name": "asm", "op": "conv2d", "in_channels": 1, "out_channels": 1,
+                              "input_size": [8, 8], "kernel_size": 3})
+    from convgen.codegen.llvm import emit_llvm
+    assembly = llvm_assembly(emit_llvm(lower(spec), host()), host())
+    assert "asm:" in assembly and "ret" in assembly
+    if host().has("avx"):
+        assert "vmovss" in assembly or "vfmadd" in assembly or "vmulss" in assembly  # VEX encoding: host features used

@@ -1,0 +1,74 @@
+"""The convgen command, run as a user runs it."""
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import SPECS
+
+
+def convgen(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "convgen.cli", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd)
+
+
+def test_info():
+    result = convgen("info", SPECS / "layers" / "resnet50_conv1.yaml")
+    assert result.returncode == 0
+    assert "[1, 64, 112, 112] NCHW" in result.stdout
+    assert "9,472" in result.stdout            # 64*3*7*7 + 64
+    assert "118,013,952" in result.stdout      # 64*112*112*3*49
+
+
+def test_show_prints_the_loop_nest():
+    result = convgen("show", SPECS / "examples" / "ramp_vertical_edge.yaml")
+    assert result.returncode == 0
+    assert "for oh in 0..3:" in result.stdout and "acc[0] = acc[0] + x[0, 0, oh + kh, ow + kw]" in result.stdout
+
+
+def test_compile_writes_files(tmp_path):
+    spec = SPECS / "layers" / "maxpool_2x2.yaml"
+    result = convgen("compile", spec, "-t", "llvm", "--asm", "-o", tmp_path / "ll")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "ll" / "maxpool_2x2.ll").read_text().startswith("; ModuleID")
+    assert "ret" in (tmp_path / "ll" / "maxpool_2x2.s").read_text()
+    result = convgen("compile", spec, "-t", "c", "-o", tmp_path / "c")
+    assert result.returncode == 0, result.stderr
+    assert {p.name for p in (tmp_path / "c").iterdir()} == {"maxpool_2x2.c", "maxpool_2x2.h"}
+
+
+def test_compile_defaults_to_build_folder(tmp_path):
+    result = convgen("compile", SPECS / "examples" / "grid3_diagonal.yaml", "-t", "c", cwd=tmp_path)
+    assert result.returncode == 0
+    assert (tmp_path / "build" / "grid3_diagonal" / "grid3_diagonal.c").exists()
+
+
+def test_check_passes_on_both_backends():
+    result = convgen("check", SPECS / "examples" / "photo_sharpen_nhwc.yaml", "--seed", "7")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[llvm]: pass" in result.stdout and "[c]: pass" in result.stdout
+
+
+def test_build_reports_a_table_and_bad_specs(tmp_path):
+    folder = tmp_path / "specs"
+    folder.mkdir()
+    (folder / "good.yaml").write_text((SPECS / "examples" / "step_sobel_x.yaml").read_text())
+    (folder / "bad.yaml").write_text("name: bad\nop: conv2d\nin_channels: 1\nout_channels: 1\n"
+                                     "input_size: [5, 5]\nkernel_size: 3\npadding: sme\n")
+    result = convgen("build", folder, "-o", tmp_path / "out")
+    assert result.returncode == 1
+    assert "step_sobel_x                llvm    1x1x3x3" in result.stdout
+    assert "2/3 passed" in result.stdout
+    assert "bad.yaml: padding: expected" in result.stderr and "Traceback" not in result.stderr
+    assert (tmp_path / "out" / "step_sobel_x" / "step_sobel_x.so").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("check", SPECS / "examples" / "grid3_diagonal.yaml", "-t", "cuda"), "--target: expected"),
+    (("build", "no/such/folder"), "no such folder"),
+    (("info", "no/such/file.yaml"), "no such file"),
+])
+def test_bad_arguments_exit_2_without_traceback(args, message):
+    result = convgen(*args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,115 @@
+"""IR nodes, the simplifier and the printer."""
+
+import dataclasses
+
+import pytest
+
+from convgen import ir
+from convgen.ir import BinOp, Buffer, IntImm, Var
+from convgen.lower import lower
+from convgen.spec import load_spec
+
+i, j = Var("i"), Var("j")
+X = Buffer("x", ir.FLOAT32, ("N", "C", "H", "W"), (2, 3, 4, 5), ("N", "H", "W", "C"))
+
+
+def test_nodes_are_immutable_and_structural():
+    a, b = i + 1, i + 1
+    assert a == b and hash(a) == hash(b)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.op = "-"
+
+
+def test_type_errors_are_caught_when_building():
+    with pytest.raises(TypeError):
+        BinOp("+", i, ir.FloatImm(1.0))
+    with pytest.raises(TypeError):
+        ir.Load(X, (i, j, i, ir.FloatImm(0.0)))
+    with pytest.raises(ValueError):
+        ir.Load(X, (i, j))
+    with pytest.raises(ValueError):
+        ir.Loop(i, 4, ir.Seq(()), kind="sideways")
+
+
+def test_flat_index_follows_the_layout():
+    # NHWC order over shape N=2, C=3, H=4, W=5: strides N=60, H=15, W=3, C=1
+    assert X.strides() == {"N": 60, "H": 15, "W": 3, "C": 1}
+    offset = ir.flat_index(X, (IntImm(1), IntImm(2), IntImm(3), IntImm(4)))
+    assert offset == IntImm(60 + 2 + 45 + 12)
+    nchw = dataclasses.replace(X, order=("N", "C", "H", "W"))
+    assert ir.flat_index(nchw, (IntImm(1), IntImm(2), IntImm(3), IntImm(4))) == IntImm(60 + 40 + 15 + 4)
+
+
+@pytest.mark.parametrize("expr, expected", [
+    (i + 0, i), (i * 1, i), (i * 0, IntImm(0)), (IntImm(2) + 3, IntImm(5)), ((i + 2) + 3, i + 5),
+    ((i - 2) + 2, i), (i - i, IntImm(0)), ((i * 2) * 3, i * 6), (i // 1, i), (IntImm(7) // 2, IntImm(3)),
+    (IntImm(-7) // 2, IntImm(-4)), (IntImm(-7) % 3, IntImm(2)),
+])
+def test_simplify_algebra(expr, expected):
+    assert ir.simplify(expr) == expected
+
+
+def test_simplify_uses_loop_ranges():
+    ranges = {"i": (0, 3)}
+    assert ir.simplify(ir.lt(i, 4), ranges) == ir.BoolImm(True)
+    assert ir.simplify(ir.le(0, i - 1), ranges) == BinOp("<=", IntImm(0), i + (-1))  # undecided
+    assert ir.simplify(ir.lt(i + 4, 4), ranges) == ir.BoolImm(False)
+    assert ir.simplify(i // 4, ranges) == IntImm(0)
+    assert ir.simplify(i % 8, ranges) == i
+    assert ir.simplify(ir.maximum(i, 0), ranges) == i
+    assert ir.simplify(ir.minimum(i, 3), ranges) == i
+
+
+def test_simplify_drops_settled_guards_and_unit_loops():
+    store = ir.Store(Buffer("y", ir.FLOAT32, ("i",), (4,), ("i",)), (i,), ir.FloatImm(1.0))
+    loop = ir.Loop(i, 4, ir.If(ir.all_of(ir.le(0, i), ir.lt(i, 4)), store))
+    assert ir.simplify(loop) == ir.Loop(i, 4, store)
+    unit = ir.Loop(j, 1, ir.Store(store.buffer, (j,), ir.FloatImm(1.0)))
+    assert ir.simplify(unit) == ir.Store(store.buffer, (IntImm(0),), ir.FloatImm(1.0))
+
+
+def test_float_arithmetic_is_not_reassociated():
+    a = ir.Load(Buffer("a", ir.FLOAT32, ("i",), (4,), ("i",)), (i,))
+    expr = (a + ir.FloatImm(1.0)) + ir.FloatImm(2.0)
+    assert ir.simplify(expr) == expr
+
+
+def test_rewriter_shares_unchanged_subtrees():
+    func = lower(load_spec({"name": "c", "op": "conv2d", "in_channels": 2, "out_channels": 2,
+                            "input_size": [4, 4], "kernel_size": 3}))
+    assert ir.Rewriter().visit(func) is func
+
+
+GOLDEN_PRINT = """\
+func edge(
+    x: float32[N=1, C=2, H=4, W=4] NHWC,
+    w: float32[O=2, I=1, H=3, W=3] OIHW,
+    b: float32[O=2],
+    y: float32[N=1, C=2, H=4, W=4] NCHW):
+  for oc in 0..2:
+    for oh in 0..4:
+      for ow in 0..4:
+        local acc: float32[i=1]
+        acc[0] = b[oc]
+        for kh in 0..3:
+          for kw in 0..3:
+            if 0 <= oh + kh - 1 && oh + kh - 1 < 4 && 0 <= ow + kw - 1 && ow + kw - 1 < 4:
+              acc[0] = acc[0] + x[0, oc, oh + kh - 1, ow + kw - 1] * w[oc, 0, kh, kw]
+        y[0, oc, oh, ow] = max(acc[0], 0.0)
+"""
+
+
+def test_printer_golden():
+    spec = load_spec({"name": "edge", "op": "conv2d", "in_channels": 2, "out_channels": 2, "groups": 2,
+                      "input_size": [4, 4], "kernel_size": 3, "padding": 1, "activation": "relu",
+                      "layout": {"input": "NHWC", "output": "NCHW"}})
+    assert ir.format_func(lower(spec)) == GOLDEN_PRINT
+
+
+def test_lowering_without_padding_has_no_guards():
+    func = lower(load_spec({"name": "v", "op": "conv2d", "in_channels": 2, "out_channels": 2,
+                            "input_size": [6, 6], "kernel_size": 3, "stride": 2}))
+    assert ir.find_all(func, ir.If) == []
+    padded = lower(load_spec({"name": "v", "op": "conv2d", "in_channels": 2, "out_channels": 2,
+                              "input_size": [6, 6], "kernel_size": 3, "padding": 1}))
+    assert len(ir.find_all(padded, ir.If)) == 1

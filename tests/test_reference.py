@@ -1,0 +1,88 @@
+"""The reference, cross-checked against a second formulation: the seed documents'
+per-element loop (pad, then sum over channels and taps), written out here."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from convgen.reference import reference
+from strategies import specs
+
+
+def direct_loops(spec, x, w, b):
+    """Element by element, straight from the definition, in NCHW."""
+    if spec.input_layout == "NHWC":
+        x = x.transpose(0, 3, 1, 2)
+    top, bottom, left, right = spec.padding
+    mode = {"zeros": "constant", "reflect": "reflect", "replicate": "edge"}[spec.padding_mode]
+    fill = -np.inf if spec.op == "maxpool2d" else 0.0
+    pad = ((0, 0), (0, 0), (top, bottom), (left, right))
+    xp = np.pad(x.astype(np.float64), pad, mode=mode, **({"constant_values": fill} if mode == "constant" else {}))
+    oh, ow = spec.output_size
+    (kh, kw), (sh, sw), (dh, dw) = spec.kernel_size, spec.stride, spec.dilation
+    y = np.empty((spec.batch, spec.out_channels, oh, ow))
+    cg, og = spec.in_channels // spec.groups, spec.out_channels // spec.groups
+    for n in range(spec.batch):
+        for o in range(spec.out_channels):
+            for i in range(oh):
+                for j in range(ow):
+                    values = []
+                    for p in range(kh):
+                        for q in range(kw):
+                            r, c = i * sh + p * dh, j * sw + q * dw
+                            if spec.is_conv:
+                                for ci in range(cg):
+                                    values.append(xp[n, (o // og) * cg + ci, r, c] * w[o, ci, p, q])
+                            else:
+                                values.append(xp[n, o, r, c])
+                    if spec.op == "maxpool2d":
+                        v = max(values)
+                    elif spec.op == "avgpool2d":
+                        v = sum(values) / (kh * kw)
+                    else:
+                        v = sum(values) + (b[o] if spec.bias else 0.0)
+                    if spec.activation != "none":
+                        v = max(v, 0.0)
+                    if spec.activation == "relu6":
+                        v = min(v, 6.0)
+                    y[n, o, i, j] = v
+    return y.transpose(0, 2, 3, 1) if spec.output_layout == "NHWC" else y
+
+
+@settings(max_examples=150)
+@given(spec=specs(), seed=st.integers(0, 2**32 - 1))
+def test_reference_matches_direct_loops(spec, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, spec.input_shape)
+    w = rng.uniform(-1, 1, spec.weight_shape) if spec.is_conv else None
+    b = rng.uniform(-1, 1, spec.out_channels) if spec.is_conv else None
+    np.testing.assert_allclose(reference(spec, x, w, b), direct_loops(spec, x, w, b), rtol=1e-12, atol=1e-12)
+
+
+def test_reflect_and_replicate_padding_values():
+    # seed 000's 3x3 example 1..9, padded by 1, summed by a 3x3 box (weights 1)
+    from convgen.spec import load_spec
+    base = {"name": "p", "op": "conv2d", "in_channels": 1, "out_channels": 1, "input_size": [3, 3],
+            "kernel_size": 3, "padding": 1, "bias": False}
+    x = np.arange(1, 10, dtype=np.float64).reshape(1, 1, 3, 3)
+    w = np.ones((1, 1, 3, 3))
+    # reflect: corner window is [[5,4,5],[2,1,2],[5,4,5]] -> 33
+    y = reference(load_spec({**base, "padding_mode": "reflect"}), x, w)
+    assert y[0, 0, 0, 0] == 33
+    # replicate: corner window is [[1,1,2],[1,1,2],[4,4,5]] -> 21
+    y = reference(load_spec({**base, "padding_mode": "replicate"}), x, w)
+    assert y[0, 0, 0, 0] == 21
+    # zeros: corner window is [[0,0,0],[0,1,2],[0,4,5]] -> 12
+    y = reference(load_spec({**base, "padding_mode": "zeros"}), x, w)
+    assert y[0, 0, 0, 0] == 12
+
+
+def test_pooling_padding_semantics():
+    from convgen.spec import load_spec
+    x = -np.ones((1, 1, 2, 2))
+    base = {"name": "p", "in_channels": 1, "input_size": [2, 2], "kernel_size": 2, "stride": 1, "padding": 1}
+    # max pooling ignores padding (-inf): every window holds at least one -1
+    assert np.all(reference(load_spec({**base, "op": "maxpool2d"}), x) == -1)
+    # average pooling counts padded zeros: the corner window averages one -1 with three zeros
+    y = reference(load_spec({**base, "op": "avgpool2d"}), x)
+    assert y[0, 0, 0, 0] == -0.25 and y[0, 0, 1, 1] == -1

@@ -1,0 +1,99 @@
+"""The Python API: building, calling, and refusing bad arguments."""
+
+import numpy as np
+import pytest
+
+import convgen
+from convgen.errors import ConvgenError, KernelCallError
+
+CONV = {"name": "api", "op": "conv2d", "in_channels": 2, "out_channels": 4, "input_size": [6, 5],
+        "kernel_size": 3, "padding": 1, "layout": {"input": "NHWC", "output": "NCHW"}}
+
+
+@pytest.fixture(scope="module", params=["llvm", "c"])
+def kernel(request):
+    return convgen.build(CONV, request.param)
+
+
+def _inputs(seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.uniform(-1, 1, (1, 6, 5, 2)).astype(np.float32),
+            rng.uniform(-1, 1, (4, 2, 3, 3)).astype(np.float32),
+            rng.uniform(-1, 1, 4).astype(np.float32))
+
+
+def test_call_returns_output_in_the_spec_layout(kernel):
+    x, w, b = _inputs()
+    y = kernel(x, w, b)
+    assert y.shape == (1, 4, 6, 5) and y.dtype == np.float32
+    np.testing.assert_allclose(y, convgen.reference(kernel.spec, x, w, b), rtol=1e-5, atol=1e-5)
+
+
+def test_out_argument_is_written_in_place(kernel):
+    x, w, b = _inputs(1)
+    out = np.full((1, 4, 6, 5), np.nan, dtype=np.float32)
+    assert kernel(x, w, b, out=out) is out
+    assert not np.isnan(out).any()
+
+
+def test_non_contiguous_input_is_accepted(kernel):
+    x, w, b = _inputs(2)
+    wide = np.zeros((1, 6, 10, 2), dtype=np.float32)
+    wide[:, :, ::2, :] = x
+    np.testing.assert_array_equal(kernel(wide[:, :, ::2, :], w, b), kernel(x, w, b))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda x, w, b: (x.astype(np.float64), w, b), "x: expected dtype float32; got float64"),
+    (lambda x, w, b: (x[:, :5], w, b), "x: expected shape [1, 6, 5, 2]; got [1, 5, 5, 2]"),
+    (lambda x, w, b: (x, w[:, :1], b), "w: expected shape [4, 2, 3, 3]"),
+    (lambda x, w, b: (x, w, None), "b: required"),
+    (lambda x, w, b: (x.tolist(), w, b), "x: expected a float32 NumPy array"),
+])
+def test_wrong_arguments_raise_clear_errors(kernel, change, message):
+    with pytest.raises(KernelCallError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        kernel(*change(*_inputs()))
+
+
+def test_out_must_not_alias_inputs():
+    pool = convgen.build({"name": "same", "op": "maxpool2d", "in_channels": 1, "input_size": [4, 4],
+                          "kernel_size": 1})
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 1, 4, 4)).astype(np.float32)
+    with pytest.raises(KernelCallError, match="overlap"):
+        pool(x, out=x)
+
+
+def test_pooling_takes_only_x():
+    pool = convgen.build({"name": "p", "op": "avgpool2d", "in_channels": 1, "input_size": [4, 4],
+                          "kernel_size": 2})
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 1, 4, 4)).astype(np.float32)
+    with pytest.raises(KernelCallError, match="takes only x"):
+        pool(x, x)
+
+
+def test_spec_weights_are_the_default():
+    kernel = convgen.build({"name": "s", "op": "conv2d", "in_channels": 1, "out_channels": 1,
+                            "input_size": [3, 3], "weights": "laplacian", "bias": [1.5]})
+    x = np.random.default_rng(3).uniform(-1, 1, (1, 1, 3, 3)).astype(np.float32)
+    expected = 8 * x[0, 0, 1, 1] - (x.sum() - x[0, 0, 1, 1]) + 1.5
+    np.testing.assert_allclose(kernel(x)[0, 0, 0, 0], expected, rtol=1e-5)
+
+
+def test_bad_target_is_refused():
+    with pytest.raises(ConvgenError, match="target: expected one of llvm, c; got 'cuda'"):
+        convgen.build(CONV, "cuda")
+
+
+def test_workdir_keeps_the_emitted_files(tmp_path):
+    convgen.build(CONV, "c", workdir=tmp_path / "c")
+    convgen.build(CONV, "llvm", workdir=tmp_path / "llvm")
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["api.c", "api.h", "api.so"]
+    assert [p.name for p in (tmp_path / "llvm").iterdir()] == ["api.ll"]
+
+
+def test_rebuilding_into_one_workdir_runs_the_new_code(tmp_path):
+    x = np.random.default_rng(4).uniform(-1, 1, (1, 1, 4, 4)).astype(np.float32)
+    base = {"name": "same_name", "op": "maxpool2d", "in_channels": 1, "input_size": [4, 4]}
+    first = convgen.build({**base, "kernel_size": 2}, "c", workdir=tmp_path)
+    second = convgen.build({**base, "kernel_size": 4}, "c", workdir=tmp_path)
+    assert first(x).shape == (1, 1, 2, 2) and second(x)[0, 0, 0, 0] == x.max()
