@@ -216,7 +216,6 @@ def binop(op: str, a, b) -> BinOp:
 
 def lt(a, b): return binop("<", a, b)
 def le(a, b): return binop("<=", a, b)
-def eq(a, b): return binop("==", a, b)
 def minimum(a, b): return binop("min", a, b)
 def maximum(a, b): return binop("max", a, b)
 
@@ -439,6 +438,13 @@ def bounds(expr: Expr, ranges: Ranges) -> tuple[float, float] | None:
 _INT_FOLDS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "//": operator.floordiv,
               "%": operator.mod, "min": min, "max": max, "<": operator.lt, "<=": operator.le,
               "==": operator.eq, "!=": operator.ne}
+
+
+def truncation_is_floor(node: BinOp, ranges: Ranges) -> bool:
+    """Whether C's / and % (LLVM's sdiv/srem), which truncate, give the IR's floor
+    `//` and `%` here: true when the dividend is provably >= 0 and the divisor > 0."""
+    a, b = bounds(node.a, ranges), bounds(node.b, ranges)
+    return a is not None and b is not None and a[0] >= 0 and b[0] > 0
 
 
 def _fold_ints(op: str, x: int, y: int) -> Expr:

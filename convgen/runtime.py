@@ -156,10 +156,6 @@ class Kernel:
         self._function(*(arrays[p.name].ctypes.data for p in self.func.params))
         return out
 
-    @property
-    def params(self) -> tuple[str, ...]:
-        return tuple(p.name for p in self.func.params)
-
 
 def _checked(name: str, array, shape) -> np.ndarray:
     if array is None:

@@ -3,6 +3,7 @@ in specs/, strict C compilation, and the emitted C under address and
 undefined-behaviour sanitizers."""
 
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -10,14 +11,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import convgen
-from convgen.check import random_inputs
-from convgen.codegen.c import emit_c
-from convgen.lower import lower
-from convgen.reference import reference
-from convgen.check import compare, tolerance
 from c_harness import SANITIZE_FLAGS, STRICT_FLAGS, build_program, run_program
 from conftest import spec_paths
-from convgen.runtime import BACKENDS
+from convgen import ir
+from convgen.check import compare, random_inputs, tolerance
+from convgen.codegen.c import emit_c
+from convgen.codegen.llvm import emit_llvm
+from convgen.errors import CodegenError
+from convgen.lower import lower
+from convgen.reference import reference
+from convgen.runtime import BACKENDS, llvm_assembly
+from convgen.target import host
 from strategies import specs
 
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
@@ -62,8 +66,8 @@ def test_check_catches_a_wrong_value():
 
 
 def _run_sanitized(spec, folder, seed):
-    files = emit_c(lower(spec))
     func = lower(spec)
+    files = emit_c(func)
     sizes = [(p.name, p.size) for p in func.params]
     program = build_program(files, sizes, folder, SANITIZE_FLAGS)
     inputs = random_inputs(spec, np.random.default_rng(seed))
@@ -91,7 +95,6 @@ def test_random_specs_c_under_sanitizers(tmp_path_factory, spec, seed):
 @pytest.mark.parametrize("path", spec_paths(), ids=lambda p: p.stem)
 def test_emitted_c_compiles_without_warnings(tmp_path, path):
     """-std=c99 -Wall -Wextra -Werror -pedantic, as a firmware project would build it."""
-    import subprocess
     files = emit_c(lower(convgen.load_spec(path)))
     (tmp_path / f"{files.name}.h").write_text(files.header)
     (tmp_path / f"{files.name}.c").write_text(files.source)
@@ -125,12 +128,20 @@ def test_llvm_source_is_kept_on_the_kernel():
 
 
 def test_llvm_targets_the_host_cpu():
-    from convgen.runtime import llvm_assembly
-    from convgen.target import host
     spec = convgen.load_spec({"name": "asm", "op": "conv2d", "in_channels": 1, "out_channels": 1,
                               "input_size": [8, 8], "kernel_size": 3})
-    from convgen.codegen.llvm import emit_llvm
     assembly = llvm_assembly(emit_llvm(lower(spec), host()), host())
     assert "asm:" in assembly and "ret" in assembly
     if host().has("avx"):
         assert "vmovss" in assembly or "vfmadd" in assembly or "vmulss" in assembly  # VEX encoding: host features used
+
+
+@pytest.mark.parametrize("emit", [emit_c, lambda func: emit_llvm(func, host())], ids=["c", "llvm"])
+def test_division_that_might_truncate_wrongly_is_refused(emit):
+    """C and LLVM division truncates; the IR's // floors. A possibly negative dividend is refused."""
+    i = ir.Var("i")
+    y = ir.Buffer("y", ir.FLOAT32, ("i",), (4,), ("i",))
+    x = ir.Buffer("x", ir.FLOAT32, ("i",), (4,), ("i",))
+    body = ir.Loop(i, 4, ir.Store(y, (i,), ir.Load(x, ((i - 2) // 2 + 1,))))
+    with pytest.raises(CodegenError, match="cannot prove"):
+        emit(ir.Func("f", (x, y), body))

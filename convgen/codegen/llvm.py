@@ -162,8 +162,6 @@ class _LLVMEmitter:
         raise CodegenError(f"LLVM backend: cannot emit {op!r} on {dtype}")
 
     def require_nonnegative(self, node: ir.BinOp) -> None:
-        """sdiv/srem truncate; they equal the IR's floor forms only for a >= 0, b > 0."""
-        a, b = ir.bounds(node.a, self.ranges), ir.bounds(node.b, self.ranges)
-        if a is None or b is None or a[0] < 0 or b[0] <= 0:
+        if not ir.truncation_is_floor(node, self.ranges):
             raise CodegenError(f"LLVM backend: cannot prove {ir.format_expr(node)} has a non-negative "
                                f"dividend and a positive divisor")
