@@ -41,6 +41,7 @@ _C_KEYWORDS = frozenset(
 )
 _C_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
+_MAX_ELEMENTS = 2**31 - 1
 PADDING_EXPECTED = "an int, [h, w], [top, bottom, left, right], 'same' or 'valid'"
 
 
@@ -198,7 +199,7 @@ class _SpecParser:
 
     # -- recording problems -------------------------------------------------
     def fail(self, field: str, expected: str, found: Any, hint: str = "") -> None:
-        self.problems.append(f"{self.label}: {field}: expected {expected}; got {found!r}{hint}")
+        self.problems.append(f"{self.label}: {field}: expected {expected}; got {_shorten(found)}{hint}")
         raise _Missing(field)
 
     def note(self, field: str, message: str) -> None:
@@ -301,7 +302,7 @@ class _SpecParser:
             array = None
         if array is None or array.ndim not in (2, 4) or array.size == 0 or isinstance(value, bool):
             self.fail(field, "a filter name or numbers shaped [kh, kw] or [out, in/groups, kh, kw]",
-                      _shorten(value))
+                      value)
         return array
 
     # -- the whole spec -----------------------------------------------------
@@ -352,6 +353,7 @@ class _SpecParser:
             self.note("input_size", f"expected an output of at least 1x1; {list(input_size)} with kernel "
                                     f"{list(kernel_size)}, dilation {list(dilation)}, padding "
                                     f"{list(padding)} gives {list(out)}")
+        self._check_sizes(batch, in_channels, out_channels, input_size, out, kernel_size, groups)
         weight_values = self._check_weights(weights, out_channels, in_channels, groups, kernel_size)
         bias_values = None
         if isinstance(bias, tuple):
@@ -395,6 +397,17 @@ class _SpecParser:
                                          f"{op}; got {list(padding)}")
                     return
 
+    def _check_sizes(self, batch, in_channels, out_channels, input_size, out, kernel_size, groups):
+        """Offsets must fit a signed 32-bit int, so the C runs on 32-bit microcontrollers too."""
+        tensors = {"input_size": ("input", batch * in_channels * input_size[0] * input_size[1]),
+                   "out_channels": ("weights", out_channels * (in_channels // groups) * kernel_size[0] * kernel_size[1]),
+                   "batch": ("output", batch * out_channels * max(out[0], 0) * max(out[1], 0))}
+        for field, (what, count) in tensors.items():
+            if count > _MAX_ELEMENTS:
+                self.note(field, f"expected at most {_MAX_ELEMENTS:,} elements per tensor; the {what} "
+                                 f"would have {count:,}")
+                return
+
     def _check_weights(self, weights, out_channels, in_channels, groups, kernel_size):
         if weights is None:
             return None
@@ -414,5 +427,6 @@ def _is_number(value: Any) -> bool:
 
 
 def _shorten(value: Any) -> str:
+    """repr of a found value, cut short so a message stays one readable line."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
