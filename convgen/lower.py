@@ -21,7 +21,8 @@ def lower(spec: Spec) -> ir.Func:
     """The naive loop nest for a spec, simplified."""
     params = _params(spec)
     body = _conv_body(spec, params) if spec.is_conv else _pool_body(spec, params)
-    return ir.simplify(ir.Func(spec.name, tuple(params.values()), body, doc=describe(spec)))
+    func = ir.Func(spec.name, tuple(params.values()), body, doc=describe(spec))
+    return ir.simplify(func, drop_unit_loops=True)
 
 
 def describe(spec: Spec) -> str:
@@ -42,14 +43,16 @@ def describe(spec: Spec) -> str:
 def _params(spec: Spec) -> dict[str, Buffer]:
     oh, ow = spec.output_size
     h, w = spec.input_size
-    params = {"x": Buffer("x", ir.FLOAT32, ("N", "C", "H", "W"), (spec.batch, spec.in_channels, h, w),
-                          tuple(spec.input_layout))}
+    activation_axes = ("N", "C", "H", "W")
+    params = {"x": Buffer("x", ir.FLOAT32, activation_axes, (spec.batch, spec.in_channels, h, w),
+                          ir.parse_layout(spec.input_layout, activation_axes))}
     if spec.is_conv:
-        params["w"] = Buffer("w", ir.FLOAT32, ("O", "I", "H", "W"), spec.weight_shape, ("O", "I", "H", "W"))
+        weight_axes = ("O", "I", "H", "W")
+        params["w"] = Buffer("w", ir.FLOAT32, weight_axes, spec.weight_shape, ir.plain_layout(weight_axes))
         if spec.bias:
-            params["b"] = Buffer("b", ir.FLOAT32, ("O",), (spec.out_channels,), ("O",))
-    params["y"] = Buffer("y", ir.FLOAT32, ("N", "C", "H", "W"), (spec.batch, spec.out_channels, oh, ow),
-                         tuple(spec.output_layout))
+            params["b"] = Buffer("b", ir.FLOAT32, ("O",), (spec.out_channels,), ir.plain_layout("O"))
+    params["y"] = Buffer("y", ir.FLOAT32, activation_axes, (spec.batch, spec.out_channels, oh, ow),
+                         ir.parse_layout(spec.output_layout, activation_axes))
     return params
 
 
@@ -79,11 +82,11 @@ def _padded_access(spec: Spec, ih: ir.Expr, iw: ir.Expr) -> tuple[ir.Expr, ir.Ex
 
 def _reflect(i: ir.Expr, size: int) -> ir.Expr:
     """Mirror about the edge without repeating it: -1 -> 1, size -> size - 2."""
-    return ir.Select(ir.lt(i, 0), -i, ir.Select(ir.lt(i, size), i, (2 * size - 2) - i))
+    return ir.Call("reflect", (i, IntImm(size)))
 
 
 def _clamp(i: ir.Expr, size: int) -> ir.Expr:
-    return ir.minimum(ir.maximum(i, 0), size - 1)
+    return ir.Call("clamp", (i, IntImm(size)))
 
 
 def _activation(spec: Spec, value: ir.Expr) -> ir.Expr:
@@ -101,7 +104,7 @@ def _guarded(guard: ir.Expr, stmt: ir.Stmt) -> ir.Stmt:
 def _accumulate(spec: Spec, init: ir.Expr, taps: list[tuple[str, int]], update, finish,
                 params: dict[str, Buffer], out_channel: Var) -> ir.Stmt:
     """acc = init; for taps: acc = update(acc); y[n, c, oh, ow] = finish(acc)."""
-    acc = Buffer("acc", ir.FLOAT32, ("i",), (1,), ("i",), scope="local")
+    acc = Buffer("acc", ir.FLOAT32, ("i",), (1,), ir.plain_layout(("i",)), scope="local")
     zero = (IntImm(0),)
     acc_value = ir.Load(acc, zero)
     n, oh, ow = Var("n"), Var("oh"), Var("ow")

@@ -354,6 +354,8 @@ class _SpecParser:
                                     f"{list(kernel_size)}, dilation {list(dilation)}, padding "
                                     f"{list(padding)} gives {list(out)}")
         self._check_sizes(batch, in_channels, out_channels, input_size, out, kernel_size, groups)
+        if min(out) >= 1 and not self.problems:
+            self._check_windows_touch_input(op, padding, padding_mode, input_size, kernel_size, stride, dilation, out)
         weight_values = self._check_weights(weights, out_channels, in_channels, groups, kernel_size)
         bias_values = None
         if isinstance(bias, tuple):
@@ -389,12 +391,25 @@ class _SpecParser:
                 self.note("padding", f"expected reflect padding smaller than the input "
                                      f"({input_size[0]}x{input_size[1]}) on every side; got {', '.join(too_wide)}")
         if op != "conv2d" and mode == "zeros":
-            # PyTorch's rule: a window must never lie wholly in the padding.
+            # PyTorch's rule, so that (without dilation) no window lies wholly in the padding.
             for axis, pads in ((0, (top, bottom)), (1, (left, right))):
                 half = (dilation[axis] * (kernel_size[axis] - 1) + 1) // 2
                 if max(pads) > half:
                     self.note("padding", f"expected at most half the effective kernel ({half}) for "
                                          f"{op}; got {list(padding)}")
+                    return
+
+    def _check_windows_touch_input(self, op, padding, mode, input_size, kernel_size, stride, dilation, out):
+        """With dilation, a max-pooling window can skip over the whole input and see only padding."""
+        if op != "maxpool2d" or mode != "zeros":
+            return
+        for axis, name in ((0, "rows"), (1, "columns")):
+            before = padding[2 * axis]
+            for o in range(out[axis]):
+                taps = (o * stride[axis] + k * dilation[axis] - before for k in range(kernel_size[axis]))
+                if not any(0 <= t < input_size[axis] for t in taps):
+                    self.note("dilation", f"expected every max-pooling window to cover an input element; "
+                                          f"output {name} {o} sees only padding with dilation {list(dilation)}")
                     return
 
     def _check_sizes(self, batch, in_channels, out_channels, input_size, out, kernel_size, groups):

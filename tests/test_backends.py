@@ -140,8 +140,8 @@ def test_llvm_targets_the_host_cpu():
 def test_division_that_might_truncate_wrongly_is_refused(emit):
     """C and LLVM division truncates; the IR's // floors. A possibly negative dividend is refused."""
     i = ir.Var("i")
-    y = ir.Buffer("y", ir.FLOAT32, ("i",), (4,), ("i",))
-    x = ir.Buffer("x", ir.FLOAT32, ("i",), (4,), ("i",))
-    body = ir.Loop(i, 4, ir.Store(y, (i,), ir.Load(x, ((i - 2) // 2 + 1,))))
+    y = ir.Buffer("y", ir.FLOAT32, ("i",), (4,), ir.plain_layout("i"))
+    x = ir.Buffer("x", ir.FLOAT32, ("i",), (4,), ir.plain_layout("i"))
+    body = ir.Loop(i, 4, ir.Store(y, (i,), ir.Load(x, ((i - 3) // 2 + 1,))))
     with pytest.raises(CodegenError, match="cannot prove"):
         emit(ir.Func("f", (x, y), body))

@@ -2,7 +2,11 @@
 
 The body is plain C99 with flat indexing (the buffer layout decides the
 offsets through ir.flat_index); the boilerplate around it comes from
-templates/c/. The code uses no heap and no mutable globals.
+templates/c/. The code uses no heap and no mutable globals. Loop kinds:
+unrolled loops are written out iteration by iteration; vectorized and
+parallel loops carry OpenMP pragmas (`omp simd`, `omp parallel for`) behind
+macros that expand to nothing unless the build enables them, so the file
+compiles warning-free anywhere.
 """
 
 from __future__ import annotations
@@ -28,6 +32,27 @@ def _helper(op: str, ctype: str, suffix: str) -> tuple[str, str]:
 # min/max as tiny inline functions: C99 has no operator for them, and fmaxf would need libm.
 _HELPERS = {(op, dtype): _helper(op, _C_TYPES[dtype], suffix)
             for op in ("min", "max") for dtype, suffix in ((ir.FLOAT32, "f32"), (ir.INDEX, "index"))}
+_HELPERS[("reflect", ir.INDEX)] = ("convgen_reflect", (
+    "static inline ptrdiff_t convgen_reflect(ptrdiff_t i, ptrdiff_t n) "
+    "{ return i < 0 ? -i : (i < n ? i : 2 * n - 2 - i); }"))
+_HELPERS[("clamp", ir.INDEX)] = ("convgen_clamp", (
+    "static inline ptrdiff_t convgen_clamp(ptrdiff_t i, ptrdiff_t n) "
+    "{ return i < 0 ? 0 : (i < n ? i : n - 1); }"))
+# Pragmas behind macros: without OpenMP (or -DCONVGEN_OPENMP_SIMD) they vanish, and no
+# compiler warns about an unknown pragma.
+_MACROS = {
+    "parallel": ("CONVGEN_PARALLEL_FOR", "#if defined(_OPENMP)\n#define CONVGEN_PARALLEL_FOR _Pragma(\"omp parallel for\")\n"
+                 "#else\n#define CONVGEN_PARALLEL_FOR\n#endif"),
+    "vectorized": ("CONVGEN_SIMD", "#if defined(_OPENMP) || defined(CONVGEN_OPENMP_SIMD)\n"
+                   "#define CONVGEN_SIMD _Pragma(\"omp simd\")\n#else\n#define CONVGEN_SIMD\n#endif"),
+}
+
+
+def c_name(name: str) -> str:
+    """Loop names like ow.i become C identifiers like ow_i."""
+    return name.replace(".", "_")
+
+
 # C operator precedence (higher binds tighter); IR `//` is emitted as `/` once proven non-negative.
 _PRECEDENCE = {"||": 1, "&&": 2, "==": 3, "!=": 3, "<": 4, "<=": 4, "+": 5, "-": 5,
                "*": 6, "/": 6, "//": 6, "%": 6}
@@ -58,6 +83,7 @@ def emit_c(func: ir.Func) -> CFiles:
     )
     header = render("c/kernel.h.j2", **context)
     source = render("c/kernel.c.j2", includes=sorted(emitter.includes),
+                    macros=[_MACROS[kind][1] for kind in sorted(emitter.macros)],
                     helpers=[_HELPERS[key][1] for key in sorted(emitter.helpers)],
                     body="\n".join(emitter.lines), **context)
     return CFiles(func.name, header, source)
@@ -69,9 +95,13 @@ def _c_param(buffer: ir.Buffer, is_output: bool) -> str:
 
 
 def _arg_doc(buffer: ir.Buffer, is_output: bool) -> dict:
+    layout = buffer.layout_name if len(buffer.axes) > 1 else ""
+    if buffer.pad:
+        fill = buffer.pad_mode if buffer.pad_mode != "constant" else f"filled with {float_literal(buffer.pad_value)}"
+        pads = ", ".join(f"{a} {lo}+{hi}" for a, (lo, hi) in zip(buffer.axes, buffer.pad) if lo or hi)
+        layout += f" (padded {pads}, {fill})"
     return dict(name=buffer.name, role="output" if is_output else "input", shape=buffer.storage_shape,
-                layout=buffer.layout if len(buffer.axes) > 1 else "",
-                bytes=buffer.size * np.dtype(buffer.dtype).itemsize)
+                layout=layout, bytes=buffer.size * np.dtype(buffer.dtype).itemsize)
 
 
 def float_literal(value: float) -> str:
@@ -89,6 +119,7 @@ class _CEmitter:
         self.lines: list[str] = []
         self.includes: set[str] = set()
         self.helpers: set[tuple[str, str]] = set()
+        self.macros: set[str] = set()
         self.ranges: ir.Ranges = {}
 
     def emit(self, depth: int, text: str) -> None:
@@ -106,14 +137,21 @@ class _CEmitter:
             self.stmt(s, depth)
 
     def stmt_Loop(self, node: ir.Loop, depth: int) -> None:
-        if node.kind != "serial":
-            raise CodegenError(f"C backend: loop {node.var.name}: kind '{node.kind}' is not supported yet")
-        var = node.var.name
-        self.emit(depth, f"for (ptrdiff_t {var} = 0; {var} < {node.extent}; ++{var}) {{")
-        self.ranges[var] = (0, node.extent - 1)
-        self.stmt(node.body, depth + 1)
-        del self.ranges[var]
-        self.emit(depth, "}")
+        name, var = node.var.name, c_name(node.var.name)
+        self.ranges[name] = (0, node.extent - 1)
+        if node.kind == "unrolled":
+            for k in range(node.extent):
+                self.emit(depth, f"{{ /* {var} = {k} */")
+                self.stmt(ir.simplify(ir.substitute(node.body, {name: ir.IntImm(k)}), self.ranges), depth + 1)
+                self.emit(depth, "}")
+        else:
+            if node.kind in _MACROS:
+                self.macros.add(node.kind)
+                self.emit(depth, _MACROS[node.kind][0])
+            self.emit(depth, f"for (ptrdiff_t {var} = 0; {var} < {node.extent}; ++{var}) {{")
+            self.stmt(node.body, depth + 1)
+            self.emit(depth, "}")
+        del self.ranges[name]
 
     def stmt_Store(self, node: ir.Store, depth: int) -> None:
         self.emit(depth, f"{self.access(node.buffer, node.indices)} = {self.expr(node.value)};")
@@ -145,7 +183,13 @@ class _CEmitter:
                 self.includes.add("math.h")
             return float_literal(node.value)
         if isinstance(node, ir.Var):
-            return node.name
+            return c_name(node.name)
+        if isinstance(node, ir.Call):
+            key = (node.name, node.dtype)
+            if key not in _HELPERS:
+                raise CodegenError(f"C backend: no C for intrinsic {node.name}")
+            self.helpers.add(key)
+            return f"{_HELPERS[key][0]}({', '.join(self.expr(a) for a in node.args)})"
         if isinstance(node, ir.Load):
             return self.access(node.buffer, node.indices)
         if isinstance(node, ir.Select):

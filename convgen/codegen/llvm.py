@@ -1,9 +1,18 @@
 """LLVM backend: a walk over the IR that builds an llvmlite module.
 
-Each kernel is `void name(float* noalias x, ...)`; indices are i64, loops are
+Each kernel is `void name(ptr noalias x, ...)`; indices are i64, loops are
 counted loops with a phi, local buffers are allocas in the entry block (LLVM's
-SROA turns them into registers). Optimisation and JIT compilation are the
-runtime's job; this module only emits IR text.
+SROA turns them into registers). Loop kinds:
+
+- unrolled: the body is emitted once per iteration with the index a constant;
+- vectorized: the body is emitted once on <lanes x T> vectors: contiguous
+  accesses become vector loads and stores, others are gathered lane by lane,
+  `a + b * c` becomes llvm.fma, and a condition that differs between lanes
+  becomes a lane mask (masked lanes read a safe address and store nothing);
+- parallel: the function takes two more arguments, `lo` and `hi`, and runs
+  that loop from lo to hi, so a runtime can hand disjoint ranges to threads.
+
+Optimisation and JIT compilation are the runtime's job; this module only emits IR text.
 """
 
 from __future__ import annotations
@@ -15,11 +24,13 @@ from ..errors import CodegenError
 from ..target import Target
 
 I1 = ll.IntType(1)
+I32 = ll.IntType(32)
 I64 = ll.IntType(64)
 F32 = ll.FloatType()
 _TYPES = {ir.INDEX: I64, ir.FLOAT32: F32, ir.BOOL: I1}
 _INT_OPS = {"+": "add", "-": "sub", "*": "mul"}
 _FLOAT_OPS = {"+": "fadd", "-": "fsub", "*": "fmul", "/": "fdiv"}
+PARALLEL_BOUNDS = ("lo", "hi")
 
 
 def emit_llvm(func: ir.Func, target: Target) -> str:
@@ -29,17 +40,26 @@ def emit_llvm(func: ir.Func, target: Target) -> str:
     return str(_LLVMEmitter(module, func).module)
 
 
+def parallel_loop(func: ir.Func) -> ir.Loop | None:
+    """The kernel's parallel loop, whose range the caller passes as (lo, hi)."""
+    return next((loop for loop in ir.find_all(func.body, ir.Loop) if loop.kind == "parallel"), None)
+
+
 class _LLVMEmitter:
     def __init__(self, module: ll.Module, func: ir.Func):
         self.module = module
-        fn_type = ll.FunctionType(ll.VoidType(), [ll.PointerType() for _ in func.params])
-        self.function = ll.Function(module, fn_type, name=func.name)
+        self.parallel = parallel_loop(func)
+        arg_types = [ll.PointerType() for _ in func.params] + ([I64, I64] if self.parallel else [])
+        self.function = ll.Function(module, ll.FunctionType(ll.VoidType(), arg_types), name=func.name)
         self.function.attributes.add("nounwind")
         self.pointers: dict[str, ll.Value] = {}
         for arg, buffer in zip(self.function.args, func.params):
             arg.name = buffer.name
             arg.add_attribute("noalias")  # parameters never overlap (the runtime checks)
             self.pointers[buffer.name] = arg
+        if self.parallel:
+            for arg, name in zip(self.function.args[len(func.params):], PARALLEL_BOUNDS):
+                arg.name = name
         entry = self.function.append_basic_block("entry")
         self.allocas = ll.IRBuilder(entry)  # allocas go first in the entry block
         body = self.function.append_basic_block("body")
@@ -48,6 +68,9 @@ class _LLVMEmitter:
         self.builder = ll.IRBuilder(body)
         self.vars: dict[str, ll.Value] = {}
         self.ranges: ir.Ranges = {}
+        self.lane_var: str | None = None   # the vectorized loop's variable, while inside it
+        self.lanes = 0
+        self.mask: ll.Value | None = None  # lanes enabled by enclosing lane-dependent conditions
         self.stmt(func.body)
         self.builder.ret_void()
 
@@ -63,9 +86,26 @@ class _LLVMEmitter:
             self.stmt(s)
 
     def stmt_Loop(self, node: ir.Loop) -> None:
-        if node.kind != "serial":
-            raise CodegenError(f"LLVM backend: loop {node.var.name}: kind '{node.kind}' is not supported yet")
+        if self.lane_var is not None:
+            raise CodegenError(f"LLVM backend: loop {node.var.name} inside vectorized loop {self.lane_var}")
         name = node.var.name
+        self.ranges[name] = (0, node.extent - 1)
+        if node.kind == "unrolled":
+            for k in range(node.extent):
+                self.stmt(ir.simplify(ir.substitute(node.body, {name: ir.IntImm(k)}), self.ranges))
+        elif node.kind == "vectorized":
+            self.lane_var, self.lanes = name, node.extent
+            self.stmt(node.body)
+            self.lane_var, self.lanes = None, 0
+        else:
+            self.counted_loop(node)
+        del self.ranges[name]
+
+    def counted_loop(self, node: ir.Loop) -> None:
+        name = node.var.name
+        start, stop = ll.Constant(I64, 0), ll.Constant(I64, node.extent)
+        if node.kind == "parallel":
+            start, stop = self.function.args[-2], self.function.args[-1]
         b = self.builder
         before = b.block
         header = self.function.append_basic_block(f"{name}.header")
@@ -74,20 +114,47 @@ class _LLVMEmitter:
         b.branch(header)
         b.position_at_end(header)
         index = b.phi(I64, name=name)
-        index.add_incoming(ll.Constant(I64, 0), before)
-        b.cbranch(b.icmp_signed("<", index, ll.Constant(I64, node.extent)), body, done)
+        index.add_incoming(start, before)
+        b.cbranch(b.icmp_signed("<", index, stop), body, done)
         b.position_at_end(body)
-        self.vars[name], self.ranges[name] = index, (0, node.extent - 1)
+        self.vars[name] = index
         self.stmt(node.body)
-        del self.vars[name], self.ranges[name]
+        del self.vars[name]
         index.add_incoming(b.add(index, ll.Constant(I64, 1), name=f"{name}.next", flags=("nsw",)), b.block)
         b.branch(header)
         b.position_at_end(done)
 
     def stmt_Store(self, node: ir.Store) -> None:
-        self.builder.store(self.expr(node.value), self.address(node.buffer, node.indices))
+        offset = ir.flat_index(node.buffer, node.indices)
+        value = self.expr(node.value)
+        if self.lane_var is None:
+            self.builder.store(value, self.pointer(node.buffer, self.expr(offset)))
+        elif self.lane_var not in ir.free_vars(offset):
+            raise CodegenError(f"LLVM backend: store to {node.buffer.name} does not depend on vectorized "
+                               f"loop {self.lane_var}: lanes would collide")
+        elif self.mask is None and self.contiguous(offset):
+            base = self.expr(ir.substitute(offset, {self.lane_var: ir.IntImm(0)}))
+            store = self.builder.store(self.broadcast(value), self.pointer(node.buffer, base))
+            store.align = 4
+        else:
+            self.store_lanes(node.buffer, offset, self.broadcast(value))
+
+    def store_lanes(self, buffer: ir.Buffer, offset: ir.Expr, value: ll.Value) -> None:
+        """Scatter lane by lane, skipping lanes the mask turns off."""
+        b = self.builder
+        for k in range(self.lanes):
+            lane_offset = self.expr(ir.simplify(ir.substitute(offset, {self.lane_var: ir.IntImm(k)}), self.ranges))
+            element = b.extract_element(value, ll.Constant(I32, k))
+            if self.mask is None:
+                b.store(element, self.pointer(buffer, lane_offset))
+                continue
+            with b.if_then(b.extract_element(self.mask, ll.Constant(I32, k))):
+                b.store(element, self.pointer(buffer, lane_offset))
 
     def stmt_If(self, node: ir.If) -> None:
+        if self.lane_var is not None and self.lane_var in ir.free_vars(node.cond):
+            self.masked_if(node)
+            return
         cond = self.expr(node.cond)
         if node.orelse is None:
             with self.builder.if_then(cond):
@@ -99,21 +166,67 @@ class _LLVMEmitter:
             with orelse:
                 self.stmt(node.orelse)
 
+    def masked_if(self, node: ir.If) -> None:
+        b, outer = self.builder, self.mask
+        cond = self.expr(node.cond)
+        self.mask = cond if outer is None else b.and_(outer, cond)
+        self.stmt(node.then)
+        if node.orelse is not None:
+            negated = b.xor(cond, ll.Constant(cond.type, [1] * self.lanes))
+            self.mask = negated if outer is None else b.and_(outer, negated)
+            self.stmt(node.orelse)
+        self.mask = outer
+
     def stmt_Allocate(self, node: ir.Allocate) -> None:
+        if self.lane_var is not None:
+            raise CodegenError(f"LLVM backend: allocation of {node.buffer.name} inside vectorized loop {self.lane_var}")
         buffer = node.buffer
         self.pointers[buffer.name] = self.allocas.alloca(
             _TYPES[buffer.dtype], size=ll.Constant(I64, buffer.size), name=buffer.name)
         self.stmt(node.body)
         del self.pointers[buffer.name]
 
-    # -- expressions --------------------------------------------------------
-    def address(self, buffer: ir.Buffer, indices) -> ll.Value:
+    # -- memory -------------------------------------------------------------
+    def pointer(self, buffer: ir.Buffer, offset: ll.Value) -> ll.Value:
         if buffer.name not in self.pointers:
             raise CodegenError(f"LLVM backend: buffer {buffer.name} is neither a parameter nor allocated")
-        offset = self.expr(ir.flat_index(buffer, indices))
         return self.builder.gep(self.pointers[buffer.name], [offset], inbounds=True,
                                 source_etype=_TYPES[buffer.dtype])
 
+    def contiguous(self, offset: ir.Expr) -> bool:
+        """Whether consecutive lanes address consecutive elements."""
+        base = ir.substitute(offset, {self.lane_var: ir.IntImm(0)})
+        return ir.simplify(offset - base, self.ranges) == ir.Var(self.lane_var)
+
+    def load(self, node: ir.Load) -> ll.Value:
+        offset = ir.flat_index(node.buffer, node.indices)
+        element = _TYPES[node.dtype]
+        if self.lane_var is None or self.lane_var not in ir.free_vars(offset):
+            index = self.expr(offset)
+            if self.mask is not None:  # no lane may need it: read a safe address instead
+                any_lane = self.builder.icmp_unsigned(
+                    "!=", self.builder.bitcast(self.mask, ll.IntType(self.lanes)), ll.Constant(ll.IntType(self.lanes), 0))
+                index = self.builder.select(any_lane, index, ll.Constant(I64, 0))
+            return self.builder.load(self.pointer(node.buffer, index), typ=element)
+        if self.mask is None and self.contiguous(offset):
+            base = self.expr(ir.substitute(offset, {self.lane_var: ir.IntImm(0)}))
+            value = self.builder.load(self.pointer(node.buffer, base), typ=ll.VectorType(element, self.lanes))
+            value.align = 4
+            return value
+        return self.gather(node.buffer, offset, element)
+
+    def gather(self, buffer: ir.Buffer, offset: ir.Expr, element: ll.Type) -> ll.Value:
+        """Load lane by lane; a masked-off lane reads element 0, which always exists."""
+        b = self.builder
+        vector = ll.Constant(ll.VectorType(element, self.lanes), ll.Undefined)
+        for k in range(self.lanes):
+            index = self.expr(ir.simplify(ir.substitute(offset, {self.lane_var: ir.IntImm(k)}), self.ranges))
+            if self.mask is not None:
+                index = b.select(b.extract_element(self.mask, ll.Constant(I32, k)), index, ll.Constant(I64, 0))
+            vector = b.insert_element(vector, b.load(self.pointer(buffer, index), typ=element), ll.Constant(I32, k))
+        return vector
+
+    # -- expressions --------------------------------------------------------
     def expr(self, node: ir.Expr) -> ll.Value:
         if isinstance(node, ir.IntImm):
             return ll.Constant(I64, node.value)
@@ -122,21 +235,61 @@ class _LLVMEmitter:
         if isinstance(node, ir.FloatImm):
             return ll.Constant(_TYPES[node.dtype], node.value)
         if isinstance(node, ir.Var):
+            if node.name == self.lane_var:
+                return ll.Constant(ll.VectorType(I64, self.lanes), list(range(self.lanes)))
             if node.name not in self.vars:
                 raise CodegenError(f"LLVM backend: variable {node.name} is used outside its loop")
             return self.vars[node.name]
         if isinstance(node, ir.Load):
-            return self.builder.load(self.address(node.buffer, node.indices), typ=_TYPES[node.dtype])
+            return self.load(node)
         if isinstance(node, ir.Select):
-            return self.builder.select(self.expr(node.cond), self.expr(node.true_value),
-                                       self.expr(node.false_value))
+            cond, a, b = self.expr(node.cond), self.expr(node.true_value), self.expr(node.false_value)
+            if isinstance(cond.type, ll.VectorType) or self.is_vector(a) or self.is_vector(b):
+                a, b = self.broadcast(a), self.broadcast(b)
+            return self.builder.select(cond, a, b)
+        if isinstance(node, ir.Call):
+            return self.call(node)
         if isinstance(node, ir.BinOp):
             return self.binop(node)
         raise CodegenError(f"LLVM backend: cannot emit expression {type(node).__name__}")
 
+    def call(self, node: ir.Call) -> ll.Value:
+        index, size = node.args
+        if node.name == "clamp":
+            return self.expr(ir.minimum(ir.maximum(index, 0), size - 1))
+        if node.name == "reflect":
+            mirrored = ir.Select(ir.lt(index, 0), -index, ir.Select(ir.lt(index, size), index, (size + size - 2) - index))
+            return self.expr(mirrored)
+        raise CodegenError(f"LLVM backend: no lowering for intrinsic {node.name}")
+
+    def is_vector(self, value: ll.Value) -> bool:
+        return isinstance(value.type, ll.VectorType)
+
+    def broadcast(self, value: ll.Value) -> ll.Value:
+        if self.is_vector(value) or not self.lanes:
+            return value
+        vector_type = ll.VectorType(value.type, self.lanes)
+        single = self.builder.insert_element(ll.Constant(vector_type, ll.Undefined), value, ll.Constant(I32, 0))
+        return self.builder.shuffle_vector(single, ll.Constant(vector_type, ll.Undefined),
+                                           ll.Constant(ll.VectorType(I32, self.lanes), [0] * self.lanes))
+
+    def intrinsic(self, name: str, value_type: ll.Type, arity: int) -> ll.Function:
+        """A float intrinsic by its overloaded name (llvmlite's declare_intrinsic knows no vectors)."""
+        suffix = f"v{value_type.count}f32" if isinstance(value_type, ll.VectorType) else "f32"
+        full = f"llvm.{name}.{suffix}"
+        if full in self.module.globals:
+            return self.module.globals[full]
+        return ll.Function(self.module, ll.FunctionType(value_type, [value_type] * arity), name=full)
+
     def binop(self, node: ir.BinOp) -> ll.Value:
+        if self.lane_var is not None and node.op == "+" and node.dtype == ir.FLOAT32:
+            fused = self.fused_multiply_add(node)
+            if fused is not None:
+                return fused
         b = self.builder
         x, y = self.expr(node.a), self.expr(node.b)
+        if self.is_vector(x) or self.is_vector(y):
+            x, y = self.broadcast(x), self.broadcast(y)
         op, dtype = node.op, node.a.dtype
         if op == "&&":
             return b.and_(x, y)
@@ -156,10 +309,18 @@ class _LLVMEmitter:
         if op in ir.COMPARE_OPS:
             return b.fcmp_ordered(op, x, y)
         if op in ("min", "max"):
-            signature = ll.FunctionType(x.type, [x.type, x.type])
-            intrinsic = self.module.declare_intrinsic(f"llvm.{op}num", [x.type], signature)
-            return b.call(intrinsic, [x, y])
+            return b.call(self.intrinsic(f"{op}num", x.type, 2), [x, y])
         raise CodegenError(f"LLVM backend: cannot emit {op!r} on {dtype}")
+
+    def fused_multiply_add(self, node: ir.BinOp) -> ll.Value | None:
+        """a + b * c (or b * c + a) on vectors as one llvm.fma: the target's FMA instructions."""
+        if self.lane_var not in ir.free_vars(node):
+            return None
+        for addend, product in ((node.a, node.b), (node.b, node.a)):
+            if isinstance(product, ir.BinOp) and product.op == "*":
+                values = [self.broadcast(self.expr(e)) for e in (product.a, product.b, addend)]
+                return self.builder.call(self.intrinsic("fma", values[0].type, 3), values)
+        return None
 
     def require_nonnegative(self, node: ir.BinOp) -> None:
         if not ir.truncation_is_floor(node, self.ranges):

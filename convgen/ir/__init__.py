@@ -1,0 +1,19 @@
+"""The loop-nest IR: the one source of truth between lowering and the backends.
+
+- nodes: buffers (logical axes, a storage layout, caller-side padding),
+  expressions, statements, kernels; all frozen, compared structurally.
+- walk: a visitor, a rewriter that rebuilds only what changes, helpers.
+- simplify: interval bounds, the simplifier, and `flat_index`, the one place
+  where a layout becomes an address (so a layout change is data, not code).
+- printer: readable pseudo-code.
+"""
+
+from .nodes import *  # noqa: F401,F403
+from .nodes import __all__ as _nodes_all
+from .printer import format_buffer, format_expr, format_func, format_stmt
+from .simplify import Ranges, bounds, flat_index, simplify, truncation_is_floor
+from .walk import Rewriter, Visitor, children, find_all, free_vars, loops_by_name, substitute
+
+__all__ = [*_nodes_all, "format_buffer", "format_expr", "format_func", "format_stmt", "Ranges", "bounds",
+           "flat_index", "simplify", "truncation_is_floor", "Rewriter", "Visitor", "children", "find_all",
+           "free_vars", "loops_by_name", "substitute"]

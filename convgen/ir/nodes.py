@@ -1,0 +1,406 @@
+"""IR nodes: buffers, expressions, statements and kernels.
+
+Expressions compute indices (int64) and values (float32, and later int8/int32);
+statements are loops, stores, conditionals and local allocations. Nodes are
+frozen dataclasses compared structurally; a pass rebuilds only what it changes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+INDEX = "int64"
+BOOL = "bool"
+FLOAT32 = "float32"
+
+LOOP_KINDS = ("serial", "vectorized", "unrolled", "parallel")
+SCOPES = ("global", "local")
+
+ARITH_OPS = ("+", "-", "*", "/", "//", "%", "min", "max")
+COMPARE_OPS = ("<", "<=", "==", "!=")
+LOGIC_OPS = ("&&", "||")
+
+
+class Node:
+    """Base of all IR nodes."""
+
+
+# ---------------------------------------------------------------------------
+# Buffers
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Dim:
+    """One storage dimension of a layout: a logical axis whole (block 0), or,
+    when the axis is blocked, its outer part (block 0, the axis also has an
+    inner Dim) or its inner block of `block` elements."""
+
+    axis: str
+    block: int = 0
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """A named array, indexed by logical axis.
+
+    axes: the logical dimensions, in index order (e.g. N, C, H, W).
+    shape: their extents as the kernel sees them (padding included).
+    layout: the storage dimensions, outermost first (e.g. NHWC, or NCHW8c
+        with C split into an outer part and an inner block of 8).
+    pad: (before, after) per axis by which the kernel's buffer extends the
+        caller's array, filled per `pad_mode` by whoever prepares the buffer
+        ("constant" fills with `pad_value`; "reflect", "replicate" copy edges).
+    """
+
+    name: str
+    dtype: str
+    axes: tuple[str, ...]
+    shape: tuple[int, ...]
+    layout: tuple[Dim, ...]
+    scope: str = "global"
+    pad: tuple[tuple[int, int], ...] = ()
+    pad_mode: str = "constant"
+    pad_value: float = 0.0
+
+    def __post_init__(self):
+        if len(self.axes) != len(self.shape):
+            raise ValueError(f"buffer {self.name}: {len(self.axes)} axes but {len(self.shape)} extents")
+        outer = sorted(d.axis for d in self.layout if d.block == 0)
+        if outer != sorted(self.axes):
+            raise ValueError(f"buffer {self.name}: layout {self.layout_name} does not name each axis of "
+                             f"{self.axes} once")
+        inner = [d.axis for d in self.layout if d.block]
+        if len(inner) != len(set(inner)) or any(d.block < 0 for d in self.layout):
+            raise ValueError(f"buffer {self.name}: layout {self.layout_name} blocks an axis twice")
+        if self.scope not in SCOPES:
+            raise ValueError(f"buffer {self.name}: scope {self.scope!r} is not one of {SCOPES}")
+        if self.pad and len(self.pad) != len(self.axes):
+            raise ValueError(f"buffer {self.name}: pad needs (before, after) for each of {len(self.axes)} axes")
+
+    @property
+    def layout_name(self) -> str:
+        """E.g. NCHW, NHWC, NCHW8c, OIHW8i16o; axes of several letters are joined with '/'."""
+        parts = [f"{d.block}{d.axis.lower()}" if d.block else d.axis for d in self.layout]
+        return "".join(parts) if all(len(d.axis) == 1 for d in self.layout) else "/".join(parts)
+
+    def extent(self, axis: str) -> int:
+        return self.shape[self.axes.index(axis)]
+
+    def block(self, axis: str) -> int:
+        """The inner block size of an axis, or 0 when it is not blocked."""
+        return next((d.block for d in self.layout if d.axis == axis and d.block), 0)
+
+    def storage_extent(self, dim: Dim) -> int:
+        if dim.block:
+            return dim.block
+        block = self.block(dim.axis)
+        return -(-self.extent(dim.axis) // block) if block else self.extent(dim.axis)
+
+    @property
+    def storage_shape(self) -> tuple[int, ...]:
+        """The shape in storage order (what a C or NumPy caller allocates); blocked axes round up."""
+        return tuple(self.storage_extent(d) for d in self.layout)
+
+    @property
+    def size(self) -> int:
+        """Elements of storage."""
+        return math.prod(self.storage_shape)
+
+    @property
+    def user_shape(self) -> tuple[int, ...]:
+        """Logical extents of the caller's array, before padding."""
+        if not self.pad:
+            return self.shape
+        return tuple(e - before - after for e, (before, after) in zip(self.shape, self.pad))
+
+
+def parse_layout(text: str, axes: tuple[str, ...]) -> tuple[Dim, ...]:
+    """'NCHW8c' -> N, C, H, W, 8c: capitals name axes; digits and a lower-case
+    letter name the inner block of that axis. Raises ValueError with the reason."""
+    dims, digits = [], ""
+    for ch in text:
+        if ch.isdigit():
+            digits += ch
+        elif digits:
+            if ch.upper() not in axes or not ch.islower():
+                raise ValueError(f"block '{digits}{ch}' must name one of {', '.join(a.lower() for a in axes)}")
+            if int(digits) < 1:
+                raise ValueError(f"block '{digits}{ch}' must be at least 1")
+            dims.append(Dim(ch.upper(), int(digits)))
+            digits = ""
+        elif ch in axes:
+            dims.append(Dim(ch))
+        else:
+            raise ValueError(f"'{ch}' is not one of the axes {''.join(axes)}")
+    if digits:
+        raise ValueError(f"block size {digits} is not followed by an axis letter")
+    outer = sorted(d.axis for d in dims if not d.block)
+    if outer != sorted(axes):
+        raise ValueError(f"expected each of {''.join(axes)} once in capitals")
+    inner = [d.axis for d in dims if d.block]
+    if len(inner) != len(set(inner)):
+        raise ValueError("an axis is blocked twice")
+    return tuple(dims)
+
+
+def plain_layout(axes) -> tuple[Dim, ...]:
+    """Row-major in the given axis order."""
+    return tuple(Dim(a) for a in axes)
+
+
+# ---------------------------------------------------------------------------
+# Expressions
+# ---------------------------------------------------------------------------
+
+class Expr(Node):
+    """Base of expressions; arithmetic operators build BinOp nodes."""
+
+    def __add__(self, other): return BinOp("+", self, as_expr(other, self))
+    def __radd__(self, other): return BinOp("+", as_expr(other, self), self)
+    def __sub__(self, other): return BinOp("-", self, as_expr(other, self))
+    def __rsub__(self, other): return BinOp("-", as_expr(other, self), self)
+    def __mul__(self, other): return BinOp("*", self, as_expr(other, self))
+    def __rmul__(self, other): return BinOp("*", as_expr(other, self), self)
+    def __truediv__(self, other): return BinOp("/", self, as_expr(other, self))
+    def __floordiv__(self, other): return BinOp("//", self, as_expr(other, self))
+    def __mod__(self, other): return BinOp("%", self, as_expr(other, self))
+    def __neg__(self): return BinOp("-", as_expr(0, self), self)
+
+    @property
+    def dtype(self) -> str:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, eq=True)
+class IntImm(Expr):
+    value: int
+
+    @property
+    def dtype(self) -> str:
+        return INDEX
+
+
+@dataclass(frozen=True, eq=True)
+class BoolImm(Expr):
+    value: bool
+
+    @property
+    def dtype(self) -> str:
+        return BOOL
+
+
+@dataclass(frozen=True, eq=True)
+class FloatImm(Expr):
+    value: float
+    type: str = FLOAT32
+
+    @property
+    def dtype(self) -> str:
+        return self.type
+
+
+@dataclass(frozen=True, eq=True)
+class Var(Expr):
+    """A loop variable (int64)."""
+
+    name: str
+
+    @property
+    def dtype(self) -> str:
+        return INDEX
+
+
+@dataclass(frozen=True, eq=True)
+class BinOp(Expr):
+    """Binary operation. `//` and `%` are floor division and modulo on ints;
+    `/` is float division; comparisons and `&&`/`||` give bool."""
+
+    op: str
+    a: Expr
+    b: Expr
+
+    def __post_init__(self):
+        if self.op not in ARITH_OPS + COMPARE_OPS + LOGIC_OPS:
+            raise ValueError(f"unknown operator {self.op!r}")
+        if self.a.dtype != self.b.dtype:
+            raise TypeError(f"operands of {self.op!r} differ in type: {self.a.dtype} and {self.b.dtype}")
+        if self.op in LOGIC_OPS and self.a.dtype != BOOL:
+            raise TypeError(f"operands of {self.op!r} must be bool; got {self.a.dtype}")
+        if self.op in ("//", "%") and self.a.dtype != INDEX:
+            raise TypeError(f"{self.op!r} is for integer indices; got {self.a.dtype}")
+        if self.op == "/" and self.a.dtype == INDEX:
+            raise TypeError("'/' is float division; use '//' for indices")
+
+    @property
+    def dtype(self) -> str:
+        return BOOL if self.op in COMPARE_OPS + LOGIC_OPS else self.a.dtype
+
+
+@dataclass(frozen=True, eq=True)
+class Select(Expr):
+    cond: Expr
+    true_value: Expr
+    false_value: Expr
+
+    def __post_init__(self):
+        if self.cond.dtype != BOOL or self.true_value.dtype != self.false_value.dtype:
+            raise TypeError("select needs a bool condition and two values of one type")
+
+    @property
+    def dtype(self) -> str:
+        return self.true_value.dtype
+
+
+@dataclass(frozen=True, eq=True)
+class Load(Expr):
+    buffer: Buffer
+    indices: tuple[Expr, ...]
+
+    def __post_init__(self):
+        _check_indices(self.buffer, self.indices)
+
+    @property
+    def dtype(self) -> str:
+        return self.buffer.dtype
+
+
+# Intrinsic functions a backend must know; name -> result type.
+INTRINSICS = {
+    "reflect": INDEX,   # reflect(i, n): mirror i into 0..n-1 without repeating the edge
+    "clamp": INDEX,     # clamp(i, n): min(max(i, 0), n - 1)
+}
+
+
+@dataclass(frozen=True, eq=True)
+class Call(Expr):
+    """An intrinsic function of INTRINSICS."""
+
+    name: str
+    args: tuple[Expr, ...]
+
+    def __post_init__(self):
+        if self.name not in INTRINSICS:
+            raise ValueError(f"unknown intrinsic {self.name!r}; known: {', '.join(INTRINSICS)}")
+
+    @property
+    def dtype(self) -> str:
+        return INTRINSICS[self.name]
+
+
+def as_expr(value, like: Expr | None = None) -> Expr:
+    """Wrap a Python number as an immediate of the kind `like` needs."""
+    if isinstance(value, Expr):
+        return value
+    if isinstance(value, bool):
+        return BoolImm(value)
+    if isinstance(value, int) and (like is None or like.dtype == INDEX):
+        return IntImm(value)
+    if isinstance(value, (int, float)):
+        return FloatImm(float(value), like.dtype if like is not None and like.dtype != INDEX else FLOAT32)
+    raise TypeError(f"cannot make an IR expression of {value!r}")
+
+
+def binop(op: str, a, b) -> BinOp:
+    a = as_expr(a, b if isinstance(b, Expr) else None)
+    return BinOp(op, a, as_expr(b, a))
+
+
+def lt(a, b): return binop("<", a, b)
+def le(a, b): return binop("<=", a, b)
+def minimum(a, b): return binop("min", a, b)
+def maximum(a, b): return binop("max", a, b)
+
+
+def all_of(*conds: Expr) -> Expr:
+    result: Expr = BoolImm(True)
+    for cond in conds:
+        result = cond if result == BoolImm(True) else BinOp("&&", result, cond)
+    return result
+
+
+def _check_indices(buffer: Buffer, indices: tuple) -> None:
+    if len(indices) != len(buffer.axes):
+        raise ValueError(f"{buffer.name} has {len(buffer.axes)} axes; got {len(indices)} indices")
+    for index in indices:
+        if index.dtype != INDEX:
+            raise TypeError(f"index of {buffer.name} must be {INDEX}; got {index.dtype}")
+
+
+# ---------------------------------------------------------------------------
+# Statements
+# ---------------------------------------------------------------------------
+
+class Stmt(Node):
+    """Base of statements."""
+
+
+@dataclass(frozen=True, eq=True)
+class Store(Stmt):
+    buffer: Buffer
+    indices: tuple[Expr, ...]
+    value: Expr
+
+    def __post_init__(self):
+        _check_indices(self.buffer, self.indices)
+        if self.value.dtype != self.buffer.dtype:
+            raise TypeError(f"storing {self.value.dtype} into {self.buffer.name} of {self.buffer.dtype}")
+
+
+@dataclass(frozen=True, eq=True)
+class Loop(Stmt):
+    """for var in 0 .. extent-1, run body. `kind` says how the loop is to run."""
+
+    var: Var
+    extent: int
+    body: Stmt
+    kind: str = "serial"
+
+    def __post_init__(self):
+        if self.kind not in LOOP_KINDS:
+            raise ValueError(f"loop {self.var.name}: kind {self.kind!r} is not one of {LOOP_KINDS}")
+
+
+@dataclass(frozen=True, eq=True)
+class Seq(Stmt):
+    body: tuple[Stmt, ...]
+
+
+@dataclass(frozen=True, eq=True)
+class If(Stmt):
+    cond: Expr
+    then: Stmt
+    orelse: Stmt | None = None
+
+
+@dataclass(frozen=True, eq=True)
+class Allocate(Stmt):
+    """A local buffer that lives for the duration of body."""
+
+    buffer: Buffer
+    body: Stmt
+
+
+@dataclass(frozen=True, eq=True)
+class Func(Node):
+    """A kernel: parameters (global buffers, in call order) and a body.
+    `doc` says in words what it computes; backends put it in comments."""
+
+    name: str
+    params: tuple[Buffer, ...]
+    body: Stmt
+    doc: str = ""
+
+    def written_buffers(self) -> set[str]:
+        """Names of the parameters the body stores to (the outputs)."""
+        from .walk import find_all
+        return {s.buffer.name for s in find_all(self.body, Store) if s.buffer.scope == "global"}
+
+
+__all__ = [
+    "INDEX", "BOOL", "FLOAT32", "LOOP_KINDS", "SCOPES", "ARITH_OPS", "COMPARE_OPS", "LOGIC_OPS", "INTRINSICS",
+    "Node", "Dim", "Buffer", "parse_layout", "plain_layout",
+    "Expr", "IntImm", "BoolImm", "FloatImm", "Var", "BinOp", "Select", "Load", "Call",
+    "as_expr", "binop", "lt", "le", "minimum", "maximum", "all_of",
+    "Stmt", "Store", "Loop", "Seq", "If", "Allocate", "Func",
+]

@@ -1,0 +1,269 @@
+"""Index arithmetic: interval bounds, the simplifier, and addresses from layouts."""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import replace
+
+from .nodes import (BOOL, COMPARE_OPS, INDEX, LOGIC_OPS, BinOp, BoolImm, Buffer, Call, Expr, If, IntImm, Loop,
+                    Node, Select, Seq, Stmt, Var)
+from .walk import Rewriter, substitute
+
+Ranges = dict[str, tuple[int, int]]
+
+
+def bounds(expr: Expr, ranges: Ranges) -> tuple[float, float] | None:
+    """Inclusive integer interval of an index expression given variable ranges, or None if unknown."""
+    if isinstance(expr, IntImm):
+        return (expr.value, expr.value)
+    if isinstance(expr, Var):
+        return ranges.get(expr.name)
+    if isinstance(expr, Call) and expr.name in ("reflect", "clamp") and isinstance(expr.args[1], IntImm):
+        return (0, expr.args[1].value - 1)
+    if isinstance(expr, Select):
+        t, f = bounds(expr.true_value, ranges), bounds(expr.false_value, ranges)
+        return (min(t[0], f[0]), max(t[1], f[1])) if t and f else None
+    if not isinstance(expr, BinOp) or expr.dtype != INDEX:
+        return None
+    a, b = bounds(expr.a, ranges), bounds(expr.b, ranges)
+    if a is None or b is None:
+        return None
+    if expr.op == "+":
+        return (a[0] + b[0], a[1] + b[1])
+    if expr.op == "-":
+        return (a[0] - b[1], a[1] - b[0])
+    if expr.op == "*":
+        corners = [x * y for x in a for y in b]
+        return (min(corners), max(corners))
+    if expr.op == "min":
+        return (min(a[0], b[0]), min(a[1], b[1]))
+    if expr.op == "max":
+        return (max(a[0], b[0]), max(a[1], b[1]))
+    if expr.op in ("//", "%") and b[0] == b[1] and b[0] > 0:
+        c = b[0]
+        if expr.op == "//":
+            return (a[0] // c, a[1] // c)
+        return (a[0], a[1]) if a[0] >= 0 and a[1] < c else (0, c - 1)
+    return None
+
+
+_INT_FOLDS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "//": operator.floordiv,
+              "%": operator.mod, "min": min, "max": max, "<": operator.lt, "<=": operator.le,
+              "==": operator.eq, "!=": operator.ne}
+
+
+def truncation_is_floor(node: BinOp, ranges: Ranges) -> bool:
+    """Whether C's / and % (LLVM's sdiv/srem), which truncate, give the IR's floor
+    `//` and `%` here: true when the dividend is provably >= 0 and the divisor > 0."""
+    a, b = bounds(node.a, ranges), bounds(node.b, ranges)
+    return a is not None and b is not None and a[0] >= 0 and b[0] > 0
+
+
+def _fold_ints(op: str, x: int, y: int) -> Expr:
+    result = _INT_FOLDS[op](x, y)
+    return BoolImm(result) if op in COMPARE_OPS else IntImm(result)
+
+
+def _decide(op: str, a, b) -> bool | None:
+    """Decide a comparison from operand intervals, if they settle it."""
+    if a is None or b is None:
+        return None
+    if op == "<":
+        return True if a[1] < b[0] else False if a[0] >= b[1] else None
+    if op == "<=":
+        return True if a[1] <= b[0] else False if a[0] > b[1] else None
+    if op == "==":
+        return True if a[0] == a[1] == b[0] == b[1] else False if a[1] < b[0] or b[1] < a[0] else None
+    if op == "!=":
+        decided = _decide("==", a, b)
+        return None if decided is None else not decided
+    return None
+
+
+class _Simplifier(Rewriter):
+    def __init__(self, ranges: Ranges | None = None, drop_unit_loops: bool = False):
+        self.ranges: Ranges = dict(ranges or {})
+        self.drop_unit_loops = drop_unit_loops
+
+    def visit_Loop(self, node: Loop) -> Stmt:
+        if node.extent <= 0:
+            return Seq(())
+        if node.extent == 1 and node.kind == "serial" and self.drop_unit_loops:
+            return self.visit(substitute(node.body, {node.var.name: IntImm(0)}))
+        saved = self.ranges.get(node.var.name)
+        self.ranges[node.var.name] = (0, node.extent - 1)
+        body = self.visit(node.body)
+        if saved is None:
+            del self.ranges[node.var.name]
+        else:
+            self.ranges[node.var.name] = saved
+        return node if body is node.body else replace(node, body=body)
+
+    def visit_Seq(self, node: Seq) -> Stmt:
+        flat = []
+        for stmt in (self.visit(s) for s in node.body):
+            flat.extend(stmt.body if isinstance(stmt, Seq) else (stmt,))
+        return flat[0] if len(flat) == 1 else Seq(tuple(flat))
+
+    def visit_If(self, node: If) -> Stmt:
+        cond = self.visit(node.cond)
+        if isinstance(cond, BoolImm):
+            chosen = node.then if cond.value else node.orelse
+            return Seq(()) if chosen is None else self.visit(chosen)
+        return self.generic_visit(replace(node, cond=cond))
+
+    def visit_Select(self, node: Select) -> Expr:
+        node = self.generic_visit(node)
+        if isinstance(node.cond, BoolImm):
+            return node.true_value if node.cond.value else node.false_value
+        return node
+
+    def visit_Call(self, node: Call) -> Expr:
+        node = self.generic_visit(node)
+        if node.name in ("reflect", "clamp"):
+            index, size = node.args
+            span = bounds(index, self.ranges)
+            if span is not None and isinstance(size, IntImm) and 0 <= span[0] and span[1] < size.value:
+                return index  # already inside: the remap is the identity
+        return node
+
+    def visit_BinOp(self, node: BinOp) -> Expr:
+        node = self.generic_visit(node)
+        a, b, op = node.a, node.b, node.op
+        if op in LOGIC_OPS:
+            return _simplify_logic(op, a, b)
+        if a.dtype != INDEX:
+            return node  # float arithmetic is left exactly as written
+        if isinstance(a, IntImm) and isinstance(b, IntImm) and not (op in ("//", "%") and b.value == 0):
+            return _fold_ints(op, a.value, b.value)
+        decided = self._by_bounds(node)
+        if decided is not None:
+            return decided
+        return _simplify_algebra(node)
+
+    def _by_bounds(self, node: BinOp) -> Expr | None:
+        a, b = bounds(node.a, self.ranges), bounds(node.b, self.ranges)
+        if node.op in COMPARE_OPS:
+            decided = _decide(node.op, a, b)
+            return None if decided is None else BoolImm(decided)
+        if node.op == "min" and a and b:
+            if a[1] <= b[0]:
+                return node.a
+            if b[1] <= a[0]:
+                return node.b
+        if node.op == "max" and a and b:
+            if a[0] >= b[1]:
+                return node.a
+            if b[0] >= a[1]:
+                return node.b
+        if node.op in ("//", "%") and isinstance(node.b, IntImm) and node.b.value > 0:
+            c = node.b.value
+            if node.op == "//" and a and a[0] // c == a[1] // c:
+                return IntImm(a[0] // c)
+            if node.op == "%" and a and 0 <= a[0] and a[1] < c:
+                return node.a
+            return self._divide_out_multiples(node, c)
+        return None
+
+    def _divide_out_multiples(self, node: BinOp, c: int) -> Expr | None:
+        """(q*c + r) // c -> q + r // c and (q*c + r) % c -> r % c, floor semantics;
+        then r // c vanishes when r is known to lie in 0..c-1."""
+        quotient, rest = [], []
+        for term in _sum_terms(node.a):
+            factor = _constant_factor(term)
+            if factor is not None and factor[1] % c == 0:
+                quotient.append(factor[0] * (factor[1] // c) if factor[0] is not None else IntImm(factor[1] // c))
+            else:
+                rest.append(term)
+        if not quotient:
+            return None
+        remainder = _sum(rest)
+        if node.op == "%":
+            return self.visit(BinOp("%", remainder, node.b))
+        return self.visit(BinOp("+", _sum(quotient), BinOp("//", remainder, node.b)))
+
+
+def _simplify_logic(op: str, a: Expr, b: Expr) -> Expr:
+    identity, absorbing = (True, False) if op == "&&" else (False, True)
+    for x, y in ((a, b), (b, a)):
+        if isinstance(x, BoolImm):
+            return y if x.value == identity else BoolImm(absorbing)
+    return BinOp(op, a, b)
+
+
+def _simplify_algebra(node: BinOp) -> Expr:
+    """Identities and constant re-association on index arithmetic."""
+    a, b, op = node.a, node.b, node.op
+    if op in ("+", "*") and isinstance(a, IntImm) and not isinstance(b, IntImm):
+        a, b = b, a  # constants to the right
+    if op == "-" and isinstance(b, IntImm):
+        op, b = "+", IntImm(-b.value)
+    if isinstance(b, IntImm):
+        c = b.value
+        if (op == "+" and c == 0) or (op in ("*", "//") and c == 1):
+            return a
+        if op == "*" and c == 0:
+            return IntImm(0)
+        if op == "%" and c == 1:
+            return IntImm(0)
+        if isinstance(a, BinOp) and isinstance(a.b, IntImm) and a.op == op and op in ("+", "*"):
+            merged = _fold_ints(op, a.b.value, c)
+            return _simplify_algebra(BinOp(op, a.a, merged))
+        if op == "*" and isinstance(a, BinOp) and a.op == "+" and isinstance(a.b, IntImm):
+            # (x + c1) * c2 -> x * c2 + c1 * c2, so constants gather at the top
+            return _simplify_algebra(BinOp("+", _simplify_algebra(BinOp("*", a.a, b)), IntImm(a.b.value * c)))
+    if op == "+" and isinstance(a, BinOp) and a.op == "+" and isinstance(a.b, IntImm) and not isinstance(b, IntImm):
+        # (x + c) + y -> (x + y) + c
+        return _simplify_algebra(BinOp("+", _simplify_algebra(BinOp("+", a.a, b)), a.b))
+    if op == "-" and a == b:
+        return IntImm(0)
+    return BinOp(op, a, b) if (op, a, b) != (node.op, node.a, node.b) else node
+
+
+def _sum_terms(expr: Expr) -> list[Expr]:
+    if isinstance(expr, BinOp) and expr.op == "+":
+        return _sum_terms(expr.a) + _sum_terms(expr.b)
+    return [expr]
+
+
+def _sum(terms: list[Expr]) -> Expr:
+    result: Expr = IntImm(0)
+    for term in terms:
+        result = term if result == IntImm(0) else BinOp("+", result, term)
+    return result
+
+
+def _constant_factor(term: Expr) -> tuple[Expr | None, int] | None:
+    """term as (x, k) with term == x * k, or (None, k) for a constant; None otherwise."""
+    if isinstance(term, IntImm):
+        return (None, term.value)
+    if isinstance(term, BinOp) and term.op == "*" and isinstance(term.b, IntImm):
+        return (term.a, term.b.value)
+    return None
+
+
+def simplify(node: Node, ranges: Ranges | None = None, drop_unit_loops: bool = False) -> Node:
+    """Fold constants, apply identities, and drop conditions that variable
+    ranges (from enclosing loops, or `ranges`) settle. With drop_unit_loops,
+    loops of one iteration are replaced by their body."""
+    return _Simplifier(ranges, drop_unit_loops).visit(node)
+
+
+def flat_index(buffer: Buffer, indices: tuple[Expr, ...]) -> Expr:
+    """The element offset of buffer[indices], from the buffer's layout: each
+    storage dimension contributes its index (i, i // block or i % block) times its stride."""
+    index_of = dict(zip(buffer.axes, indices))
+    offset: Expr = IntImm(0)
+    stride = 1
+    for dim in reversed(buffer.layout):
+        index = index_of[dim.axis]
+        block = dim.block or buffer.block(dim.axis)
+        if dim.block:
+            index = index % block
+        elif block:
+            index = index // block
+        offset = offset + index * stride
+        stride *= buffer.storage_extent(dim)
+    return simplify(offset)
+
+

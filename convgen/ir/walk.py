@@ -1,0 +1,108 @@
+"""Walkers over the IR: a read-only visitor, a rebuilding rewriter, and small
+helpers built on them."""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+from typing import Iterator
+
+from .nodes import Expr, Loop, Node, Var
+
+
+def children(node: Node) -> Iterator[Node]:
+    for f in fields(node):
+        value = getattr(node, f.name)
+        if isinstance(value, Node):
+            yield value
+        elif isinstance(value, tuple):
+            yield from (v for v in value if isinstance(v, Node))
+
+
+class Visitor:
+    """Read-only walk. Define visit_<NodeClass> to act on a node; call
+    self.generic_visit(node) from it to keep descending."""
+
+    def visit(self, node: Node) -> None:
+        method = getattr(self, "visit_" + type(node).__name__, None)
+        if method is None:
+            self.generic_visit(node)
+        else:
+            method(node)
+
+    def generic_visit(self, node: Node) -> None:
+        for child in children(node):
+            self.visit(child)
+
+
+class Rewriter:
+    """Rebuilds a tree bottom-up, sharing every subtree that does not change.
+    Define visit_<NodeClass> returning the replacement node."""
+
+    def visit(self, node: Node) -> Node:
+        method = getattr(self, "visit_" + type(node).__name__, None)
+        return self.generic_visit(node) if method is None else method(node)
+
+    def generic_visit(self, node: Node) -> Node:
+        changes = {}
+        for f in fields(node):
+            value = getattr(node, f.name)
+            if isinstance(value, Node):
+                new = self.visit(value)
+            elif isinstance(value, tuple) and any(isinstance(v, Node) for v in value):
+                new = tuple(self.visit(v) if isinstance(v, Node) else v for v in value)
+            else:
+                continue
+            if new is not value and new != value:
+                changes[f.name] = new
+        return replace(node, **changes) if changes else node
+
+
+class _Substitute(Rewriter):
+    def __init__(self, mapping: dict[str, Expr]):
+        self.mapping = mapping
+
+    def visit_Var(self, node: Var) -> Expr:
+        return self.mapping.get(node.name, node)
+
+
+def substitute(node: Node, mapping: dict[str, Expr]) -> Node:
+    """Replace variables by expressions."""
+    return _Substitute(mapping).visit(node)
+
+
+class _Collect(Visitor):
+    def __init__(self, kind):
+        self.kind, self.found = kind, []
+
+    def visit(self, node):
+        if isinstance(node, self.kind):
+            self.found.append(node)
+        super().visit(node)
+
+
+def find_all(node: Node, kind: type) -> list:
+    """Every node of a class in a tree, in walk order."""
+    collector = _Collect(kind)
+    collector.visit(node)
+    return collector.found
+
+
+
+
+class _FreeVars(Visitor):
+    def __init__(self):
+        self.names: set[str] = set()
+
+    def visit_Var(self, node: Var) -> None:
+        self.names.add(node.name)
+
+
+def free_vars(node: Node) -> set[str]:
+    """Names of the variables a node mentions."""
+    walker = _FreeVars()
+    walker.visit(node)
+    return walker.names
+
+
+def loops_by_name(node: Node) -> dict[str, Loop]:
+    return {loop.var.name: loop for loop in find_all(node, Loop)}
