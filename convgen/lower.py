@@ -73,7 +73,7 @@ def _padded_access(spec: Spec, ih: ir.Expr, iw: ir.Expr) -> tuple[ir.Expr, ir.Ex
     """(row, column, guard) for reading the padded input at (ih, iw)."""
     h, w = spec.input_size
     if spec.padding_mode == "zeros":
-        guard = ir.all_of(ir.le(0, ih), ir.lt(ih, h), ir.le(0, iw), ir.lt(iw, w))
+        guard = ir.all_of(ir.Call("in_range", (ih, IntImm(h))), ir.Call("in_range", (iw, IntImm(w))))
         return ih, iw, guard
     if spec.padding_mode == "reflect":
         return _reflect(ih, h), _reflect(iw, w), ir.BoolImm(True)

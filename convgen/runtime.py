@@ -1,9 +1,14 @@
 """Runtime: compile emitted code, load it, and call it with NumPy arrays.
 
-`build(spec, target)` is the one entry point: it lowers the spec, emits code
-for the backend, compiles it (LLVM: optimised at O3 for the host CPU and
-JIT-compiled in process; C: the host C compiler into a shared object) and
-returns a callable Kernel.
+`build(spec, target, schedule)` is the one entry point: it lowers the spec,
+applies the schedule, emits code for the backend, compiles it (LLVM:
+optimised at O3 for the host CPU and JIT-compiled in process; C: the host C
+compiler into a shared object) and returns a callable Kernel.
+
+A kernel's buffers may differ from the caller's arrays (another layout, a
+padded input); the Kernel converts on the way in and out. A parallel loop
+runs on a pool of threads: the LLVM kernel takes the loop's range (lo, hi),
+and each thread calls it on its own share, outside the GIL.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ import os
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import llvmlite.binding as llvm
@@ -21,9 +28,10 @@ import numpy as np
 
 from . import ir
 from .codegen.c import CFiles, emit_c
-from .codegen.llvm import emit_llvm
+from .codegen.llvm import emit_llvm, parallel_loop
 from .errors import CompileError, ConvgenError, KernelCallError
 from .lower import lower
+from .schedule import apply_schedule, as_steps
 from .spec import Spec, load_spec
 from .target import Target, host, llvm_target_machine
 
@@ -31,21 +39,23 @@ BACKENDS = ("llvm", "c")
 
 
 def build(spec: Spec | str | os.PathLike | dict, target: str = "llvm", schedule=None,
-          workdir: str | os.PathLike | None = None) -> "Kernel":
+          workdir: str | os.PathLike | None = None, threads: int | None = None) -> "Kernel":
     """Compile a layer into a callable kernel.
 
     spec: a Spec, or a path or dict for load_spec. target: "llvm" (JIT for the
-    host CPU) or "c" (emitted C built with the host C compiler). schedule: not
-    yet supported; the naive loop nest is compiled. workdir: a folder to keep
-    the emitted files (and the C shared object) in; by default nothing is written.
+    host CPU) or "c" (emitted C built with the host C compiler). schedule: a
+    Schedule, a list of Steps or of YAML step data; by default the spec's own
+    `schedule:` list, else none (the naive loop nest). workdir: a folder to
+    keep the emitted files (and the C shared object) in; by default nothing
+    is written. threads: how many threads a parallel loop uses by default
+    (the host's cores); a call may override it.
     """
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
     if target not in BACKENDS:
         raise ConvgenError(f"build: target: expected one of {', '.join(BACKENDS)}; got {target!r}")
-    if schedule is not None:
-        raise ConvgenError("build: schedule: schedules are not supported yet; pass schedule=None")
-    func = lower(spec)
+    steps = as_steps(schedule) if schedule is not None else spec.schedule
+    func = apply_schedule(lower(spec), steps)
     machine = host()
     workdir = Path(workdir) if workdir is not None else None
     if target == "llvm":
@@ -57,10 +67,13 @@ def build(spec: Spec | str | os.PathLike | dict, target: str = "llvm", schedule=
     else:
         files = emit_c(func)
         source = files.source
-        function, keepalive = _load_c(files, machine, workdir)
-    function.argtypes = [ctypes.c_void_p] * len(func.params)
+        function, keepalive = _load_c(files, machine, workdir, _c_flags(func, machine))
+    loop = parallel_loop(func)
+    extra = [ctypes.c_int64, ctypes.c_int64] if loop is not None and target == "llvm" else []
+    function.argtypes = [ctypes.c_void_p] * len(func.params) + extra
     function.restype = None
-    return Kernel(spec, target, func, source, function, keepalive)
+    return Kernel(spec, target, func, source, function, keepalive, steps=tuple(steps),
+                  threads=threads or (machine.cores if loop is not None else 1))
 
 
 def llvm_assembly(llvm_ir: str, target: Target) -> str:
@@ -94,6 +107,12 @@ def _jit(llvm_ir: str, name: str, target: Target):
     return ctypes.CFUNCTYPE(None)(address), engine
 
 
+def _c_flags(func: ir.Func, target: Target) -> tuple[str, ...]:
+    kinds = {loop.kind for loop in ir.find_all(func.body, ir.Loop)}
+    flags = target.simd_flags if "vectorized" in kinds else ()
+    return flags + (target.openmp_flags if "parallel" in kinds else ())
+
+
 def compile_c_shared(files: CFiles, directory: Path, target: Target, extra_flags=()) -> Path:
     """Write the .c/.h pair into directory and build <name>.so from them."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -108,11 +127,11 @@ def compile_c_shared(files: CFiles, directory: Path, target: Target, extra_flags
     return library
 
 
-def _load_c(files: CFiles, target: Target, workdir: Path | None):
+def _load_c(files: CFiles, target: Target, workdir: Path | None, flags: tuple[str, ...]):
     # Built and loaded from a fresh folder each time: dlopen caches by path, so
     # reloading a rebuilt library from the same path would run the old code.
     with tempfile.TemporaryDirectory(prefix="convgen-") as tmp:
-        built = compile_c_shared(files, Path(tmp), target)
+        built = compile_c_shared(files, Path(tmp), target, flags)
         library = ctypes.CDLL(str(built))
         if workdir is not None:
             workdir.mkdir(parents=True, exist_ok=True)
@@ -121,11 +140,91 @@ def _load_c(files: CFiles, target: Target, workdir: Path | None):
     return getattr(library, files.name), library
 
 
+# ---------------------------------------------------------------------------
+# Converting between the caller's arrays and the kernel's buffers
+# ---------------------------------------------------------------------------
+
+_NUMPY_PAD = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}
+
+
+def _split_axes(buffer: ir.Buffer) -> list[tuple[str, int]]:
+    """(axis, block) for each axis in logical order, blocked axes as (outer 0, inner b)."""
+    parts = []
+    for axis in buffer.axes:
+        block = buffer.block(axis)
+        parts += [(axis, 0), (axis, block)] if block else [(axis, 0)]
+    return parts
+
+
+def _storage_order(buffer: ir.Buffer) -> list[int]:
+    parts = _split_axes(buffer)
+    return [parts.index((d.axis, d.block)) for d in buffer.layout]
+
+
+def needs_conversion(buffer: ir.Buffer, user_layout: str) -> bool:
+    return bool(buffer.pad) or buffer.layout != ir.parse_layout(user_layout, buffer.axes)
+
+
+def to_storage(array: np.ndarray, user_layout: str, buffer: ir.Buffer) -> np.ndarray:
+    """The caller's array (axes in user_layout order) as the kernel's buffer: padded, blocked, reordered."""
+    logical = np.transpose(array, [user_layout.index(a) for a in buffer.axes])
+    if buffer.pad:
+        mode = _NUMPY_PAD[buffer.pad_mode]
+        extra = {"constant_values": buffer.pad_value} if mode == "constant" else {}
+        logical = np.pad(logical, buffer.pad, mode=mode, **extra)
+    shape = []
+    for axis, extent in zip(buffer.axes, logical.shape):
+        block = buffer.block(axis)
+        shape += [-(-extent // block), block] if block else [extent]
+    rounded = [(0, -e % buffer.block(a)) if buffer.block(a) else (0, 0) for a, e in zip(buffer.axes, logical.shape)]
+    if any(r for _, r in rounded):
+        logical = np.pad(logical, rounded)  # blocks past the last channel hold zeros
+    split = logical.reshape(shape)
+    return np.ascontiguousarray(np.transpose(split, _storage_order(buffer)), dtype=np.float32)
+
+
+def from_storage(storage: np.ndarray, buffer: ir.Buffer, user_layout: str) -> np.ndarray:
+    """The kernel's output buffer as the caller's array (inverse of to_storage, without padding)."""
+    split = np.transpose(storage, np.argsort(_storage_order(buffer)))
+    merged = []
+    for axis in buffer.axes:
+        block = buffer.block(axis)
+        merged.append(-(-buffer.extent(axis) // block) * block if block else buffer.extent(axis))
+    logical = split.reshape(merged)[tuple(slice(0, e) for e in buffer.shape)]
+    return np.transpose(logical, [buffer.axes.index(a) for a in user_layout])
+
+
+def user_layouts(spec: Spec) -> dict[str, str]:
+    """How the caller lays out each argument: activations per the spec, weights OIHW."""
+    return {"x": spec.input_layout, "w": "OIHW", "b": "O", "y": spec.output_layout}
+
+
+# ---------------------------------------------------------------------------
+# Threads
+# ---------------------------------------------------------------------------
+
+@lru_cache(maxsize=None)
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=max(host().cores, 2), thread_name_prefix="convgen")
+
+
+def _shares(extent: int, threads: int) -> list[tuple[int, int]]:
+    """Split 0..extent into at most `threads` contiguous ranges of near-equal length."""
+    threads = max(1, min(threads, extent))
+    bounds = [extent * t // threads for t in range(threads + 1)]
+    return [(lo, hi) for lo, hi in zip(bounds, bounds[1:])]
+
+
+# ---------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------
+
 @dataclass
 class Kernel:
     """A compiled layer. Call it as kernel(x, w, b) for conv2d (w and b default
-    to the spec's own weights when it has them) or kernel(x) for pooling.
-    `source` holds the emitted LLVM IR or C text."""
+    to the spec's own weights when it has them) or kernel(x) for pooling; pass
+    out= to reuse an output array and threads= to override the thread count.
+    `source` holds the emitted LLVM IR or C text; `func` the scheduled IR."""
 
     spec: Spec
     target: str
@@ -133,28 +232,93 @@ class Kernel:
     source: str
     _function: object
     _keepalive: object
+    steps: tuple = ()
+    threads: int = 1
+    _parallel: ir.Loop | None = field(init=False, default=None)
+
+    def __post_init__(self):
+        self._parallel = parallel_loop(self.func)
+        self._layouts = user_layouts(self.spec)
+        self._omp_set_threads = getattr(self._keepalive, "omp_set_num_threads", None) \
+            if self.target == "c" and self._parallel is not None else None
 
     def __call__(self, x: np.ndarray, w: np.ndarray | None = None, b: np.ndarray | None = None,
-                 out: np.ndarray | None = None) -> np.ndarray:
+                 out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
+        return self._run(self._inputs(x, w, b), out, threads)
+
+    def bind(self, w: np.ndarray | None = None, b: np.ndarray | None = None) -> "BoundKernel":
+        """Fix the weights (converted to the kernel's layout once, here); call the result with x alone."""
+        if not self.spec.is_conv:
+            raise KernelCallError(f"{self.spec.name}: bind: {self.spec.op} has no weights")
+        return BoundKernel(self, {k: v for k, v in self._inputs(None, w, b).items() if k != "x"})
+
+    def _inputs(self, x, w, b) -> dict[str, np.ndarray]:
+        """The arguments checked against the caller's shapes and converted to the kernel's buffers."""
         spec = self.spec
-        arrays = {"x": _checked("x", x, spec.input_shape)}
+        given = {"x": x}
         if spec.is_conv:
-            arrays["w"] = _checked("w", spec.weight_array() if w is None else w, spec.weight_shape)
+            given["w"] = spec.weight_array() if w is None else w
             if spec.bias:
-                arrays["b"] = _checked("b", spec.bias_array() if b is None else b, (spec.out_channels,))
+                given["b"] = spec.bias_array() if b is None else b
             elif b is not None:
                 raise KernelCallError(f"{spec.name}: b: this layer has no bias (bias: false); got an array")
         elif w is not None or b is not None:
             raise KernelCallError(f"{spec.name}: {spec.op} takes only x")
+        return {name: self._convert(name, array) for name, array in given.items()
+                if not (name == "x" and array is None)}
+
+    def _convert(self, name: str, array) -> np.ndarray:
+        spec = self.spec
+        shape = {"x": spec.input_shape, "w": spec.weight_shape, "b": (spec.out_channels,)}[name]
+        param = next(p for p in self.func.params if p.name == name)
+        array = _checked(name, array, shape)
+        layout = self._layouts[name]
+        return to_storage(array, layout, param) if needs_conversion(param, layout) else array
+
+    def _run(self, arrays: dict[str, np.ndarray], out: np.ndarray | None, threads: int | None) -> np.ndarray:
+        spec = self.spec
+        if out is not None and not (isinstance(out, np.ndarray) and out.flags.c_contiguous and out.flags.writeable):
+            raise KernelCallError(f"{spec.name}: out: expected a writeable C-contiguous float32 array")
         if out is None:
             out = np.empty(spec.output_shape, dtype=np.float32)
-        elif not (isinstance(out, np.ndarray) and out.flags.c_contiguous and out.flags.writeable):
-            raise KernelCallError(f"{spec.name}: out: expected a writeable C-contiguous float32 array")
-        arrays["y"] = _checked("out", out, spec.output_shape)
-        if any(np.may_share_memory(out, a) for n, a in arrays.items() if n != "y"):
+        out = _checked("out", out, spec.output_shape)
+        if any(np.may_share_memory(out, a) for a in arrays.values()):
             raise KernelCallError(f"{spec.name}: out: must not overlap an input array")
-        self._function(*(arrays[p.name].ctypes.data for p in self.func.params))
+        y = next(p for p in self.func.params if p.name == "y")
+        converting = needs_conversion(y, self._layouts["y"])
+        # a converted output starts as NaN, so an element the kernel misses cannot pass for a value
+        arrays["y"] = np.full(y.storage_shape, np.nan, dtype=np.float32) if converting else out
+        pointers = [arrays[p.name].ctypes.data for p in self.func.params]
+        self._launch(pointers, threads or self.threads)
+        if converting:
+            np.copyto(out, from_storage(arrays["y"], y, self._layouts["y"]))
         return out
+
+    def _launch(self, pointers: list[int], threads: int) -> None:
+        if self._parallel is None:
+            self._function(*pointers)
+        elif self.target == "c":
+            if self._omp_set_threads is not None:
+                self._omp_set_threads(threads)
+            self._function(*pointers)
+        else:
+            shares = _shares(self._parallel.extent, threads)
+            futures = [_pool().submit(self._function, *pointers, lo, hi) for lo, hi in shares[1:]]
+            self._function(*pointers, *shares[0])
+            for future in futures:
+                future.result()
+
+
+@dataclass
+class BoundKernel:
+    """A kernel with its weights fixed and converted once: call it with x alone."""
+
+    kernel: Kernel
+    weights: dict[str, np.ndarray]
+
+    def __call__(self, x: np.ndarray, out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
+        arrays = dict(self.weights, x=self.kernel._convert("x", x))
+        return self.kernel._run(arrays, out, threads)
 
 
 def _checked(name: str, array, shape) -> np.ndarray:

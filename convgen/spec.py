@@ -20,6 +20,7 @@ import yaml
 
 from .errors import SpecError
 from .filters import FILTERS
+from .schedule.steps import parse_steps
 
 OPS = ("conv2d", "maxpool2d", "avgpool2d")
 PADDING_MODES = ("zeros", "reflect", "replicate")
@@ -29,7 +30,7 @@ DTYPES = ("float32",)
 FIELDS = (
     "name", "op", "batch", "in_channels", "out_channels", "input_size",
     "kernel_size", "stride", "padding", "padding_mode", "dilation", "groups",
-    "bias", "activation", "layout", "dtype", "weights",
+    "bias", "activation", "layout", "dtype", "weights", "schedule",
 )
 CONV_ONLY_FIELDS = ("out_channels", "groups", "bias", "weights")
 
@@ -72,6 +73,7 @@ class Spec:
     dtype: str
     weights: tuple[float, ...] | None = None
     bias_values: tuple[float, ...] | None = None
+    schedule: tuple = ()      # schedule Steps written in the spec file
     source: str = "<dict>"
 
     @property
@@ -305,6 +307,13 @@ class _SpecParser:
                       value)
         return array
 
+    def schedule(self, field, value):
+        try:
+            return parse_steps(value, f"{self.label}: {field}")
+        except SpecError as err:
+            self.problems.extend(err.problems)
+            raise _Missing(field) from None
+
     # -- the whole spec -----------------------------------------------------
     def parse(self) -> Spec:
         for key in self.data:
@@ -336,6 +345,7 @@ class _SpecParser:
         activation = self.field("activation", self.choice(ACTIVATIONS), default="none")
         layout = self.field("layout", self.layout, default=("NCHW", "NCHW"))
         dtype = self.field("dtype", self.choice(DTYPES), default="float32")
+        schedule = self.field("schedule", self.schedule, default=())
 
         if self.problems:
             raise SpecError(self.problems)
@@ -370,7 +380,7 @@ class _SpecParser:
             input_size=input_size, kernel_size=kernel_size, stride=stride, padding=padding,
             padding_mode=padding_mode, dilation=dilation, groups=groups, bias=bias,
             activation=activation, input_layout=layout[0], output_layout=layout[1], dtype=dtype,
-            weights=weight_values, bias_values=bias_values, source=self.label,
+            weights=weight_values, bias_values=bias_values, schedule=schedule, source=self.label,
         )
 
     def _resolve_named_padding(self, padding, input_size, kernel_size, stride, dilation):

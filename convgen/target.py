@@ -22,6 +22,8 @@ class Target:
     cores: int
     cc: tuple[str, ...]     # C compiler command
     cflags: tuple[str, ...]
+    openmp_flags: tuple[str, ...] = ("-fopenmp",)          # for `omp parallel for`
+    simd_flags: tuple[str, ...] = ("-fopenmp-simd", "-DCONVGEN_OPENMP_SIMD")  # `omp simd` only
 
     def has(self, feature: str) -> bool:
         return f"+{feature}" in self.features.split(",")

@@ -17,6 +17,27 @@ settings.register_profile(
 settings.load_profile("convgen")
 
 
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true",
+                     help="rewrite tests/golden/ from the current output instead of comparing")
+
+
+@pytest.fixture
+def golden(request):
+    """golden(name, text): compare text with tests/golden/<name>, or rewrite it with --update-golden."""
+    update = request.config.getoption("--update-golden")
+
+    def check(name: str, text: str) -> None:
+        path = Path(__file__).parent / "golden" / name
+        if update:
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(text)
+            return
+        assert path.exists(), f"no golden file {path.name}; run pytest --update-golden once and review it"
+        assert text == path.read_text(), f"output differs from golden/{name} (pytest --update-golden rewrites it)"
+    return check
+
+
 @pytest.fixture(params=["llvm", "c"])
 def backend(request):
     return request.param

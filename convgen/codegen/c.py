@@ -35,6 +35,8 @@ _HELPERS = {(op, dtype): _helper(op, _C_TYPES[dtype], suffix)
 _HELPERS[("reflect", ir.INDEX)] = ("convgen_reflect", (
     "static inline ptrdiff_t convgen_reflect(ptrdiff_t i, ptrdiff_t n) "
     "{ return i < 0 ? -i : (i < n ? i : 2 * n - 2 - i); }"))
+_HELPERS[("in_range", ir.BOOL)] = ("convgen_in_range", (
+    "static inline int convgen_in_range(ptrdiff_t i, ptrdiff_t n) { return 0 <= i && i < n; }"))
 _HELPERS[("clamp", ir.INDEX)] = ("convgen_clamp", (
     "static inline ptrdiff_t convgen_clamp(ptrdiff_t i, ptrdiff_t n) "
     "{ return i < 0 ? 0 : (i < n ? i : n - 1); }"))

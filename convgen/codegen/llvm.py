@@ -181,8 +181,10 @@ class _LLVMEmitter:
         if self.lane_var is not None:
             raise CodegenError(f"LLVM backend: allocation of {node.buffer.name} inside vectorized loop {self.lane_var}")
         buffer = node.buffer
-        self.pointers[buffer.name] = self.allocas.alloca(
-            _TYPES[buffer.dtype], size=ll.Constant(I64, buffer.size), name=buffer.name)
+        slot = self.allocas.alloca(_TYPES[buffer.dtype], size=ll.Constant(I64, buffer.size), name=buffer.name)
+        # llvmlite types an alloca as float*; as an opaque ptr (LLVM's only kind now) it takes vector stores too
+        slot.type = ll.PointerType()
+        self.pointers[buffer.name] = slot
         self.stmt(node.body)
         del self.pointers[buffer.name]
 
@@ -257,6 +259,8 @@ class _LLVMEmitter:
         index, size = node.args
         if node.name == "clamp":
             return self.expr(ir.minimum(ir.maximum(index, 0), size - 1))
+        if node.name == "in_range":
+            return self.expr(ir.all_of(ir.le(0, index), ir.lt(index, size)))
         if node.name == "reflect":
             mirrored = ir.Select(ir.lt(index, 0), -index, ir.Select(ir.lt(index, size), index, (size + size - 2) - index))
             return self.expr(mirrored)

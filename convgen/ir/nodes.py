@@ -269,6 +269,7 @@ class Load(Expr):
 INTRINSICS = {
     "reflect": INDEX,   # reflect(i, n): mirror i into 0..n-1 without repeating the edge
     "clamp": INDEX,     # clamp(i, n): min(max(i, 0), n - 1)
+    "in_range": BOOL,   # in_range(i, n): 0 <= i < n; a padding guard (a padded copy makes it true)
 }
 
 

@@ -120,11 +120,18 @@ class _Simplifier(Rewriter):
 
     def visit_Call(self, node: Call) -> Expr:
         node = self.generic_visit(node)
-        if node.name in ("reflect", "clamp"):
-            index, size = node.args
-            span = bounds(index, self.ranges)
-            if span is not None and isinstance(size, IntImm) and 0 <= span[0] and span[1] < size.value:
-                return index  # already inside: the remap is the identity
+        index, size = node.args
+        span = bounds(index, self.ranges)
+        if span is None or not isinstance(size, IntImm):
+            return node
+        inside = 0 <= span[0] and span[1] < size.value
+        if node.name in ("reflect", "clamp") and inside:
+            return index  # the remap is the identity here
+        if node.name == "in_range":
+            if inside:
+                return BoolImm(True)
+            if span[1] < 0 or span[0] >= size.value:
+                return BoolImm(False)
         return node
 
     def visit_BinOp(self, node: BinOp) -> Expr:

@@ -1,0 +1,87 @@
+"""Binding loops to hardware: vector lanes and CPU threads."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from .. import ir
+from ..errors import ScheduleError
+from .nest import ancestors, find_loop, replace_loop, require_serial, stores_not_indexed_by
+
+MAX_LANES = 64
+
+
+def vectorize(func: ir.Func, loop: str) -> ir.Func:
+    """Run the iterations of an innermost loop as the lanes of SIMD vectors (Halide, TVM: vectorize).
+
+    LLVM emits vector types of that many lanes with fma; C marks the loop
+    `omp simd`. Lanes whose guard fails are masked.
+
+    It requires: the loop is serial, innermost (no loop or allocation
+    inside), has 2 to 64 iterations, and every store in it writes an
+    address that depends on the loop (it is not a reduction loop).
+
+    rewrite:
+        for oc.i in 0..16:          vectorized for oc.i in 0..16:
+          S(oc.i)           ->        S(oc.i)
+    """
+    target = find_loop(func, loop, "vectorize")
+    require_serial(target, "vectorize")
+    if not 2 <= target.extent <= MAX_LANES:
+        raise ScheduleError("vectorize", f"'{loop}' has {target.extent} iterations; expected 2 to {MAX_LANES} lanes",
+                            f"split it, e.g. split({loop}, 8) and vectorize {loop}.i" if target.extent > MAX_LANES else "")
+    inner = ir.find_all(target.body, ir.Loop)
+    if inner:
+        raise ScheduleError("vectorize", f"'{loop}' is not innermost: '{inner[0].var.name}' is inside it",
+                            f"reorder so that '{loop}' is innermost")
+    if ir.find_all(target.body, ir.Allocate):
+        raise ScheduleError("vectorize", f"'{loop}' allocates a buffer inside", "cache_write at an outer loop first")
+    reductions = stores_not_indexed_by(target.body, loop)
+    if reductions:
+        raise ScheduleError("vectorize", f"'{loop}' is a reduction loop: the store to "
+                                         f"'{reductions[0].buffer.name}' does not depend on it",
+                            "vectorize a loop the output varies along (after cache_write, e.g. an output-channel "
+                            "or output-column loop moved innermost)")
+    return replace_loop(func, loop, lambda node: replace(node, kind="vectorized"))
+
+
+def parallel(func: ir.Func, loop: str) -> ir.Func:
+    """Run the iterations of a loop on several CPU threads (Halide, TVM: parallel).
+
+    LLVM kernels take the loop's range as (lo, hi) and the runtime hands
+    disjoint ranges to threads; C marks the loop `omp parallel for`.
+
+    It requires: the loop is serial; no other loop is parallel; it belongs to
+    the outermost loop nest (everything around it is a loop whose whole body
+    is the next loop, so no work outside it is repeated per thread); and it
+    is not a reduction loop (every store in it, except to buffers allocated
+    inside it, writes an address that depends on it).
+
+    rewrite:
+        for oc in 0..64: S(oc)   ->   parallel for oc in 0..64: S(oc)
+    """
+    target = find_loop(func, loop, "parallel")
+    require_serial(target, "parallel")
+    others = [l.var.name for l in ir.find_all(func.body, ir.Loop) if l.kind == "parallel"]
+    if others:
+        raise ScheduleError("parallel", f"'{others[0]}' is parallel already; one parallel loop per kernel",
+                            f"fuse the loops first and parallelize the fused loop")
+    path = ancestors(func, loop)
+    for outer, inner in zip(path, path[1:] + [target]):
+        if not isinstance(outer, ir.Loop) or outer.body != inner:
+            raise ScheduleError("parallel", f"'{loop}' is not in the outermost loop nest: "
+                                            f"{_what(outer)} around it would run in every thread",
+                                "parallelize an outer loop, or reorder this one outwards")
+    local = {a.buffer.name for a in ir.find_all(target.body, ir.Allocate)}
+    reductions = stores_not_indexed_by(target.body, loop, local)
+    if reductions:
+        raise ScheduleError("parallel", f"'{loop}' is a reduction loop: the store to "
+                                        f"'{reductions[0].buffer.name}' does not depend on it, so threads "
+                                        f"would race", "parallelize a loop over output elements")
+    return replace_loop(func, loop, lambda node: replace(node, kind="parallel"))
+
+
+def _what(stmt: ir.Stmt) -> str:
+    if isinstance(stmt, ir.Loop):
+        return f"loop '{stmt.var.name}' has more than one statement in its body, which"
+    return f"a {type(stmt).__name__.lower()}"

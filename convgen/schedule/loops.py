@@ -1,0 +1,178 @@
+"""Loop-shaping primitives: split, tile, reorder, fuse, unroll.
+
+Each takes a kernel and returns a new one; it checks its requirements first
+and raises ScheduleError naming the one that failed. Loops are named; new
+loops get names derived from old ones (ow -> ow.o, ow.i), which later steps use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from .. import ir
+from ..errors import ScheduleError
+from .nest import (ancestors, find_loop, guard_stores, perfect_chain, replace_loop, require_new_names,
+                   require_serial)
+
+TAILS = ("guard", "peel", "perfect")
+MAX_UNROLL = 64
+
+
+def _positive_int(primitive: str, name: str, value) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ScheduleError(primitive, f"{name}: expected a positive int; got {value!r}")
+    return value
+
+
+def split(func: ir.Func, loop: str, factor: int, tail: str = "guard") -> ir.Func:
+    """Split a loop into an outer and an inner loop of `factor` iterations (Halide, TVM: split).
+
+    It requires: the loop exists and is serial; factor >= 1; tail is one of
+    guard (the last outer iteration checks the index), peel (a separate tail
+    loop `<loop>.t` runs the leftover iterations) or perfect (refused unless
+    factor divides the extent).
+
+    rewrite (ow: 0..10, factor 4, guard):
+        for ow in 0..10:            for ow.o in 0..3:
+          S(ow)              ->       for ow.i in 0..4:
+                                        if ow.o * 4 + ow.i < 10: S(ow.o * 4 + ow.i)
+    """
+    target = find_loop(func, loop, "split")
+    require_serial(target, "split")
+    factor = _positive_int("split", "factor", factor)
+    if tail not in TAILS:
+        raise ScheduleError("split", f"tail: expected one of {', '.join(TAILS)}; got {tail!r}")
+    extent = target.extent
+    if tail == "perfect" and extent % factor:
+        divisors = [d for d in range(2, min(extent, 64) + 1) if extent % d == 0]
+        raise ScheduleError("split", f"tail 'perfect' needs a factor dividing the extent {extent} of "
+                                     f"'{loop}'; {factor} does not",
+                            f"use tail 'guard' or 'peel', or a factor among {divisors}")
+    outer, inner, rest = ir.Var(f"{loop}.o"), ir.Var(f"{loop}.i"), ir.Var(f"{loop}.t")
+    require_new_names(func, [outer.name, inner.name] + ([rest.name] if tail == "peel" else []), "split")
+    index = outer * factor + inner
+
+    def rewrite(node: ir.Loop) -> ir.Stmt:
+        body = ir.substitute(node.body, {loop: index})
+        if tail == "peel":
+            main = ir.Loop(outer, extent // factor, ir.Loop(inner, factor, body))
+            if extent % factor == 0:
+                return main
+            leftover = ir.substitute(node.body, {loop: rest + (extent // factor) * factor})
+            return ir.Seq((main, ir.Loop(rest, extent % factor, leftover)))
+        if extent % factor:
+            body = guard_stores(body, ir.lt(index, extent))
+        return ir.Loop(outer, -(-extent // factor), ir.Loop(inner, factor, body))
+
+    return replace_loop(func, loop, rewrite)
+
+
+def reorder(func: ir.Func, *loops: str) -> ir.Func:
+    """Permute loops of one perfect nest into the order given, outermost first (TVM: reorder).
+
+    It requires: each loop exists, none twice; they lie on one path of the
+    nest, and from the outermost to the innermost of them every loop's body
+    is exactly the next loop (a perfect nest). Loops of the nest that are not
+    named keep their places.
+
+    rewrite reorder(kw, kh):
+        for kh in 0..3:             for kw in 0..3:
+          for kw in 0..3:    ->       for kh in 0..3:
+            S                           S
+    """
+    if len(loops) == 1 and isinstance(loops[0], (list, tuple)):
+        loops = tuple(loops[0])
+    if len(loops) < 2:
+        raise ScheduleError("reorder", f"expected at least two loops; got {list(loops)}")
+    if len(set(loops)) != len(loops):
+        raise ScheduleError("reorder", f"a loop is named twice in {list(loops)}")
+    for name in loops:
+        find_loop(func, name, "reorder")
+    outermost = min(loops, key=lambda n: len(ancestors(func, n)))
+    chain = perfect_chain(find_loop(func, outermost, "reorder"))
+    chain_names = [c.var.name for c in chain]
+    missing = [n for n in loops if n not in chain_names]
+    if missing:
+        inner = chain[-1]
+        why = (f"'{missing[0]}' is not in the perfect nest under '{outermost}' "
+               f"(which ends at '{inner.var.name}', whose body is {_describe(inner.body)})")
+        alternative = ("cache_write first, to move the accumulator out of the nest"
+                       if isinstance(inner.body, (ir.Allocate, ir.Seq)) else "")
+        raise ScheduleError("reorder", why, alternative)
+    last = max(chain_names.index(n) for n in loops)
+    chain = chain[:last + 1]
+    slots = [i for i, c in enumerate(chain) if c.var.name in loops]
+    by_name = {c.var.name: c for c in chain}
+    order = list(chain)
+    for slot, name in zip(slots, loops):
+        order[slot] = by_name[name]
+    body = chain[-1].body
+    for node in reversed(order):
+        body = replace(node, body=body)
+    return replace_loop(func, outermost, lambda _: body)
+
+
+def _describe(stmt: ir.Stmt) -> str:
+    if isinstance(stmt, ir.Allocate):
+        return f"the allocation of '{stmt.buffer.name}'"
+    if isinstance(stmt, ir.Seq):
+        return f"a sequence of {len(stmt.body)} statements"
+    return f"a {type(stmt).__name__.lower()}"
+
+
+def tile(func: ir.Func, a: str, b: str, fa: int, fb: int, tail: str = "guard") -> ir.Func:
+    """Split two directly nested loops and put both inner loops inside (TVM: tile).
+
+    It requires: what split(a, fa) and split(b, fb) require, and that b is
+    directly inside a.
+
+    rewrite tile(oh, ow, 2, 4):
+        for oh:                     for oh.o: for ow.o:
+          for ow:          ->         for oh.i in 0..2: for ow.i in 0..4:
+            S                           S
+    """
+    outer = find_loop(func, a, "tile")
+    if not (isinstance(outer.body, ir.Loop) and outer.body.var.name == b):
+        raise ScheduleError("tile", f"'{b}' must be directly inside '{a}'", f"reorder so that '{b}' follows '{a}'")
+    func = split(func, a, fa, tail)
+    func = split(func, b, fb, tail)
+    return reorder(func, f"{a}.o", f"{b}.o", f"{a}.i", f"{b}.i")
+
+
+def fuse(func: ir.Func, a: str, b: str) -> ir.Func:
+    """Merge a loop and the loop directly inside it into one loop `<a>_<b>` (TVM: fuse).
+
+    It requires: both loops exist and are serial, and b is exactly a's body.
+
+    rewrite fuse(oh, ow) with extents 4 and 5:
+        for oh in 0..4:             for oh_ow in 0..20:
+          for ow in 0..5:   ->        S(oh_ow // 5, oh_ow % 5)
+            S(oh, ow)
+    """
+    outer, inner = find_loop(func, a, "fuse"), find_loop(func, b, "fuse")
+    require_serial(outer, "fuse")
+    require_serial(inner, "fuse")
+    if outer.body is not inner and outer.body != inner:
+        raise ScheduleError("fuse", f"'{b}' must be the whole body of '{a}'", f"reorder so that '{b}' follows '{a}'")
+    fused = ir.Var(f"{a}_{b}")
+    require_new_names(func, [fused.name], "fuse")
+    body = ir.substitute(inner.body, {a: fused // inner.extent, b: fused % inner.extent})
+    return replace_loop(func, a, lambda _: ir.Loop(fused, outer.extent * inner.extent, body))
+
+
+def unroll(func: ir.Func, loop: str) -> ir.Func:
+    """Mark a loop to be unrolled: backends write its body once per iteration (Halide, TVM: unroll).
+
+    It requires: the loop is serial and has at most 64 iterations.
+
+    rewrite:
+        for kw in 0..3: S(kw)   ->   unrolled for kw in 0..3: S(kw)     (emitted as S(0); S(1); S(2))
+    """
+    target = find_loop(func, loop, "unroll")
+    require_serial(target, "unroll")
+    if target.extent > MAX_UNROLL:
+        raise ScheduleError("unroll", f"'{loop}' has {target.extent} iterations; at most {MAX_UNROLL} are unrolled",
+                            f"split it first, e.g. split({loop}, 8) and unroll {loop}.i")
+    if any(l.kind == "parallel" for l in ir.find_all(target.body, ir.Loop)):
+        raise ScheduleError("unroll", f"'{loop}' contains a parallel loop")
+    return replace_loop(func, loop, lambda node: replace(node, kind="unrolled"))

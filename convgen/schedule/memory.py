@@ -1,0 +1,246 @@
+"""Where data lives: the accumulator tile, the padded input, buffer layouts."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from .. import ir
+from ..errors import ScheduleError
+from .nest import find_loop, perfect_chain, replace_loop
+
+MAX_TILE = 4096
+
+
+class _Retarget(ir.Rewriter):
+    """Point loads and stores of one buffer at another, with new indices."""
+
+    def __init__(self, old: str, new: ir.Buffer, indices: tuple[ir.Expr, ...] | None = None):
+        self.old, self.new, self.indices = old, new, indices
+
+    def visit_Load(self, node: ir.Load):
+        node = self.generic_visit(node)
+        if node.buffer.name != self.old:
+            return node
+        return ir.Load(self.new, self.indices if self.indices is not None else node.indices)
+
+    def visit_Store(self, node: ir.Store):
+        node = self.generic_visit(node)
+        if node.buffer.name != self.old:
+            return node
+        return ir.Store(self.new, self.indices if self.indices is not None else node.indices, node.value)
+
+
+def cache_write(func: ir.Func, at: str) -> ir.Func:
+    """Accumulate a tile of outputs in a local buffer allocated in loop `at`, and
+    write it back once (TVM: cache_write; oneDNN: register blocking).
+
+    The loops between `at` and the accumulator become the tile's axes. The
+    nest is distributed into three: initialise the tile, run the reduction
+    with the tile loops inside it (where reorder can move them innermost),
+    and write the tile out. Each output's sum keeps its order, so results
+    are bit-identical. The init and write-back copies of a tile loop L are
+    named L.init and L.out.
+
+    It requires: `at` holds, through a perfect nest of loops, the one-element
+    accumulator of the lowered kernel (cache_write has not run yet); there is
+    at least one loop between them; each such loop is spatial (the output
+    store depends on it); the tile has at most 4096 elements.
+
+    rewrite cache_write(ow.o) with ow.i: 0..4 between:
+        for ow.o:                          for ow.o:
+          for ow.i in 0..4:                  local acc[ow.i=4]
+            local acc[1]                     for ow.i.init: acc[ow.i.init] = b
+            acc[0] = b              ->       for ow.i: for ic, kh, kw: acc[ow.i] += ...
+            for ic, kh, kw: acc[0] += ...    for ow.i.out: y[..] = act(acc[ow.i.out])
+            y[..] = act(acc[0])
+    """
+    target = find_loop(func, at, "cache_write")
+    chain = perfect_chain(target)
+    allocation = chain[-1].body
+    if not (isinstance(allocation, ir.Allocate) and allocation.buffer.scope == "local"):
+        raise ScheduleError("cache_write", f"no accumulator sits under '{at}' through a perfect loop nest "
+                                           f"(the nest ends at '{chain[-1].var.name}')",
+                            "choose a loop that encloses the output loops only")
+    acc = allocation.buffer
+    if acc.size != 1 or not (isinstance(allocation.body, ir.Seq) and len(allocation.body.body) == 3):
+        raise ScheduleError("cache_write", f"'{acc.name}' is already a tile; cache_write runs once per kernel")
+    tile_loops = chain[1:]
+    if not tile_loops:
+        raise ScheduleError("cache_write", f"'{at}' holds the accumulator directly: the tile would be one element",
+                            "choose a loop further out")
+    init, reduce, finish = allocation.body.body
+    for loop in tile_loops:
+        if not any(loop.var.name in ir.free_vars(ir.flat_index(s.buffer, s.indices))
+                   for s in ir.find_all(finish, ir.Store) if s.buffer.scope == "global"):
+            raise ScheduleError("cache_write", f"'{loop.var.name}' is not an output loop: the output store "
+                                               f"does not depend on it")
+    names = tuple(loop.var.name for loop in tile_loops)
+    extents = tuple(loop.extent for loop in tile_loops)
+    if math.prod(extents) > MAX_TILE:
+        raise ScheduleError("cache_write", f"the tile would hold {math.prod(extents)} elements; at most {MAX_TILE}",
+                            "split the loops inside it and cache_write at an inner loop")
+    tile = ir.Buffer(acc.name, acc.dtype, names, extents, ir.plain_layout(names), scope="local")
+    retarget = _Retarget(acc.name, tile, tuple(ir.Var(n) for n in names))
+
+    def nest(stmt: ir.Stmt, suffix: str) -> ir.Stmt:
+        renamed = {n: ir.Var(n + suffix) for n in names} if suffix else {}
+        body = ir.substitute(retarget.visit(stmt), renamed)
+        for loop in reversed(tile_loops):
+            body = replace(loop, var=ir.Var(loop.var.name + suffix), body=body)
+        return body
+
+    new_body = ir.Allocate(tile, ir.Seq((nest(init, ".init"), nest(reduce, ""), nest(finish, ".out"))))
+    return replace_loop(func, at, lambda node: replace(node, body=new_body))
+
+
+class _IndexBounds(ir.Visitor):
+    """Intervals of the raw row and column indices of every load of one buffer."""
+
+    def __init__(self, name: str, axes: tuple[int, ...]):
+        self.name, self.axes = name, axes
+        self.ranges: ir.Ranges = {}
+        self.spans = {axis: [] for axis in axes}
+        self.remaps: set[str] = set()
+
+    def visit_Loop(self, node: ir.Loop):
+        self.ranges[node.var.name] = (0, node.extent - 1)
+        self.visit(node.body)
+        del self.ranges[node.var.name]
+
+    def visit_Load(self, node: ir.Load):
+        if node.buffer.name == self.name:
+            for axis in self.axes:
+                index = node.indices[axis]
+                if isinstance(index, ir.Call):
+                    self.remaps.add(index.name)
+                    index = index.args[0]
+                self.spans[axis].append(ir.bounds(index, self.ranges))
+        self.generic_visit(node)
+
+
+class _PadRewrite(ir.Rewriter):
+    def __init__(self, name: str, padded: ir.Buffer, before: dict[int, int]):
+        self.name, self.padded, self.before = name, padded, before
+
+    def visit_Load(self, node: ir.Load):
+        node = self.generic_visit(node)
+        if node.buffer.name != self.name:
+            return node
+        indices = list(node.indices)
+        for axis, shift in self.before.items():
+            index = indices[axis]
+            if isinstance(index, ir.Call):  # the copy holds the reflected / replicated values
+                index = index.args[0]
+            indices[axis] = index + shift
+        return ir.Load(self.padded, tuple(indices))
+
+    def visit_Call(self, node: ir.Call):
+        if node.name == "in_range":
+            return ir.BoolImm(True)  # reading the padding is now in bounds and adds nothing
+        return self.generic_visit(node)
+
+
+def pad_input(func: ir.Func, buffer: str = "x") -> ir.Func:
+    """Read the input from a padded copy instead of guarding each load (Halide: a
+    boundary condition computed at root; TVM: pad stage).
+
+    The kernel's input becomes the padded array; whoever calls the kernel
+    pads it (the convgen runtime does, per call; C callers get the padding
+    documented in the header). The padding guards disappear, and reflect /
+    replicate index remaps become plain indices.
+
+    It requires: `buffer` is a kernel parameter read outside its bounds (the
+    layer has padding); for zero padding, each guarded update is a sum or a
+    max, so the fill (0 or -inf) leaves it unchanged.
+
+    rewrite (padding 1):
+        if in_range(oh + kh - 1, 56) && in_range(ow + kw - 1, 56):
+          acc[0] = acc[0] + x[0, ic, oh + kh - 1, ow + kw - 1] * w[...]
+      ->
+        acc[0] = acc[0] + x[0, ic, oh + kh, ow + kw] * w[...]      (x: 58x58, padded 1 on each side)
+    """
+    params = {p.name: p for p in func.params}
+    if buffer not in params:
+        raise ScheduleError("pad_input", f"no parameter '{buffer}'; parameters are {', '.join(params)}")
+    source = params[buffer]
+    if source.pad:
+        raise ScheduleError("pad_input", f"'{buffer}' is padded already")
+    spatial = tuple(i for i, a in enumerate(source.axes) if a in ("H", "W"))
+    walker = _IndexBounds(buffer, spatial)
+    walker.visit(func.body)
+    before, after = {}, {}
+    for axis in spatial:
+        spans = walker.spans[axis]
+        if any(s is None for s in spans):
+            raise ScheduleError("pad_input", f"cannot bound the {source.axes[axis]} index of '{buffer}'")
+        before[axis] = max([0] + [-lo for lo, _ in spans])
+        after[axis] = max([0] + [hi - (source.shape[axis] - 1) for _, hi in spans])
+    if not any(before.values()) and not any(after.values()):
+        raise ScheduleError("pad_input", f"'{buffer}' is never read outside its bounds: there is nothing to pad")
+    mode, fill = _padding_fill(func, buffer, walker.remaps)
+    shape = list(source.shape)
+    pads = [(0, 0)] * len(shape)
+    for axis in spatial:
+        shape[axis] += before[axis] + after[axis]
+        pads[axis] = (before[axis], after[axis])
+    padded = replace(source, shape=tuple(shape), pad=tuple(pads), pad_mode=mode, pad_value=fill)
+    body = _PadRewrite(buffer, padded, before).visit(func.body)
+    new_params = tuple(padded if p.name == buffer else p for p in func.params)
+    return ir.simplify(replace(func, params=new_params, body=body))
+
+
+def _padding_fill(func: ir.Func, buffer: str, remaps: set[str]) -> tuple[str, float]:
+    if "reflect" in remaps:
+        return "reflect", 0.0
+    if "clamp" in remaps:
+        return "replicate", 0.0
+    fills = set()
+    for guard in ir.find_all(func.body, ir.If):
+        if not any(isinstance(c, ir.Call) and c.name == "in_range" for c in ir.find_all(guard.cond, ir.Call)):
+            continue
+        for store in ir.find_all(guard.then, ir.Store):
+            value = store.value
+            if isinstance(value, ir.BinOp) and value.op == "max":
+                fills.add(float("-inf"))
+            elif isinstance(value, ir.BinOp) and value.op == "+":
+                fills.add(0.0)
+            else:
+                raise ScheduleError("pad_input", f"the guarded update of '{store.buffer.name}' is neither a sum "
+                                                 f"nor a max, so no fill value leaves it unchanged")
+    if len(fills) != 1:
+        raise ScheduleError("pad_input", f"cannot tell which value to pad '{buffer}' with")
+    return "constant", fills.pop()
+
+
+def layout(func: ir.Func, buffer: str, layout: str) -> ir.Func:
+    """Store a parameter in another layout: a permutation (NHWC) or channel
+    blocks (NCHW8c for activations, OIHW8i16o for weights). Indices stay
+    logical; only addresses change (TVM: transform_layout).
+
+    The runtime converts: weights once when bound, activations per call
+    when the caller's layout differs; C callers get the layout in the header.
+
+    It requires: `buffer` is a parameter with more than one axis, and the
+    layout names each of its axes once in capitals, with at most one inner
+    block per axis (digits and the axis in lower case).
+
+    rewrite layout(w, OIHW16o):  w[oc, ic, kh, kw] reads element
+        ((((oc // 16) * I + ic) * KH + kh) * KW + kw) * 16 + oc % 16
+    """
+    params = {p.name: p for p in func.params}
+    if buffer not in params:
+        raise ScheduleError("layout", f"no parameter '{buffer}'; parameters are {', '.join(params)}")
+    source = params[buffer]
+    if len(source.axes) < 2:
+        raise ScheduleError("layout", f"'{buffer}' has one axis and so one layout")
+    if not isinstance(layout, str):
+        raise ScheduleError("layout", f"expected a layout such as {''.join(source.axes)}; got {layout!r}")
+    try:
+        dims = ir.parse_layout(layout, source.axes)
+    except ValueError as err:
+        raise ScheduleError("layout", f"'{layout}' for '{buffer}' (axes {''.join(source.axes)}): {err}") from None
+    changed = replace(source, layout=dims)
+    body = _Retarget(buffer, changed).visit(func.body)
+    new_params = tuple(changed if p.name == buffer else p for p in func.params)
+    return replace(func, params=new_params, body=body)
