@@ -68,3 +68,94 @@ def specs(draw, **kwargs):
         return load_spec(data)
     except SpecError:
         assume(False)
+
+
+# ---------------------------------------------------------------------------
+# Random schedules: each step is drawn from the loops the kernel has at that point.
+# ---------------------------------------------------------------------------
+
+from convgen import ir  # noqa: E402
+from convgen.errors import ScheduleError  # noqa: E402
+from convgen.lower import lower  # noqa: E402
+from convgen.schedule import Step, apply_step  # noqa: E402
+from convgen.schedule.nest import perfect_chain, stores_not_indexed_by  # noqa: E402
+
+_LAYOUTS = {
+    "x": ["NCHW", "NHWC", "NCHW2c", "NCHW4c", "NHWC3c", "CHWN"],
+    "y": ["NCHW", "NHWC", "NCHW2c", "NCHW4c", "NHWC3c"],
+    "w": ["OIHW", "HWIO", "OIHW2o", "OIHW4i4o", "OHWI", "IHWO3o"],
+}
+
+
+def _serial_loops(func, kind=None):
+    loops = [l for l in ir.find_all(func.body, ir.Loop) if l.kind == "serial"]
+    return loops if kind is None else [l for l in loops if kind(l)]
+
+
+def _draw_step(draw, func) -> Step | None:
+    primitive = draw(st.sampled_from(["split", "split", "tile", "reorder", "reorder", "fuse", "unroll",
+                                      "vectorize", "vectorize", "parallel", "cache_write", "cache_write",
+                                      "pad_input", "layout"]))
+    loops = _serial_loops(func)
+    if primitive == "pad_input":
+        return Step("pad_input")
+    if primitive == "layout":
+        buffer = draw(st.sampled_from([p.name for p in func.params if p.name in _LAYOUTS]))
+        return Step("layout", (buffer, draw(st.sampled_from(_LAYOUTS[buffer]))))
+    if not loops:
+        return None
+    if primitive == "split":
+        loop = draw(st.sampled_from(loops))
+        return Step("split", (loop.var.name, draw(st.integers(1, 5))),
+                    (("tail", draw(st.sampled_from(["guard", "peel", "perfect"]))),))
+    if primitive == "tile":
+        pairs = [l for l in loops if isinstance(l.body, ir.Loop)]
+        if not pairs:
+            return None
+        loop = draw(st.sampled_from(pairs))
+        return Step("tile", (loop.var.name, loop.body.var.name, draw(st.integers(1, 4)), draw(st.integers(1, 4))))
+    if primitive == "reorder":
+        chains = [perfect_chain(l) for l in loops if isinstance(l.body, ir.Loop)]
+        if not chains:
+            return None
+        chain = [l.var.name for l in draw(st.sampled_from(chains))]
+        return Step("reorder", tuple(draw(st.permutations(chain))))
+    if primitive == "fuse":
+        pairs = [l for l in loops if isinstance(l.body, ir.Loop)]
+        if not pairs:
+            return None
+        loop = draw(st.sampled_from(pairs))
+        return Step("fuse", (loop.var.name, loop.body.var.name))
+    if primitive == "unroll":
+        small = [l for l in loops if l.extent <= 6]
+        if not small or sum(l.kind == "unrolled" for l in ir.find_all(func.body, ir.Loop)) >= 2:
+            return None
+        return Step("unroll", (draw(st.sampled_from(small)).var.name,))
+    if primitive == "vectorize":
+        innermost = [l for l in loops if not ir.find_all(l.body, ir.Loop) and 2 <= l.extent
+                     and not stores_not_indexed_by(l.body, l.var.name)]
+        return Step("vectorize", (draw(st.sampled_from(innermost)).var.name,)) if innermost else None
+    if primitive == "parallel":
+        return Step("parallel", (draw(st.sampled_from(loops)).var.name,))
+    holders = [l for l in loops if isinstance(perfect_chain(l)[-1].body, ir.Allocate)]
+    return Step("cache_write", (draw(st.sampled_from(holders)).var.name,)) if holders else None
+
+
+@st.composite
+def scheduled(draw, max_steps=8, **spec_kwargs):
+    """(spec, steps, refused): a random spec and the random steps that applied to it,
+    plus the count of drawn steps that were (correctly) refused."""
+    spec = draw(specs(**spec_kwargs))
+    func = lower(spec)
+    steps, refused = [], 0
+    for _ in range(draw(st.integers(0, max_steps))):
+        step = _draw_step(draw, func)
+        if step is None:
+            continue
+        try:
+            func = apply_step(func, step)
+        except ScheduleError:
+            refused += 1
+            continue
+        steps.append(step)
+    return spec, tuple(steps), refused

@@ -50,14 +50,17 @@ def apply_step(func: ir.Func, step: Step) -> ir.Func:
         except TypeError as err:
             raise ScheduleError(step.primitive, f"arguments: {err}",
                                 f"expected {step.primitive}{_signature(primitive)}") from None
-        return primitive(*bound.args, **bound.kwargs)
+        result = primitive(*bound.args, **bound.kwargs)
     except ScheduleError as err:
         raise err.located(step.where, ir.format_func(func)) from None
+    names = loop_names(result)
+    assert len(names) == len(set(names)), f"{step.describe()} left two loops with one name: {names}"
+    return result
 
 
 def _signature(primitive) -> str:
     parameters = list(inspect.signature(primitive).parameters.values())[1:]
-    return "(" + ", ".join(str(p) for p in parameters) + ")"
+    return "(" + ", ".join(str(p.replace(annotation=inspect.Parameter.empty)) for p in parameters) + ")"
 
 
 def apply_schedule(func: ir.Func, steps: Iterable[Step]) -> ir.Func:

@@ -83,5 +83,7 @@ def parallel(func: ir.Func, loop: str) -> ir.Func:
 
 def _what(stmt: ir.Stmt) -> str:
     if isinstance(stmt, ir.Loop):
-        return f"loop '{stmt.var.name}' has more than one statement in its body, which"
-    return f"a {type(stmt).__name__.lower()}"
+        return f"loop '{stmt.var.name}' has more than the one loop in its body, and that"
+    if isinstance(stmt, ir.Allocate):
+        return f"the allocation of '{stmt.buffer.name}' (and what comes with it)"
+    return f"a {type(stmt).__name__.lower()} statement"

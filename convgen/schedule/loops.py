@@ -32,6 +32,8 @@ def split(func: ir.Func, loop: str, factor: int, tail: str = "guard") -> ir.Func
     loop `<loop>.t` runs the leftover iterations) or perfect (refused unless
     factor divides the extent).
 
+    With peel, the loops inside the tail copy are renamed with a `.t` suffix.
+
     rewrite (ow: 0..10, factor 4, guard):
         for ow in 0..10:            for ow.o in 0..3:
           S(ow)              ->       for ow.i in 0..4:
@@ -59,12 +61,18 @@ def split(func: ir.Func, loop: str, factor: int, tail: str = "guard") -> ir.Func
             if extent % factor == 0:
                 return main
             leftover = ir.substitute(node.body, {loop: rest + (extent // factor) * factor})
-            return ir.Seq((main, ir.Loop(rest, extent % factor, leftover)))
+            return ir.Seq((main, ir.Loop(rest, extent % factor, _rename_loops(leftover, ".t"))))
         if extent % factor:
             body = guard_stores(body, ir.lt(index, extent))
         return ir.Loop(outer, -(-extent // factor), ir.Loop(inner, factor, body))
 
     return replace_loop(func, loop, rewrite)
+
+
+def _rename_loops(stmt: ir.Stmt, suffix: str) -> ir.Stmt:
+    """Give the loops of a copied statement new names, so every loop name stays unique."""
+    names = {l.var.name: ir.Var(l.var.name + suffix) for l in ir.find_all(stmt, ir.Loop)}
+    return ir.substitute(stmt, names)
 
 
 def reorder(func: ir.Func, *loops: str) -> ir.Func:

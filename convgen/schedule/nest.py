@@ -20,7 +20,7 @@ def find_loop(func: ir.Func, name, primitive: str) -> ir.Loop:
     loops = ir.loops_by_name(func.body)
     if name in loops:
         return loops[name]
-    close = difflib.get_close_matches(name, list(loops), n=1)
+    close = difflib.get_close_matches(name, list(loops), n=1, cutoff=0.5)
     hint = f"did you mean '{close[0]}'? " if close else ""
     raise ScheduleError(primitive, f"no loop named '{name}'", f"{hint}loops are: {', '.join(loops) or 'none'}")
 

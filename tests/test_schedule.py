@@ -1,0 +1,352 @@
+"""Schedules: each primitive's rewrite, each of its refusals, the YAML and Python
+forms, replay, threads, and random schedules against the reference."""
+
+import collections
+
+import numpy as np
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+import convgen
+from convgen import ir
+from convgen.errors import ScheduleError, SpecError
+from convgen.lower import lower
+from convgen.runtime import BACKENDS
+from convgen.schedule import Schedule, Step, apply_schedule, load_steps, loop_names, trace
+from strategies import scheduled
+
+CONV = {"name": "sched", "op": "conv2d", "in_channels": 4, "out_channels": 6, "input_size": [7, 9],
+        "kernel_size": 3, "padding": 1, "activation": "relu"}
+POOL = {"name": "pool", "op": "maxpool2d", "in_channels": 3, "input_size": [8, 8], "kernel_size": 3,
+        "stride": 2, "padding": 1}
+
+
+def chain(spec=CONV) -> Schedule:
+    return Schedule.for_spec(convgen.load_spec(spec))
+
+
+def refusal(make, *words):
+    with pytest.raises(ScheduleError) as caught:
+        make()
+    for word in words:
+        assert word in str(caught.value), str(caught.value)
+    return caught.value
+
+
+def matches_reference(spec, schedule, seed=0):
+    for target in BACKENDS:
+        result = convgen.check(convgen.build(spec, target, schedule=schedule), seed)
+        assert result.passed, f"{target}: {result}"
+
+
+# -- split ---------------------------------------------------------------------
+
+def test_split_guard_adds_a_tail_guard_and_keeps_results(golden):
+    s = chain().split("ow", 4)
+    golden("split_guard.txt", ir.format_func(s.func))
+    assert ir.loops_by_name(s.func.body)["ow.o"].extent == 3  # ceil(9 / 4)
+    matches_reference(CONV, s)
+
+
+def test_split_peel_adds_a_tail_loop():
+    s = chain().split("ow", 4, tail="peel")
+    loops = ir.loops_by_name(s.func.body)
+    assert (loops["ow.o"].extent, loops["ow.i"].extent, loops["ow.t"].extent) == (2, 4, 1)
+    assert len(set(loop_names(s.func))) == len(loop_names(s.func))  # the tail's inner loops are renamed
+    matches_reference(CONV, s)
+
+
+def test_split_perfect_has_no_guard():
+    s = chain().split("oh", 7, tail="perfect")
+    assert len(ir.find_all(s.func.body, ir.If)) == len(ir.find_all(chain().func.body, ir.If))  # padding's only
+    matches_reference(CONV, s)
+
+
+@pytest.mark.parametrize("args, words", [
+    (("ow", 4, "perfect"), ["needs a factor dividing the extent 9", "factor among [3, 9]"]),
+    (("ow", 0), ["factor: expected a positive int; got 0"]),
+    (("ow", 2, "cut"), ["tail: expected one of guard, peel, perfect; got 'cut'"]),
+    (("ox", 2), ["no loop named 'ox'", "did you mean 'ow'?"]),
+])
+def test_split_refusals(args, words):
+    refusal(lambda: chain().split(*args), *words)
+
+
+def test_split_refuses_a_vectorized_loop():
+    refusal(lambda: vectorized_schedule().split("oc.i", 2), "already vectorized", "before vectorize")
+
+
+# -- reorder, tile, fuse -------------------------------------------------------
+
+def test_reorder_permutes_a_perfect_nest():
+    s = chain().reorder("ow", "oc", "oh")
+    assert loop_names(s.func)[:3] == ["ow", "oc", "oh"]
+    matches_reference(CONV, s)
+
+
+def test_reorder_refuses_across_the_accumulator():
+    refusal(lambda: chain().reorder("ic", "ow"), "'ic' is not in the perfect nest under 'ow'")
+    error = refusal(lambda: chain().reorder("ow", "ic"), "not in the perfect nest", "cache_write first")
+    assert "for oc in 0..6" in error.detailed()  # the detailed view shows the nest
+
+
+@pytest.mark.parametrize("loops, words", [(("oc", "oc"), ["named twice"]), (("oc",), ["at least two loops"])])
+def test_reorder_refusals(loops, words):
+    refusal(lambda: chain().reorder(*loops), *words)
+
+
+def test_tile_splits_both_and_moves_inner_loops_in():
+    s = chain().tile("oh", "ow", 2, 4)
+    assert loop_names(s.func)[:5] == ["oc", "oh.o", "ow.o", "oh.i", "ow.i"]
+    matches_reference(CONV, s)
+    refusal(lambda: chain().tile("oc", "ow", 2, 2), "'ow' must be directly inside 'oc'")
+
+
+def test_fuse_merges_two_loops():
+    s = chain().fuse("oh", "ow")
+    assert ir.loops_by_name(s.func.body)["oh_ow"].extent == 63
+    matches_reference(CONV, s)
+    refusal(lambda: chain().fuse("oc", "ow"), "'ow' must be the whole body of 'oc'")
+
+
+# -- unroll, vectorize, parallel -----------------------------------------------
+
+def test_unroll_marks_the_loop_and_both_backends_expand_it():
+    s = chain().unroll("kw")
+    assert ir.loops_by_name(s.func.body)["kw"].kind == "unrolled"
+    source = convgen.build(convgen.load_spec(CONV), "c", schedule=s).source
+    assert "/* kw = 2 */" in source and "for (ptrdiff_t kw" not in source
+    matches_reference(CONV, s)
+
+
+def test_unroll_refuses_long_loops():
+    big = dict(CONV, input_size=[70, 70])
+    refusal(lambda: chain(big).unroll("ow"), "70 iterations; at most 64", "split it first")
+
+
+def vectorized_schedule():
+    return (chain().split("oc", 4).reorder("oc.o", "oh", "ow", "oc.i").cache_write("ow")
+            .reorder("ic", "kh", "kw", "oc.i").vectorize("oc.i").vectorize("oc.i.init").vectorize("oc.i.out"))
+
+
+def test_vectorize_emits_vector_code():
+    s = vectorized_schedule()
+    kinds = collections.Counter(l.kind for l in ir.find_all(s.func.body, ir.Loop))
+    assert kinds["vectorized"] == 3
+    llvm_source = convgen.build(convgen.load_spec(CONV), "llvm", schedule=s).source
+    assert "<4 x float>" in llvm_source and "llvm.fma.v4f32" in llvm_source
+    assert "CONVGEN_SIMD" in convgen.build(convgen.load_spec(CONV), "c", schedule=s).source
+    matches_reference(CONV, s)
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: chain().vectorize("kw"), ["'kw' is a reduction loop", "cache_write"]),
+    (lambda: chain().vectorize("ow"), ["not innermost", "'ic' is inside it"]),
+    (lambda: chain().split("oc", 1).reorder("oc.o", "oh", "ow", "oc.i").cache_write("ow")
+     .reorder("ic", "kh", "kw", "oc.i").vectorize("oc.i"), ["1 iterations; expected 2 to 64 lanes"]),
+])
+def test_vectorize_refusals(make, words):
+    refusal(make, *words)
+
+
+def test_parallel_results_equal_serial_ones(backend):
+    spec = convgen.load_spec(CONV)
+    s = vectorized_schedule().parallel("oc.o")
+    kernel = convgen.build(spec, backend, schedule=s)
+    rng = np.random.default_rng(5)
+    x, w, b = (rng.uniform(-1, 1, shape).astype(np.float32)
+               for shape in (spec.input_shape, spec.weight_shape, (spec.out_channels,)))
+    one, two = kernel(x, w, b, threads=1), kernel(x, w, b, threads=2)
+    np.testing.assert_array_equal(one, two)
+    np.testing.assert_array_equal(one, convgen.build(spec, backend, schedule=vectorized_schedule())(x, w, b))
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: chain().parallel("ic"), ["not in the outermost loop nest"]),
+    (lambda: chain().parallel("oc").parallel("oh"), ["'oc' is parallel already"]),
+    (lambda: chain().split("oc", 2).cache_write("oc.o").parallel("ic"),
+     ["'ic' is not in the outermost loop nest", "the allocation of 'acc'"]),
+])
+def test_parallel_refusals(make, words):
+    refusal(make, *words)
+
+
+def test_parallel_refuses_a_reduction_loop():
+    from convgen.schedule import parallel
+    i = ir.Var("i")
+    x = ir.Buffer("x", ir.FLOAT32, ("i",), (8,), ir.plain_layout("i"))
+    y = ir.Buffer("y", ir.FLOAT32, ("i",), (1,), ir.plain_layout("i"))
+    zero = (ir.IntImm(0),)
+    total = ir.Func("total", (x, y), ir.Loop(i, 8, ir.Store(y, zero, ir.Load(y, zero) + ir.Load(x, (i,)))))
+    refusal(lambda: parallel(total, "i"), "'i' is a reduction loop", "threads would race")
+
+
+# -- cache_write, pad_input, layout --------------------------------------------
+
+def test_cache_write_distributes_the_nest(golden):
+    s = chain().split("ow", 3).cache_write("ow.o")
+    golden("cache_write.txt", ir.format_func(s.func))
+    acc = ir.find_all(s.func.body, ir.Allocate)[0].buffer
+    assert acc.shape == (3,) and acc.axes == ("ow.i",)
+    matches_reference(CONV, s)
+
+
+def test_cache_write_is_bit_identical():
+    spec = convgen.load_spec(CONV)
+    x = np.random.default_rng(1).uniform(-1, 1, spec.input_shape).astype(np.float32)
+    w = np.random.default_rng(2).uniform(-1, 1, spec.weight_shape).astype(np.float32)
+    b = np.random.default_rng(3).uniform(-1, 1, spec.out_channels).astype(np.float32)
+    plain = convgen.build(spec, "c")(x, w, b)
+    tiled = convgen.build(spec, "c", schedule=chain().split("ow", 3).cache_write("oh"))(x, w, b)
+    np.testing.assert_array_equal(plain, tiled)
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: chain().cache_write("ow"), ["'ow' holds the accumulator directly"]),
+    (lambda: chain().cache_write("kw"), ["no accumulator sits under 'kw'"]),
+    (lambda: chain().cache_write("oh").cache_write("oc"), ["already a tile"]),
+    (lambda: chain(dict(CONV, input_size=[70, 70])).cache_write("oc"), ["4900 elements; at most 4096"]),
+])
+def test_cache_write_refusals(make, words):
+    refusal(make, *words)
+
+
+@pytest.mark.parametrize("spec", [CONV, POOL, dict(CONV, padding_mode="reflect"), dict(POOL, op="avgpool2d"),
+                                  dict(CONV, padding_mode="replicate", padding=[2, 1, 0, 1])],
+                         ids=["zeros", "maxpool", "reflect", "avgpool", "replicate"])
+def test_pad_input_removes_guards(spec):
+    s = chain(spec).pad_input()
+    x = next(p for p in s.func.params if p.name == "x")
+    assert x.pad and not ir.find_all(s.func.body, ir.If) and not ir.find_all(s.func.body, ir.Call)
+    matches_reference(spec, s)
+
+
+def test_pad_input_fills_max_pooling_with_minus_infinity():
+    x = next(p for p in chain(POOL).pad_input().func.params if p.name == "x")
+    assert x.pad_mode == "constant" and x.pad_value == float("-inf")
+    assert x.shape == (1, 3, 9, 9) and x.pad == ((0, 0), (0, 0), (1, 0), (1, 0))  # the last window ends inside
+
+
+def test_pad_input_refusals():
+    refusal(lambda: chain(dict(CONV, padding=0)).pad_input(), "never read outside its bounds")
+    refusal(lambda: chain().pad_input().pad_input(), "padded already")
+    refusal(lambda: chain().pad_input("q"), "no parameter 'q'")
+
+
+@pytest.mark.parametrize("buffer, layout", [("x", "NHWC"), ("x", "NCHW4c"), ("y", "NCHW4c"), ("w", "OIHW4o"),
+                                            ("w", "OIHW2i4o"), ("w", "HWIO"), ("y", "CHWN")])
+def test_layout_changes_addresses_not_results(buffer, layout):
+    s = chain().layout(buffer, layout)
+    assert next(p for p in s.func.params if p.name == buffer).layout_name == layout
+    matches_reference(CONV, s)
+
+
+@pytest.mark.parametrize("args, words", [(("w", "OIHW8x"), ["must name one of"]), (("b", "O"), ["one axis"]),
+                                         (("z", "NCHW"), ["no parameter 'z'"]), (("x", "NCH"), ["each of NCHW once"])])
+def test_layout_refusals(args, words):
+    refusal(lambda: chain().layout(*args), *words)
+
+
+def test_bound_weights_are_converted_once():
+    spec = convgen.load_spec(CONV)
+    kernel = convgen.build(spec, "llvm", schedule=chain().layout("w", "OIHW4o"))
+    rng = np.random.default_rng(9)
+    w = rng.uniform(-1, 1, spec.weight_shape).astype(np.float32)
+    b = rng.uniform(-1, 1, spec.out_channels).astype(np.float32)
+    x = rng.uniform(-1, 1, spec.input_shape).astype(np.float32)
+    bound = kernel.bind(w, b)
+    assert bound.weights["w"].shape == (2, 4, 3, 3, 4)  # O/4 rounded up, I, H, W, 4o
+    np.testing.assert_array_equal(bound(x), kernel(x, w, b))
+
+
+# -- the schedule as a whole ---------------------------------------------------
+
+YAML_SCHEDULE = """
+- split: [oc, 4]
+- reorder: [oc.o, oh, ow, oc.i]
+- cache_write: ow
+- reorder: [ic, kh, kw, oc.i]
+- vectorize: oc.i
+- unroll: {loop: kw}
+- split: {loop: oh, factor: 2, tail: peel}
+- parallel: oc.o
+- pad_input
+- layout: [w, OIHW4o]
+"""
+
+
+def python_schedule():
+    return (chain().split("oc", 4).reorder("oc.o", "oh", "ow", "oc.i").cache_write("ow")
+            .reorder("ic", "kh", "kw", "oc.i").vectorize("oc.i").unroll("kw").split("oh", 2, tail="peel")
+            .parallel("oc.o").pad_input().layout("w", "OIHW4o"))
+
+
+def test_yaml_and_python_give_the_same_kernel(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(YAML_SCHEDULE)
+    spec = convgen.load_spec(CONV)
+    from_yaml = apply_schedule(lower(spec), load_steps(path))
+    assert from_yaml == python_schedule().func
+    for target in BACKENDS:
+        a = convgen.build(spec, target, schedule=load_steps(path)).source
+        b = convgen.build(spec, target, schedule=python_schedule()).source
+        assert a == b
+
+
+def test_schedule_in_a_spec_file(tmp_path):
+    path = tmp_path / "layer.yaml"
+    path.write_text(yaml.safe_dump(CONV) + "schedule:" + YAML_SCHEDULE.replace("\n-", "\n  -"))
+    spec = convgen.load_spec(path)
+    assert len(spec.schedule) == 10 and spec.schedule[2].where == f"{path}: schedule[2]"
+    kernel = convgen.build(spec, "llvm")
+    assert kernel.func == python_schedule().func
+    assert convgen.check(kernel, 0).passed
+
+
+def test_replaying_a_schedule_gives_byte_identical_code():
+    spec = convgen.load_spec(CONV)
+    for target in BACKENDS:
+        first = convgen.build(spec, target, schedule=python_schedule().steps).source
+        again = convgen.build(spec, target, schedule=list(python_schedule().steps)).source
+        assert first == again
+
+
+def test_python_chain_round_trips_through_yaml_data():
+    s = python_schedule()
+    from convgen.schedule import parse_steps
+    again = parse_steps(yaml.safe_load(yaml.safe_dump(s.to_data())), "schedule")
+    assert apply_schedule(lower(convgen.load_spec(CONV)), again) == s.func
+
+
+def test_unknown_primitive_and_bad_arguments_are_refused(tmp_path):
+    refusal(lambda: chain().then("vectorise", "ow"), "vectorise: unknown primitive", "did you mean 'vectorize'?")
+    refusal(lambda: chain().then("split", "ow"), "split: arguments: missing a required argument: 'factor'",
+            "expected split(loop, factor, tail='guard')")
+    path = tmp_path / "bad.yaml"
+    path.write_text("- split: [ow, 4]\n- {split: 1, fuse: 2}\n")
+    with pytest.raises(SpecError, match=r"bad.yaml: schedule\[1\]: expected a primitive name or a one-key mapping"):
+        load_steps(path)
+
+
+def test_a_refusal_names_its_step_in_the_file(tmp_path):
+    path = tmp_path / "layer.yaml"
+    path.write_text(yaml.safe_dump(CONV) + "schedule:\n  - split: [ow, 4]\n  - vectorize: ow.i\n")
+    with pytest.raises(ScheduleError, match=r"layer.yaml: schedule\[1\]: vectorize: 'ow.i' is not innermost"):
+        convgen.build(path)
+
+
+def test_trace_lists_every_step():
+    history = trace(lower(convgen.load_spec(CONV)), python_schedule().steps)
+    assert history[0][0] is None and len(history) == 11
+    assert [step.primitive for step, _ in history[1:3]] == ["split", "reorder"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(case=scheduled(), seed=st.integers(0, 2**32 - 1))
+def test_random_schedules_match_reference(backend, case, seed):
+    """At least 300 random spec + schedule pairs per backend (conftest's profile)."""
+    spec, steps, _ = case
+    result = convgen.check(convgen.build(spec, backend, schedule=steps), seed)
+    assert result.passed, f"{result}\n{spec}\n" + "\n".join(s.describe() for s in steps)
