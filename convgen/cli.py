@@ -8,18 +8,21 @@ without a traceback.
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from . import ir
-from .check import check
+from .check import check, random_inputs
 from .codegen.c import emit_c
 from .codegen.llvm import emit_llvm
-from .errors import ConvgenError
+from .errors import ConvgenError, ScheduleError
 from .lower import lower
-from .runtime import BACKENDS, build, llvm_assembly
+from .runtime import BACKENDS, build, llvm_assembly, measure
+from .schedule import apply_schedule, load_steps, trace
+from .schedule.space import candidates
 from .spec import Spec, load_spec
 from .target import host
 
@@ -28,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.run(args)
+    except ScheduleError as err:
+        print(err.detailed() if getattr(args, "verbose", False) else err, file=sys.stderr)
+        return 2
     except ConvgenError as err:
         print(err, file=sys.stderr)
         return 2
@@ -45,8 +51,13 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("spec", help="layer spec (YAML)")
     info.set_defaults(run=_info)
 
-    show = commands.add_parser("show", help="print the loop nest a spec lowers to")
+    show = commands.add_parser("show", help="print the loop nest, and what each schedule step changes")
     show.add_argument("spec", help="layer spec (YAML)")
+    _schedule_option(show)
+    show.add_argument("--verify-each-step", action="store_true",
+                      help="check the kernel against the reference after lowering and after every step")
+    show.add_argument("--seed", type=int, help="with --verify-each-step: seed for the random inputs")
+    show.add_argument("-v", "--verbose", action="store_true", help="on a refused step, show the nest it met")
     show.set_defaults(run=_show)
 
     compile_ = commands.add_parser("compile", help="write the emitted code for one backend")
@@ -54,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("-t", "--target", choices=BACKENDS, default="llvm", help="backend (default: llvm)")
     compile_.add_argument("-o", "--output", type=Path, help="folder to write into (default: build/<name>/)")
     compile_.add_argument("--asm", action="store_true", help="llvm: also write the host assembly (.s)")
+    _schedule_option(compile_)
     compile_.set_defaults(run=_compile)
 
     check_ = commands.add_parser("check", help="build a spec and compare it with the NumPy reference")
@@ -61,7 +73,15 @@ def _parser() -> argparse.ArgumentParser:
     check_.add_argument("-t", "--target", default=",".join(BACKENDS),
                         help=f"comma-separated backends (default: {','.join(BACKENDS)})")
     check_.add_argument("--seed", type=int, help="seed for the random inputs (default: fresh)")
+    _schedule_option(check_)
     check_.set_defaults(run=_check)
+
+    explore = commands.add_parser("explore", help="try a space of schedules; rank those that match by speed")
+    explore.add_argument("spec", help="layer spec (YAML)")
+    explore.add_argument("--threads", type=int, help="threads for parallel candidates (default: all cores)")
+    explore.add_argument("--seed", type=int, help="seed for the random inputs (default: fresh)")
+    explore.add_argument("--top", type=int, default=0, help="print only the best N (default: all)")
+    explore.set_defaults(run=_explore)
 
     build_ = commands.add_parser("build", help="compile and check every spec under a folder")
     build_.add_argument("dir", type=Path, help="folder of layer specs (searched recursively for *.yaml)")
@@ -69,6 +89,15 @@ def _parser() -> argparse.ArgumentParser:
     build_.add_argument("--seed", type=int, help="seed for the random inputs (default: fresh)")
     build_.set_defaults(run=_build)
     return parser
+
+
+def _schedule_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--schedule", type=Path, metavar="FILE",
+                        help="schedule steps (YAML list) to apply instead of the spec's own")
+
+
+def _steps(args, spec: Spec) -> tuple:
+    return load_steps(args.schedule) if args.schedule else spec.schedule
 
 
 def _info(args) -> int:
@@ -95,7 +124,30 @@ def _info(args) -> int:
 
 
 def _show(args) -> int:
-    print(ir.format_func(lower(load_spec(args.spec))), end="")
+    spec = load_spec(args.spec)
+    history = trace(lower(spec), _steps(args, spec))
+    seed = _seed(args)
+    previous = None
+    for index, (step, func) in enumerate(history):
+        text = ir.format_func(func)
+        if step is None:
+            print("== lowered ==")
+            print(text, end="")
+        else:
+            print(f"\n== step {index - 1}: {step.describe()} ==")
+            diff = difflib.unified_diff(previous.splitlines(), text.splitlines(), lineterm="", n=1)
+            print("\n".join(list(diff)[2:]) or "(no change)")
+        if args.verify_each_step:
+            result = check(build(spec, "llvm", schedule=[s for s, _ in history[1:index + 1]]), seed)
+            print(f"-- check: {'pass' if result.passed else 'FAIL'}, max error {result.max_abs_error:.3g}")
+            if not result.passed:
+                where = "lowering" if step is None else f"step {index - 1} ({step.describe()})"
+                print(f"{where} changes the result (seed {seed})", file=sys.stderr)
+                return 1
+        previous = text
+    if len(history) > 1:
+        print("\n== after all steps ==")
+        print(previous, end="")
     return 0
 
 
@@ -103,7 +155,7 @@ def _compile(args) -> int:
     spec = load_spec(args.spec)
     folder = args.output or Path("build") / spec.name
     folder.mkdir(parents=True, exist_ok=True)
-    func = lower(spec)
+    func = apply_schedule(lower(spec), _steps(args, spec))
     written = []
     if args.target == "llvm":
         text = emit_llvm(func, host())
@@ -143,7 +195,7 @@ def _check(args) -> int:
     seed = _seed(args)
     failed = False
     for target in _targets(args.target):
-        result = check(build(spec, target), seed)
+        result = check(build(spec, target, schedule=_steps(args, spec)), seed)
         failed |= not result.passed
         print(f"{spec.name} [{target}]: {'pass' if result.passed else 'FAIL'}  max error "
               f"{result.max_abs_error:.3g} (allowed {result.max_allowed:.3g})"
@@ -204,6 +256,57 @@ def _build_one(spec: Spec, target: str, folder: Path, seed: int, problems: list[
                         f"{result.max_allowed:.3g}; {result.unwritten} outputs never written")
     print(_row((spec.name, target, shape, f"{spec.macs:,}", f"{result.max_abs_error:.2g}", verdict)), flush=True)
     return result.passed
+
+
+def _explore(args) -> int:
+    spec = load_spec(args.spec)
+    machine = host()
+    threads = args.threads or machine.cores
+    seed = _seed(args)
+    inputs = random_inputs(spec, np.random.default_rng(seed))
+    space = candidates(spec, machine)
+    print(f"convgen explore: {spec.name}, {len(space)} candidates, host {machine.cpu}, {threads} threads, "
+          f"seed {seed}", file=sys.stderr)
+    rows = []
+    for number, (label, schedule) in enumerate(space, 1):
+        _progress(number, len(space), label)
+        rows.append((label, *_try_candidate(spec, schedule, inputs, threads, seed)))
+    print(file=sys.stderr)
+    timed = sorted((r for r in rows if r[1] is not None), key=lambda r: r[1])
+    failed = [r for r in rows if r[1] is None]
+    flops = 2 * spec.macs
+    print(f"{'rank':<5} {'schedule':<48} {'time':>10} {'GFLOP/s':>8}")
+    for rank, (label, seconds, _) in enumerate(timed[:args.top or None], 1):
+        print(f"{rank:<5} {label:<48} {seconds * 1e3:>8.3f}ms {flops / seconds / 1e9:>8.1f}")
+    for label, _, reason in failed:
+        print(f"{'-':<5} {label:<48} {'failed':>10}  {reason}")
+    if timed:
+        print(f"\nbest: {timed[0][0]}; its steps:")
+        print("\n".join(f"  - {s.describe()}" for s in dict(space)[timed[0][0]].steps) or "  (none)")
+    return 0 if timed else 1
+
+
+def _try_candidate(spec: Spec, schedule, inputs, threads: int, seed: int):
+    """(seconds, None) for a candidate that matches the reference, else (None, why not)."""
+    if isinstance(schedule, ScheduleError):
+        return None, f"refused: {schedule}"
+    try:
+        kernel = build(spec, "llvm", schedule=schedule, threads=threads)
+        result = check(kernel, seed)
+    except ConvgenError as err:
+        return None, f"did not compile: {str(err).splitlines()[0]}"
+    if not result.passed:
+        return None, f"wrong result: max error {result.max_abs_error:.3g}"
+    call = kernel.bind(inputs["w"], inputs.get("b")) if spec.is_conv else kernel
+    out = np.empty(spec.output_shape, dtype=np.float32)
+    return measure(lambda: call(inputs["x"], out=out)), ""
+
+
+def _progress(done: int, total: int, label: str) -> None:
+    width = 30
+    filled = width * done // total
+    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label[:40]:<40}", end="",
+          file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,11 @@ optimised at O3 for the host CPU and JIT-compiled in process; C: the host C
 compiler into a shared object) and returns a callable Kernel.
 
 A kernel's buffers may differ from the caller's arrays (another layout, a
-padded input); the Kernel converts on the way in and out. A parallel loop
-runs on a pool of threads: the LLVM kernel takes the loop's range (lo, hi),
-and each thread calls it on its own share, outside the GIL.
+padded input); the Kernel converts on the way in and out. Parallel loops of
+both backends run on the OpenMP runtime's thread pool (libgomp): C kernels
+through their `omp parallel for`, LLVM kernels through GOMP_parallel calling
+the kernel's OpenMP entry point, outside the GIL. Its threads spin briefly
+between calls, so back-to-back calls do not wait for threads to wake.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import os
 import shutil
 import subprocess
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+import time
+import ctypes.util
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -28,7 +31,7 @@ import numpy as np
 
 from . import ir
 from .codegen.c import CFiles, emit_c
-from .codegen.llvm import emit_llvm, parallel_loop
+from .codegen.llvm import emit_llvm, openmp_entry_name, parallel_loop
 from .errors import CompileError, ConvgenError, KernelCallError
 from .lower import lower
 from .schedule import apply_schedule, as_steps
@@ -58,22 +61,39 @@ def build(spec: Spec | str | os.PathLike | dict, target: str = "llvm", schedule=
     func = apply_schedule(lower(spec), steps)
     machine = host()
     workdir = Path(workdir) if workdir is not None else None
+    loop = parallel_loop(func)
     if target == "llvm":
+        if loop is not None:
+            openmp()  # the JIT resolves omp_get_thread_num in it
         source = emit_llvm(func, machine)
         if workdir is not None:
             workdir.mkdir(parents=True, exist_ok=True)
             (workdir / f"{func.name}.ll").write_text(source)
-        function, keepalive = _jit(source, func.name, machine)
+        function, keepalive = _jit(source, openmp_entry_name(func) if loop is not None else func.name, machine)
+        function.argtypes = [ctypes.c_void_p] if loop is not None else [ctypes.c_void_p] * len(func.params)
     else:
         files = emit_c(func)
         source = files.source
         function, keepalive = _load_c(files, machine, workdir, _c_flags(func, machine))
-    loop = parallel_loop(func)
-    extra = [ctypes.c_int64, ctypes.c_int64] if loop is not None and target == "llvm" else []
-    function.argtypes = [ctypes.c_void_p] * len(func.params) + extra
+        function.argtypes = [ctypes.c_void_p] * len(func.params)
     function.restype = None
     return Kernel(spec, target, func, source, function, keepalive, steps=tuple(steps),
                   threads=threads or (machine.cores if loop is not None else 1))
+
+
+@lru_cache(maxsize=None)
+def openmp() -> ctypes.CDLL:
+    """The OpenMP runtime, loaded once and visible to JIT-compiled code."""
+    name = ctypes.util.find_library("gomp")
+    if name is None:
+        raise CompileError("parallel loops run on the OpenMP runtime, and libgomp was not found "
+                           "(Debian: apt-get install libgomp1)")
+    library = ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
+    llvm.load_library_permanently(name)
+    library.GOMP_parallel.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+    library.GOMP_parallel.restype = None
+    library.omp_set_num_threads.argtypes = [ctypes.c_int]
+    return library
 
 
 def llvm_assembly(llvm_ir: str, target: Target) -> str:
@@ -93,7 +113,13 @@ def _optimized_module(llvm_ir: str, target: Target) -> llvm.ModuleRef:
     module.data_layout = str(machine.target_data)
     options = llvm.create_pipeline_tuning_options(speed_level=3)
     builder = llvm.create_pass_builder(machine, options)
-    builder.getModulePassManager().run(module, builder)
+    passes = builder.getModulePassManager()
+    passes.run(module, builder)
+    # Dispose in dependency order now rather than whenever the collector gets to them.
+    passes.close()
+    builder.close()
+    options.close()
+    machine.close()
     return module
 
 
@@ -200,22 +226,6 @@ def user_layouts(spec: Spec) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------
-# Threads
-# ---------------------------------------------------------------------------
-
-@lru_cache(maxsize=None)
-def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=max(host().cores, 2), thread_name_prefix="convgen")
-
-
-def _shares(extent: int, threads: int) -> list[tuple[int, int]]:
-    """Split 0..extent into at most `threads` contiguous ranges of near-equal length."""
-    threads = max(1, min(threads, extent))
-    bounds = [extent * t // threads for t in range(threads + 1)]
-    return [(lo, hi) for lo, hi in zip(bounds, bounds[1:])]
-
-
-# ---------------------------------------------------------------------------
 # Kernels
 # ---------------------------------------------------------------------------
 
@@ -239,8 +249,6 @@ class Kernel:
     def __post_init__(self):
         self._parallel = parallel_loop(self.func)
         self._layouts = user_layouts(self.spec)
-        self._omp_set_threads = getattr(self._keepalive, "omp_set_num_threads", None) \
-            if self.target == "c" and self._parallel is not None else None
 
     def __call__(self, x: np.ndarray, w: np.ndarray | None = None, b: np.ndarray | None = None,
                  out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
@@ -298,15 +306,11 @@ class Kernel:
         if self._parallel is None:
             self._function(*pointers)
         elif self.target == "c":
-            if self._omp_set_threads is not None:
-                self._omp_set_threads(threads)
+            openmp().omp_set_num_threads(threads)
             self._function(*pointers)
         else:
-            shares = _shares(self._parallel.extent, threads)
-            futures = [_pool().submit(self._function, *pointers, lo, hi) for lo, hi in shares[1:]]
-            self._function(*pointers, *shares[0])
-            for future in futures:
-                future.result()
+            arguments = (ctypes.c_void_p * len(pointers))(*pointers)
+            openmp().GOMP_parallel(ctypes.cast(self._function, ctypes.c_void_p), arguments, threads, 0)
 
 
 @dataclass
@@ -332,3 +336,17 @@ def _checked(name: str, array, shape) -> np.ndarray:
     if array.shape != tuple(shape):
         raise KernelCallError(f"{name}: expected shape {list(shape)}; got {list(array.shape)}")
     return np.ascontiguousarray(array)
+
+
+def measure(call, min_seconds: float = 0.2, max_runs: int = 100, warmup: int = 2) -> float:
+    """Median seconds per call of a no-argument callable: warm-up calls first,
+    then runs until min_seconds have passed (at least 5, at most max_runs)."""
+    for _ in range(warmup):
+        call()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < 5 or (time.perf_counter() - start < min_seconds and len(times) < max_runs):
+        begin = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - begin)
+    return float(np.median(times))

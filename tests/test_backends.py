@@ -145,3 +145,15 @@ def test_division_that_might_truncate_wrongly_is_refused(emit):
     body = ir.Loop(i, 4, ir.Store(y, (i,), ir.Load(x, ((i - 3) // 2 + 1,))))
     with pytest.raises(CodegenError, match="cannot prove"):
         emit(ir.Func("f", (x, y), body))
+
+
+@needs_gcc
+def test_layer_that_reads_only_padding(tmp_path):
+    """Every tap of this 1x1 kernel lands in padding, so x and w are never read: the
+    C must still build warning-free (found by the random sanitizer test)."""
+    spec = convgen.load_spec({"name": "all_padding", "op": "conv2d", "in_channels": 1, "out_channels": 1,
+                              "input_size": [1, 1], "kernel_size": 1, "stride": [1, 3], "padding": 1,
+                              "bias": False})
+    _run_sanitized(spec, tmp_path, 0)
+    for backend in BACKENDS:
+        _assert_matches(convgen.build(spec, backend), 0)

@@ -72,3 +72,50 @@ def test_build_reports_a_table_and_bad_specs(tmp_path):
 def test_bad_arguments_exit_2_without_traceback(args, message):
     result = convgen(*args)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+SCHEDULE = """\
+- split: [ow, 2]
+- cache_write: ow.o
+- reorder: [kh, kw, ow.i]
+- vectorize: ow.i
+"""
+
+
+def test_show_prints_each_step_as_a_diff_and_verifies(tmp_path):
+    (tmp_path / "s.yaml").write_text(SCHEDULE)
+    result = convgen("show", SPECS / "examples" / "ramp_vertical_edge.yaml", "--schedule", tmp_path / "s.yaml",
+                     "--verify-each-step", "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "== step 0: split('ow', 2) ==" in out and "+    for ow.o in 0..2:" in out
+    assert "== step 3: vectorize('ow.i') ==" in out and "+          vectorized for ow.i in 0..2:" in out
+    assert out.count("-- check: pass") == 5
+    assert "== after all steps ==" in out
+
+
+def test_show_names_a_refused_step(tmp_path):
+    (tmp_path / "s.yaml").write_text("- split: [ow, 2]\n- vectorize: kw\n")
+    result = convgen("show", SPECS / "examples" / "ramp_vertical_edge.yaml", "--schedule", tmp_path / "s.yaml", "-v")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "schedule[1]: vectorize: 'kw' is a reduction loop" in result.stderr
+    assert "The loop nest it was applied to:" in result.stderr  # -v shows the nest
+
+
+def test_compile_and_check_take_a_schedule(tmp_path):
+    (tmp_path / "s.yaml").write_text(SCHEDULE)
+    spec = SPECS / "examples" / "step_sobel_x.yaml"
+    result = convgen("check", spec, "--schedule", tmp_path / "s.yaml", "--seed", "1")
+    assert result.returncode == 0 and result.stdout.count(": pass") == 2
+    result = convgen("compile", spec, "-t", "llvm", "--schedule", tmp_path / "s.yaml", "-o", tmp_path / "out")
+    assert result.returncode == 0 and "<2 x float>" in (tmp_path / "out" / "step_sobel_x.ll").read_text()
+
+
+def test_explore_ranks_candidates():
+    result = convgen("explore", SPECS / "examples" / "photo_blur_replicate.yaml", "--seed", "2", "--threads", "2")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["rank", "schedule", "time", "GFLOP/s"]
+    assert lines[1].startswith("1 ")
+    assert any(" naive " in f" {line} " for line in lines)
+    assert "best:" in result.stdout and "candidates" in result.stderr

@@ -97,6 +97,11 @@ def test_reorder_refusals(loops, words):
     refusal(lambda: chain().reorder(*loops), *words)
 
 
+def test_reorder_keeps_a_vectorized_loop_innermost():
+    s = vectorized_schedule()
+    refusal(lambda: s.reorder("oc.i", "kw"), "'oc.i' is vectorized and must stay innermost", "reorder before")
+
+
 def test_tile_splits_both_and_moves_inner_loops_in():
     s = chain().tile("oh", "ow", 2, 4)
     assert loop_names(s.func)[:5] == ["oc", "oh.o", "ow.o", "oh.i", "ow.i"]

@@ -10,7 +10,10 @@ SROA turns them into registers). Loop kinds:
   `a + b * c` becomes llvm.fma, and a condition that differs between lanes
   becomes a lane mask (masked lanes read a safe address and store nothing);
 - parallel: the function takes two more arguments, `lo` and `hi`, and runs
-  that loop from lo to hi, so a runtime can hand disjoint ranges to threads.
+  that loop from lo to hi. A second function, `<name>.omp(ptr args)`, is
+  the body of an OpenMP parallel region (libgomp's GOMP_parallel calls it
+  on every thread): it takes the thread's share of the range and calls the
+  kernel with the pointers in `args`.
 
 Optimisation and JIT compilation are the runtime's job; this module only emits IR text.
 """
@@ -37,7 +40,31 @@ def emit_llvm(func: ir.Func, target: Target) -> str:
     """The kernel as LLVM IR text, for the target's triple."""
     module = ll.Module(name=func.name)
     module.triple = target.triple
-    return str(_LLVMEmitter(module, func).module)
+    emitter = _LLVMEmitter(module, func)
+    if emitter.parallel is not None:
+        _emit_openmp_entry(module, emitter.function, len(func.params), emitter.parallel.extent)
+    return str(module)
+
+
+def openmp_entry_name(func: ir.Func) -> str:
+    return f"{func.name}.omp"
+
+
+def _emit_openmp_entry(module: ll.Module, kernel: ll.Function, params: int, extent: int) -> None:
+    """void <name>.omp(ptr args): this thread's share of 0..extent, then the kernel on it."""
+    entry = ll.Function(module, ll.FunctionType(ll.VoidType(), [ll.PointerType()]), name=f"{kernel.name}.omp")
+    b = ll.IRBuilder(entry.append_basic_block("entry"))
+    ask = {name: ll.Function(module, ll.FunctionType(I32, []), name=name)
+           for name in ("omp_get_thread_num", "omp_get_num_threads")}
+    thread = b.sext(b.call(ask["omp_get_thread_num"], []), I64)
+    threads = b.sext(b.call(ask["omp_get_num_threads"], []), I64)
+    total = ll.Constant(I64, extent)
+    lo = b.sdiv(b.mul(total, thread), threads)
+    hi = b.sdiv(b.mul(total, b.add(thread, ll.Constant(I64, 1))), threads)
+    pointers = [b.load(b.gep(entry.args[0], [ll.Constant(I64, i)], source_etype=ll.PointerType()),
+                       typ=ll.PointerType()) for i in range(params)]
+    b.call(kernel, pointers + [lo, hi])
+    b.ret_void()
 
 
 def parallel_loop(func: ir.Func) -> ir.Loop | None:

@@ -11,8 +11,8 @@ from dataclasses import replace
 
 from .. import ir
 from ..errors import ScheduleError
-from .nest import (ancestors, find_loop, guard_stores, perfect_chain, replace_loop, require_new_names,
-                   require_serial)
+from .nest import (ancestors, find_loop, guard_stores, loop_names, perfect_chain, replace_loop,
+                   require_new_names, require_serial)
 
 TAILS = ("guard", "peel", "perfect")
 MAX_UNROLL = 64
@@ -32,7 +32,8 @@ def split(func: ir.Func, loop: str, factor: int, tail: str = "guard") -> ir.Func
     loop `<loop>.t` runs the leftover iterations) or perfect (refused unless
     factor divides the extent).
 
-    With peel, the loops inside the tail copy are renamed with a `.t` suffix.
+    With peel, the loops inside the tail copy are renamed with a `.t` suffix
+    (and a number, should that name be taken).
 
     rewrite (ow: 0..10, factor 4, guard):
         for ow in 0..10:            for ow.o in 0..3:
@@ -61,7 +62,8 @@ def split(func: ir.Func, loop: str, factor: int, tail: str = "guard") -> ir.Func
             if extent % factor == 0:
                 return main
             leftover = ir.substitute(node.body, {loop: rest + (extent // factor) * factor})
-            return ir.Seq((main, ir.Loop(rest, extent % factor, _rename_loops(leftover, ".t"))))
+            renamed = _rename_loops(leftover, ".t", set(loop_names(func)) | {outer.name, inner.name, rest.name})
+            return ir.Seq((main, ir.Loop(rest, extent % factor, renamed)))
         if extent % factor:
             body = guard_stores(body, ir.lt(index, extent))
         return ir.Loop(outer, -(-extent // factor), ir.Loop(inner, factor, body))
@@ -69,9 +71,16 @@ def split(func: ir.Func, loop: str, factor: int, tail: str = "guard") -> ir.Func
     return replace_loop(func, loop, rewrite)
 
 
-def _rename_loops(stmt: ir.Stmt, suffix: str) -> ir.Stmt:
-    """Give the loops of a copied statement new names, so every loop name stays unique."""
-    names = {l.var.name: ir.Var(l.var.name + suffix) for l in ir.find_all(stmt, ir.Loop)}
+def _rename_loops(stmt: ir.Stmt, suffix: str, taken: set[str]) -> ir.Stmt:
+    """Give the loops of a copied statement new names (name + suffix, then a
+    number if that is taken), so every loop name stays unique."""
+    names = {}
+    for loop in ir.find_all(stmt, ir.Loop):
+        candidate, number = loop.var.name + suffix, 2
+        while candidate in taken:
+            candidate, number = f"{loop.var.name}{suffix}{number}", number + 1
+        taken.add(candidate)
+        names[loop.var.name] = ir.Var(candidate)
     return ir.substitute(stmt, names)
 
 
@@ -80,8 +89,8 @@ def reorder(func: ir.Func, *loops: str) -> ir.Func:
 
     It requires: each loop exists, none twice; they lie on one path of the
     nest, and from the outermost to the innermost of them every loop's body
-    is exactly the next loop (a perfect nest). Loops of the nest that are not
-    named keep their places.
+    is exactly the next loop (a perfect nest); a vectorized loop stays
+    innermost. Loops of the nest that are not named keep their places.
 
     rewrite reorder(kw, kh):
         for kh in 0..3:             for kw in 0..3:
@@ -115,6 +124,11 @@ def reorder(func: ir.Func, *loops: str) -> ir.Func:
     for slot, name in zip(slots, loops):
         order[slot] = by_name[name]
     body = chain[-1].body
+    for node in order:
+        innermost = node is order[-1] and not ir.find_all(body, (ir.Loop, ir.Allocate))
+        if node.kind == "vectorized" and not innermost:
+            raise ScheduleError("reorder", f"'{node.var.name}' is vectorized and must stay innermost",
+                                "reorder before vectorizing")
     for node in reversed(order):
         body = replace(node, body=body)
     return replace_loop(func, outermost, lambda _: body)
