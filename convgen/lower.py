@@ -56,10 +56,10 @@ def _params(spec: Spec) -> dict[str, Buffer]:
     return params
 
 
-def _nest(loops: list[tuple[str, int]], body: ir.Stmt) -> ir.Stmt:
+def _nest(loops: list[tuple[str, int]], body: ir.Stmt, role: str = "spatial") -> ir.Stmt:
     """Wrap body in serial loops, the first outermost."""
     for name, extent in reversed(loops):
-        body = Loop(Var(name), extent, body)
+        body = Loop(Var(name), extent, body, role=role)
     return body
 
 
@@ -110,7 +110,7 @@ def _accumulate(spec: Spec, init: ir.Expr, taps: list[tuple[str, int]], update, 
     n, oh, ow = Var("n"), Var("oh"), Var("ow")
     body = Seq((
         Store(acc, zero, init),
-        _nest(taps, update(acc, acc_value)),
+        _nest(taps, update(acc, acc_value), role="reduction"),
         Store(params["y"], (n, out_channel, oh, ow), _activation(spec, finish(acc_value))),
     ))
     return ir.Allocate(acc, body)

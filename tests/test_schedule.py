@@ -355,3 +355,26 @@ def test_random_schedules_match_reference(backend, case, seed):
     spec, steps, _ = case
     result = convgen.check(convgen.build(spec, backend, schedule=steps), seed)
     assert result.passed, f"{result}\n{spec}\n" + "\n".join(s.describe() for s in steps)
+
+
+def test_vectorized_schedule_uses_the_widest_vector_registers():
+    from conftest import SPECS
+    from convgen.codegen.llvm import emit_llvm
+    from convgen.runtime import llvm_assembly
+    from convgen.target import host
+    spec = convgen.load_spec(SPECS / "scheduled" / "resnet_3x3_64_tuned.yaml")
+    assembly = llvm_assembly(emit_llvm(apply_schedule(lower(spec), spec.schedule), host()), host())
+    widest = "zmm" if host().has("avx512f") else "ymm" if host().has("avx") else "xmm"
+    assert f"%{widest}" in assembly
+    if host().has("fma"):
+        assert "vfmadd" in assembly
+
+
+def test_a_loop_fused_with_a_reduction_loop_is_a_reduction_loop():
+    """Found by the random schedules: ow fused with kw writes each accumulator
+    several times, so its iterations may not run as lanes or threads."""
+    s = chain(dict(POOL, kernel_size=[1, 3], padding=0)).cache_write("oh").fuse("ow", "kw")
+    assert ir.loops_by_name(s.func.body)["ow_kw"].role == "reduction"
+    refusal(lambda: s.vectorize("ow_kw"), "'ow_kw' is a reduction loop", "lanes would collide")
+    spatial = chain().fuse("oh", "ow")
+    assert ir.loops_by_name(spatial.func.body)["oh_ow"].role == "spatial"

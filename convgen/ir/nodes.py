@@ -15,6 +15,7 @@ BOOL = "bool"
 FLOAT32 = "float32"
 
 LOOP_KINDS = ("serial", "vectorized", "unrolled", "parallel")
+LOOP_ROLES = ("spatial", "reduction")
 SCOPES = ("global", "local")
 
 ARITH_OPS = ("+", "-", "*", "/", "//", "%", "min", "max")
@@ -350,16 +351,22 @@ class Store(Stmt):
 
 @dataclass(frozen=True, eq=True)
 class Loop(Stmt):
-    """for var in 0 .. extent-1, run body. `kind` says how the loop is to run."""
+    """for var in 0 .. extent-1, run body. `kind` says how the loop is to run;
+    `role` whether its iterations write different outputs (spatial) or
+    accumulate into the same ones (reduction), which decides what may run
+    them side by side."""
 
     var: Var
     extent: int
     body: Stmt
     kind: str = "serial"
+    role: str = "spatial"
 
     def __post_init__(self):
         if self.kind not in LOOP_KINDS:
             raise ValueError(f"loop {self.var.name}: kind {self.kind!r} is not one of {LOOP_KINDS}")
+        if self.role not in LOOP_ROLES:
+            raise ValueError(f"loop {self.var.name}: role {self.role!r} is not one of {LOOP_ROLES}")
 
 
 @dataclass(frozen=True, eq=True)
@@ -399,7 +406,7 @@ class Func(Node):
 
 
 __all__ = [
-    "INDEX", "BOOL", "FLOAT32", "LOOP_KINDS", "SCOPES", "ARITH_OPS", "COMPARE_OPS", "LOGIC_OPS", "INTRINSICS",
+    "INDEX", "BOOL", "FLOAT32", "LOOP_KINDS", "LOOP_ROLES", "SCOPES", "ARITH_OPS", "COMPARE_OPS", "LOGIC_OPS", "INTRINSICS",
     "Node", "Dim", "Buffer", "parse_layout", "plain_layout",
     "Expr", "IntImm", "BoolImm", "FloatImm", "Var", "BinOp", "Select", "Load", "Call",
     "as_expr", "binop", "lt", "le", "minimum", "maximum", "all_of",

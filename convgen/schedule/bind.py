@@ -18,8 +18,8 @@ def vectorize(func: ir.Func, loop: str) -> ir.Func:
     `omp simd`. Lanes whose guard fails are masked.
 
     It requires: the loop is serial, innermost (no loop or allocation
-    inside), has 2 to 64 iterations, and every store in it writes an
-    address that depends on the loop (it is not a reduction loop).
+    inside), has 2 to 64 iterations, and is not a reduction loop (by role,
+    and every store in it writes an address that depends on it).
 
     rewrite:
         for oc.i in 0..16:          vectorized for oc.i in 0..16:
@@ -36,6 +36,11 @@ def vectorize(func: ir.Func, loop: str) -> ir.Func:
                             f"reorder so that '{loop}' is innermost")
     if ir.find_all(target.body, ir.Allocate):
         raise ScheduleError("vectorize", f"'{loop}' allocates a buffer inside", "cache_write at an outer loop first")
+    if target.role == "reduction":
+        raise ScheduleError("vectorize", f"'{loop}' is a reduction loop: its iterations add into the same "
+                                         f"outputs, so lanes would collide",
+                            "vectorize a loop the output varies along (after cache_write, e.g. an output-channel "
+                            "or output-column loop moved innermost)")
     reductions = stores_not_indexed_by(target.body, loop)
     if reductions:
         raise ScheduleError("vectorize", f"'{loop}' is a reduction loop: the store to "
@@ -54,8 +59,8 @@ def parallel(func: ir.Func, loop: str) -> ir.Func:
     It requires: the loop is serial; no other loop is parallel; it belongs to
     the outermost loop nest (everything around it is a loop whose whole body
     is the next loop, so no work outside it is repeated per thread); and it
-    is not a reduction loop (every store in it, except to buffers allocated
-    inside it, writes an address that depends on it).
+    is not a reduction loop (by role, and every store in it, except to
+    buffers allocated inside it, writes an address that depends on it).
 
     rewrite:
         for oc in 0..64: S(oc)   ->   parallel for oc in 0..64: S(oc)
@@ -72,6 +77,9 @@ def parallel(func: ir.Func, loop: str) -> ir.Func:
             raise ScheduleError("parallel", f"'{loop}' is not in the outermost loop nest: "
                                             f"{_what(outer)} around it would run in every thread",
                                 "parallelize an outer loop, or reorder this one outwards")
+    if target.role == "reduction":
+        raise ScheduleError("parallel", f"'{loop}' is a reduction loop: its iterations add into the same "
+                                        f"outputs, so threads would race", "parallelize a loop over output elements")
     local = {a.buffer.name for a in ir.find_all(target.body, ir.Allocate)}
     reductions = stores_not_indexed_by(target.body, loop, local)
     if reductions:

@@ -57,16 +57,17 @@ def split(func: ir.Func, loop: str, factor: int, tail: str = "guard") -> ir.Func
 
     def rewrite(node: ir.Loop) -> ir.Stmt:
         body = ir.substitute(node.body, {loop: index})
+        role = node.role
         if tail == "peel":
-            main = ir.Loop(outer, extent // factor, ir.Loop(inner, factor, body))
+            main = ir.Loop(outer, extent // factor, ir.Loop(inner, factor, body, role=role), role=role)
             if extent % factor == 0:
                 return main
             leftover = ir.substitute(node.body, {loop: rest + (extent // factor) * factor})
             renamed = _rename_loops(leftover, ".t", set(loop_names(func)) | {outer.name, inner.name, rest.name})
-            return ir.Seq((main, ir.Loop(rest, extent % factor, renamed)))
+            return ir.Seq((main, ir.Loop(rest, extent % factor, renamed, role=role)))
         if extent % factor:
             body = guard_stores(body, ir.lt(index, extent))
-        return ir.Loop(outer, -(-extent // factor), ir.Loop(inner, factor, body))
+        return ir.Loop(outer, -(-extent // factor), ir.Loop(inner, factor, body, role=role), role=role)
 
     return replace_loop(func, loop, rewrite)
 
@@ -165,6 +166,7 @@ def fuse(func: ir.Func, a: str, b: str) -> ir.Func:
     """Merge a loop and the loop directly inside it into one loop `<a>_<b>` (TVM: fuse).
 
     It requires: both loops exist and are serial, and b is exactly a's body.
+    The fused loop is a reduction loop if either of them was.
 
     rewrite fuse(oh, ow) with extents 4 and 5:
         for oh in 0..4:             for oh_ow in 0..20:
@@ -179,7 +181,8 @@ def fuse(func: ir.Func, a: str, b: str) -> ir.Func:
     fused = ir.Var(f"{a}_{b}")
     require_new_names(func, [fused.name], "fuse")
     body = ir.substitute(inner.body, {a: fused // inner.extent, b: fused % inner.extent})
-    return replace_loop(func, a, lambda _: ir.Loop(fused, outer.extent * inner.extent, body))
+    role = "spatial" if outer.role == inner.role == "spatial" else "reduction"
+    return replace_loop(func, a, lambda _: ir.Loop(fused, outer.extent * inner.extent, body, role=role))
 
 
 def unroll(func: ir.Func, loop: str) -> ir.Func:
