@@ -115,8 +115,12 @@ def _info(args) -> int:
     rows += [("output", f"{list(spec.output_shape)} {spec.output_layout}"),
              ("window", f"{kh}x{kw}, stride {list(spec.stride)}, dilation {list(spec.dilation)}"),
              ("padding", f"top {top}, bottom {bottom}, left {left}, right {right} ({spec.padding_mode})"),
-             ("activation", spec.activation),
-             ("parameters", f"{spec.param_count:,}"),
+             ("activation", spec.activation)]
+    if spec.pool is not None:
+        p = spec.pool
+        rows.append(("pool", f"{p.op} {p.kernel_size[0]}x{p.kernel_size[1]}, stride {list(p.stride)}, padding "
+                             f"{list(p.padding)}, fused (convolution output {list(spec.conv_output_size)})"))
+    rows += [("parameters", f"{spec.param_count:,}"),
              ("MACs", f"{spec.macs:,}")]
     for key, value in rows:
         print(f"{key:<11} {value}")

@@ -4,6 +4,8 @@ conv2d, per output element:
     acc = bias[oc] (or 0)
     for ic, kh, kw: acc += x[n, group_base + ic, ih, iw] * w[oc, ic, kh, kw]
     y[n, oc, oh, ow] = activation(acc)
+With a fused pool, the outputs are pooled positions (ph, pw); a pool
+accumulator runs over the window (pi, pj), each element the block above.
 with ih = oh*sh + kh*dh - pad_top (and alike for iw). Padding becomes a guard
 (zeros: the tap is skipped, so it contributes 0; for max pooling that is the
 -inf of PyTorch) or an index remap (reflect, replicate). No optimisation
@@ -37,6 +39,10 @@ def describe(spec: Spec) -> str:
     else:
         parts.insert(1, f"{spec.in_channels} channels")
     parts.append(f"activation {spec.activation}")
+    if spec.pool is not None:
+        p = spec.pool
+        parts.append(f"then {p.op} {p.kernel_size[0]}x{p.kernel_size[1]} stride {list(p.stride)} "
+                     f"padding {list(p.padding)}")
     return f"{spec.name}: {', '.join(parts)}.\nMACs: {spec.macs:,} per call (batch {spec.batch})."
 
 
@@ -101,17 +107,15 @@ def _guarded(guard: ir.Expr, stmt: ir.Stmt) -> ir.Stmt:
     return stmt if guard == ir.BoolImm(True) else ir.If(guard, stmt)
 
 
-def _accumulate(spec: Spec, init: ir.Expr, taps: list[tuple[str, int]], update, finish,
-                params: dict[str, Buffer], out_channel: Var) -> ir.Stmt:
-    """acc = init; for taps: acc = update(acc); y[n, c, oh, ow] = finish(acc)."""
-    acc = Buffer("acc", ir.FLOAT32, ("i",), (1,), ir.plain_layout(("i",)), scope="local")
+def _accumulate(name: str, init: ir.Expr, taps: list[tuple[str, int]], update, write) -> ir.Stmt:
+    """local name = init; for taps: update(acc); then write(final value)."""
+    acc = Buffer(name, ir.FLOAT32, ("i",), (1,), ir.plain_layout(("i",)), scope="local")
     zero = (IntImm(0),)
-    acc_value = ir.Load(acc, zero)
-    n, oh, ow = Var("n"), Var("oh"), Var("ow")
+    value = ir.Load(acc, zero)
     body = Seq((
         Store(acc, zero, init),
-        _nest(taps, update(acc, acc_value), role="reduction"),
-        Store(params["y"], (n, out_channel, oh, ow), _activation(spec, finish(acc_value))),
+        _nest(taps, update(lambda new: Store(acc, zero, new), value), role="reduction"),
+        write(value),
     ))
     return ir.Allocate(acc, body)
 
@@ -122,17 +126,45 @@ def _conv_body(spec: Spec, params: dict[str, Buffer]) -> ir.Stmt:
     out_per_group = spec.out_channels // spec.groups
     channel = (oc // out_per_group) * in_per_group + ic
     row, col, guard = _padded_access(spec, _input_index(spec, oh, kh, 0), _input_index(spec, ow, kw, 1))
-    x, w = params["x"], params["w"]
+    x, w, y = params["x"], params["w"], params["y"]
     init = ir.Load(params["b"], (oc,)) if spec.bias else FloatImm(0.0)
 
-    def update(acc, acc_value):
+    def update(store, acc):
         product = ir.Load(x, (n, channel, row, col)) * ir.Load(w, (oc, ic, kh, kw))
-        return _guarded(guard, Store(acc, (IntImm(0),), acc_value + product))
+        return _guarded(guard, store(acc + product))
 
     taps = [("ic", in_per_group), ("kh", spec.kernel_size[0]), ("kw", spec.kernel_size[1])]
-    inner = _accumulate(spec, init, taps, update, lambda v: v, params, oc)
-    oh_n, ow_n = spec.output_size
-    return _nest([("n", spec.batch), ("oc", spec.out_channels), ("oh", oh_n), ("ow", ow_n)], inner)
+    if spec.pool is None:
+        body = _accumulate("acc", init, taps, update, lambda v: Store(y, (n, oc, oh, ow), _activation(spec, v)))
+        outputs = [("oh", spec.output_size[0]), ("ow", spec.output_size[1])]
+    else:
+        conv = lambda write: _accumulate("acc", init, taps, update, lambda v: write(_activation(spec, v)))
+        body = _pooled(spec, conv, lambda v: Store(y, (n, oc, Var("ph"), Var("pw")), v))
+        outputs = [("ph", spec.output_size[0]), ("pw", spec.output_size[1])]
+    return _nest([("n", spec.batch), ("oc", spec.out_channels)] + outputs, body)
+
+
+def _pooled(spec: Spec, conv, write) -> ir.Stmt:
+    """The pool that follows a convolution, with the convolution of each window
+    element (at conv output oh, ow) computed in place: bias, activation and
+    pooling all in the epilogue, no intermediate tensor. Window elements in the
+    pool's padding are skipped (max: -inf; average: zeros that count)."""
+    pool = spec.pool
+    ph, pw, pi, pj = Var("ph"), Var("pw"), Var("pi"), Var("pj")
+    oh = ph * pool.stride[0] + pi - pool.padding[0]
+    ow = pw * pool.stride[1] + pj - pool.padding[2]
+    rows, cols = spec.conv_output_size
+    inside = ir.all_of(ir.le(0, oh), ir.lt(oh, rows), ir.le(0, ow), ir.lt(ow, cols))
+    is_max = pool.op == "maxpool2d"
+    window = pool.kernel_size[0] * pool.kernel_size[1]
+
+    def update(store, acc):
+        element = conv(lambda v: store(ir.maximum(acc, v) if is_max else acc + v))
+        return _guarded(inside, ir.substitute(element, {"oh": oh, "ow": ow}))
+
+    init = FloatImm(float("-inf") if is_max else 0.0)
+    taps = [("pi", pool.kernel_size[0]), ("pj", pool.kernel_size[1])]
+    return _accumulate("pool", init, taps, update, lambda v: write(v if is_max else v / FloatImm(float(window))))
 
 
 def _pool_body(spec: Spec, params: dict[str, Buffer]) -> ir.Stmt:
@@ -141,15 +173,15 @@ def _pool_body(spec: Spec, params: dict[str, Buffer]) -> ir.Stmt:
     window = spec.kernel_size[0] * spec.kernel_size[1]
     is_max = spec.op == "maxpool2d"
 
-    def update(acc, acc_value):
+    def update(store, acc):
         value = ir.Load(params["x"], (n, c, row, col))
-        combined = ir.maximum(acc_value, value) if is_max else acc_value + value
-        return _guarded(guard, Store(acc, (IntImm(0),), combined))
+        return _guarded(guard, store(ir.maximum(acc, value) if is_max else acc + value))
 
     init = FloatImm(float("-inf") if is_max else 0.0)
     # Average pooling divides by the whole window: padded zeros count (PyTorch's default).
     finish = (lambda v: v) if is_max else (lambda v: v / FloatImm(float(window)))
     taps = [("kh", spec.kernel_size[0]), ("kw", spec.kernel_size[1])]
-    inner = _accumulate(spec, init, taps, update, finish, params, c)
+    body = _accumulate("acc", init, taps, update,
+                       lambda v: Store(params["y"], (n, c, oh, ow), _activation(spec, finish(v))))
     oh_n, ow_n = spec.output_size
-    return _nest([("n", spec.batch), ("c", spec.in_channels), ("oh", oh_n), ("ow", ow_n)], inner)
+    return _nest([("n", spec.batch), ("c", spec.in_channels), ("oh", oh_n), ("ow", ow_n)], body)

@@ -6,6 +6,7 @@
 with xpad the input padded by (top, bottom, left, right) in the padding mode,
 g(o) = o // (O / groups) and Cg = C / groups. Max pooling pads with -inf,
 average pooling with zeros that count towards the mean (PyTorch semantics).
+A convolution's `pool` is applied to its activated output, the same way.
 
 This module shares no code with lowering or codegen: it is what they are
 checked against.
@@ -27,9 +28,16 @@ def reference(spec: Spec, x: np.ndarray, w: np.ndarray | None = None, b: np.ndar
         y = _conv2d(spec, x, np.asarray(w, dtype=np.float64))
         if spec.bias:
             y = y + np.asarray(b, dtype=np.float64).reshape(1, -1, 1, 1)
+        y = _activation(spec.activation, y)
+        if spec.pool is not None:
+            p = spec.pool
+            y = _pool2d(p.op, _pad(y, p.padding, "zeros", -np.inf if p.op == "maxpool2d" else 0.0),
+                        p.kernel_size, p.stride, (1, 1))
     else:
-        y = _pool2d(spec, x)
-    y = _activation(spec.activation, y)
+        fill = -np.inf if spec.op == "maxpool2d" else 0.0
+        y = _pool2d(spec.op, _pad(x, spec.padding, spec.padding_mode, fill), spec.kernel_size, spec.stride,
+                    spec.dilation)
+        y = _activation(spec.activation, y)
     return _from_nchw(y, spec.output_layout)
 
 
@@ -41,21 +49,20 @@ def _from_nchw(y: np.ndarray, layout: str) -> np.ndarray:
     return y if layout == "NCHW" else y.transpose(0, 2, 3, 1)
 
 
-def _pad(spec: Spec, x: np.ndarray, fill: float) -> np.ndarray:
-    top, bottom, left, right = spec.padding
+def _pad(x: np.ndarray, padding, mode: str, fill: float) -> np.ndarray:
+    top, bottom, left, right = padding
     widths = ((0, 0), (0, 0), (top, bottom), (left, right))
-    mode = _NUMPY_PAD_MODE[spec.padding_mode]
-    if mode == "constant":
+    numpy_mode = _NUMPY_PAD_MODE[mode]
+    if numpy_mode == "constant":
         return np.pad(x, widths, mode="constant", constant_values=fill)
-    return np.pad(x, widths, mode=mode)
+    return np.pad(x, widths, mode=numpy_mode)
 
 
-def _taps(spec: Spec, xpad: np.ndarray):
+def _taps(xpad: np.ndarray, kernel, stride, dilation):
     """Yield (p, q, window): the input values each output position sees at kernel tap (p, q)."""
-    oh, ow = spec.output_size
-    sh, sw = spec.stride
-    dh, dw = spec.dilation
-    kh, kw = spec.kernel_size
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    oh = (xpad.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    ow = (xpad.shape[3] - dw * (kw - 1) - 1) // sw + 1
     for p in range(kh):
         for q in range(kw):
             rows = slice(p * dh, p * dh + (oh - 1) * sh + 1, sh)
@@ -68,21 +75,19 @@ def _conv2d(spec: Spec, x: np.ndarray, w: np.ndarray) -> np.ndarray:
     groups = spec.groups
     cg = spec.in_channels // groups
     og = spec.out_channels // groups
-    oh, ow = spec.output_size
+    oh, ow = spec.conv_output_size
     wg = w.reshape(groups, og, cg, *spec.kernel_size)
     y = np.zeros((n, groups, og, oh, ow))
-    for p, q, window in _taps(spec, _pad(spec, x, 0.0)):
+    for p, q, window in _taps(_pad(x, spec.padding, spec.padding_mode, 0.0), spec.kernel_size, spec.stride,
+                              spec.dilation):
         xg = window.reshape(n, groups, cg, oh, ow)
         y += np.einsum("ngchw,goc->ngohw", xg, wg[:, :, :, p, q], optimize=True)
     return y.reshape(n, spec.out_channels, oh, ow)
 
 
-def _pool2d(spec: Spec, x: np.ndarray) -> np.ndarray:
-    if spec.op == "maxpool2d":
-        windows = [window for _, _, window in _taps(spec, _pad(spec, x, -np.inf))]
-        return np.max(np.stack(windows), axis=0)
-    windows = [window for _, _, window in _taps(spec, _pad(spec, x, 0.0))]
-    return np.sum(np.stack(windows), axis=0) / len(windows)
+def _pool2d(op: str, xpad: np.ndarray, kernel, stride, dilation) -> np.ndarray:
+    windows = np.stack([window for _, _, window in _taps(xpad, kernel, stride, dilation)])
+    return np.max(windows, axis=0) if op == "maxpool2d" else np.sum(windows, axis=0) / len(windows)
 
 
 def _activation(name: str, y: np.ndarray) -> np.ndarray:

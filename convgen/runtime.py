@@ -112,6 +112,10 @@ def _optimized_module(llvm_ir: str, target: Target) -> llvm.ModuleRef:
     module.triple = target.triple
     module.data_layout = str(machine.target_data)
     options = llvm.create_pipeline_tuning_options(speed_level=3)
+    # Vector code comes from the schedule's vectorize steps, not from LLVM's own
+    # loop vectorizer, which (LLVM 22, llvmlite 0.50) miscompiles some maxnum
+    # reductions at O2+ and can abort on an internal assertion.
+    options.loop_vectorization = False
     builder = llvm.create_pass_builder(machine, options)
     passes = builder.getModulePassManager()
     passes.run(module, builder)

@@ -30,9 +30,11 @@ DTYPES = ("float32",)
 FIELDS = (
     "name", "op", "batch", "in_channels", "out_channels", "input_size",
     "kernel_size", "stride", "padding", "padding_mode", "dilation", "groups",
-    "bias", "activation", "layout", "dtype", "weights", "schedule",
+    "bias", "activation", "layout", "dtype", "weights", "schedule", "pool",
 )
-CONV_ONLY_FIELDS = ("out_channels", "groups", "bias", "weights")
+CONV_ONLY_FIELDS = ("out_channels", "groups", "bias", "weights", "pool")
+POOL_FIELDS = ("op", "kernel_size", "stride", "padding")
+POOL_OPS = ("maxpool2d", "avgpool2d")
 
 # C keywords a name may not take, since the name becomes a C symbol.
 _C_KEYWORDS = frozenset(
@@ -44,6 +46,17 @@ _C_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 _MAX_ELEMENTS = 2**31 - 1
 PADDING_EXPECTED = "an int, [h, w], [top, bottom, left, right], 'same' or 'valid'"
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A pooling layer that follows a convolution, applied in its epilogue:
+    PyTorch's MaxPool2d (padding is -inf) or AvgPool2d (padded zeros count)."""
+
+    op: str
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,7 @@ class Spec:
     weights: tuple[float, ...] | None = None
     bias_values: tuple[float, ...] | None = None
     schedule: tuple = ()      # schedule Steps written in the spec file
+    pool: Pool | None = None  # conv2d only: pooling fused after bias and activation
     source: str = "<dict>"
 
     @property
@@ -81,8 +95,17 @@ class Spec:
         return self.op == "conv2d"
 
     @property
-    def output_size(self) -> tuple[int, int]:
+    def conv_output_size(self) -> tuple[int, int]:
+        """Output rows and columns of the convolution or pooling window itself."""
         return _output_size(self.input_size, self.kernel_size, self.stride, self.padding, self.dilation)
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """Output rows and columns of the layer, after a fused pool if there is one."""
+        size = self.conv_output_size
+        if self.pool is None:
+            return size
+        return _output_size(size, self.pool.kernel_size, self.pool.stride, self.pool.padding, (1, 1))
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -109,8 +132,9 @@ class Spec:
 
     @property
     def macs(self) -> int:
-        """Multiply-accumulates (for pooling: window element visits)."""
-        oh, ow = self.output_size
+        """Multiply-accumulates of the convolution over its whole output (for
+        pooling: window element visits); a fused pool adds no MACs."""
+        oh, ow = self.conv_output_size
         kh, kw = self.kernel_size
         per_output = kh * kw * (self.in_channels // self.groups if self.is_conv else 1)
         return self.batch * self.out_channels * oh * ow * per_output
@@ -307,6 +331,26 @@ class _SpecParser:
                       value)
         return array
 
+    def pool(self, field, value):
+        if not isinstance(value, dict):
+            self.fail(field, "a mapping {op: maxpool2d|avgpool2d, kernel_size: ..., stride: ..., padding: ...}", value)
+        for key in value:
+            if key not in POOL_FIELDS:
+                self.note(f"{field}.{key}", f"unknown field{_suggest(key, POOL_FIELDS) or '; known: ' + ', '.join(POOL_FIELDS)}")
+        if "op" not in value or "kernel_size" not in value:
+            self.note(field, "expected at least op and kernel_size")
+            raise _Missing(field)
+        op = self.choice(POOL_OPS)(f"{field}.op", value["op"])
+        kernel = self.pair(f"{field}.kernel_size", value["kernel_size"])
+        stride = self.pair(f"{field}.stride", value["stride"]) if "stride" in value else kernel
+        padding = self.padding(f"{field}.padding", value.get("padding", 0))
+        if isinstance(padding, str):
+            self.fail(f"{field}.padding", "an int, [h, w] or [top, bottom, left, right]", padding)
+        for axis, pads in ((0, padding[:2]), (1, padding[2:])):
+            if max(pads) > kernel[axis] // 2:
+                self.fail(f"{field}.padding", f"at most half the pooling window ({kernel[axis] // 2})", list(padding))
+        return Pool(op, kernel, stride, padding)
+
     def schedule(self, field, value):
         try:
             return parse_steps(value, f"{self.label}: {field}")
@@ -346,6 +390,7 @@ class _SpecParser:
         layout = self.field("layout", self.layout, default=("NCHW", "NCHW"))
         dtype = self.field("dtype", self.choice(DTYPES), default="float32")
         schedule = self.field("schedule", self.schedule, default=())
+        pool = self.field("pool", self.pool) if is_conv else None
 
         if self.problems:
             raise SpecError(self.problems)
@@ -359,6 +404,11 @@ class _SpecParser:
             padding = self._resolve_named_padding(padding, input_size, kernel_size, stride, dilation)
         self._check_padding(op, padding, padding_mode, input_size, kernel_size, dilation)
         out = _output_size(input_size, kernel_size, stride, padding, dilation)
+        if pool is not None and min(out) >= 1:
+            pooled = _output_size(out, pool.kernel_size, pool.stride, pool.padding, (1, 1))
+            if min(pooled) < 1:
+                self.note("pool", f"expected an output of at least 1x1; the convolution's {list(out)} pooled by "
+                                  f"{list(pool.kernel_size)} gives {list(pooled)}")
         if min(out) < 1:
             self.note("input_size", f"expected an output of at least 1x1; {list(input_size)} with kernel "
                                     f"{list(kernel_size)}, dilation {list(dilation)}, padding "
@@ -380,7 +430,7 @@ class _SpecParser:
             input_size=input_size, kernel_size=kernel_size, stride=stride, padding=padding,
             padding_mode=padding_mode, dilation=dilation, groups=groups, bias=bias,
             activation=activation, input_layout=layout[0], output_layout=layout[1], dtype=dtype,
-            weights=weight_values, bias_values=bias_values, schedule=schedule, source=self.label,
+            weights=weight_values, bias_values=bias_values, schedule=schedule, pool=pool, source=self.label,
         )
 
     def _resolve_named_padding(self, padding, input_size, kernel_size, stride, dilation):

@@ -54,6 +54,12 @@ def spec_dicts(draw, ops=("conv2d", "conv2d", "maxpool2d", "avgpool2d")):
         depthwise = draw(st.booleans())
         spec["out_channels"] = spec["in_channels"] if depthwise else groups * draw(st.integers(1, 3))
         spec["bias"] = draw(st.booleans())
+        if draw(st.integers(0, 4)) == 0:  # a fused pool now and then
+            window = [draw(st.integers(1, 3)), draw(st.integers(1, 3))]
+            spec["pool"] = {"op": draw(st.sampled_from(["maxpool2d", "avgpool2d"])), "kernel_size": window,
+                            "stride": [draw(st.integers(1, 3)), draw(st.integers(1, 3))],
+                            "padding": [draw(st.integers(0, k // 2)) for k in (window[0], window[0],
+                                                                                 window[1], window[1])]}
     else:
         spec["in_channels"] = draw(st.integers(1, 4))
     return spec

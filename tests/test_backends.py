@@ -157,3 +157,15 @@ def test_layer_that_reads_only_padding(tmp_path):
     _run_sanitized(spec, tmp_path, 0)
     for backend in BACKENDS:
         _assert_matches(convgen.build(spec, backend), 0)
+
+
+def test_llvm_keeps_a_fused_max_pooling_window_right():
+    """LLVM's own loop vectorizer got this reduction wrong at O3 (3 instead of 5);
+    convgen's pipeline leaves vectorization to the schedule."""
+    from convgen.schedule import Schedule
+    spec = convgen.load_spec({"name": "r", "op": "maxpool2d", "batch": 2, "in_channels": 1, "input_size": [3, 2],
+                              "kernel_size": [4, 3], "stride": 1, "padding": [1, 2, 1, 1],
+                              "padding_mode": "reflect"})
+    x = np.arange(12, dtype=np.float32).reshape(2, 1, 3, 2)
+    y = convgen.build(spec, "llvm", schedule=Schedule.for_spec(spec).fuse("kh", "kw"))(x)
+    np.testing.assert_array_equal(y, convgen.reference(spec, x))

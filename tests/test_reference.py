@@ -18,7 +18,7 @@ def direct_loops(spec, x, w, b):
     fill = -np.inf if spec.op == "maxpool2d" else 0.0
     pad = ((0, 0), (0, 0), (top, bottom), (left, right))
     xp = np.pad(x.astype(np.float64), pad, mode=mode, **({"constant_values": fill} if mode == "constant" else {}))
-    oh, ow = spec.output_size
+    oh, ow = spec.conv_output_size
     (kh, kw), (sh, sw), (dh, dw) = spec.kernel_size, spec.stride, spec.dilation
     y = np.empty((spec.batch, spec.out_channels, oh, ow))
     cg, og = spec.in_channels // spec.groups, spec.out_channels // spec.groups
@@ -46,7 +46,28 @@ def direct_loops(spec, x, w, b):
                     if spec.activation == "relu6":
                         v = min(v, 6.0)
                     y[n, o, i, j] = v
+    if spec.pool is not None:
+        y = pool_loops(spec.pool, y)
     return y.transpose(0, 2, 3, 1) if spec.output_layout == "NHWC" else y
+
+
+def pool_loops(pool, y):
+    """A following pool, element by element: windows over the activated output."""
+    (kh, kw), (sh, sw) = pool.kernel_size, pool.stride
+    top, bottom, left, right = pool.padding
+    is_max = pool.op == "maxpool2d"
+    n, c, h, w = y.shape
+    oh, ow = (h + top + bottom - kh) // sh + 1, (w + left + right - kw) // sw + 1
+    out = np.empty((n, c, oh, ow))
+    for b in range(n):
+        for ch in range(c):
+            for i in range(oh):
+                for j in range(ow):
+                    values = [y[b, ch, r, q] if 0 <= r < h and 0 <= q < w else (-np.inf if is_max else 0.0)
+                              for r in range(i * sh - top, i * sh - top + kh)
+                              for q in range(j * sw - left, j * sw - left + kw)]
+                    out[b, ch, i, j] = max(values) if is_max else sum(values) / (kh * kw)
+    return out
 
 
 @settings(max_examples=150)

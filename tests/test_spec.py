@@ -57,6 +57,14 @@ def test_defaults():
     assert pool.stride == (2, 2) and pool.out_channels == 4 and pool.param_count == 0
 
 
+def test_fused_pool_shapes():
+    spec = load_spec({**BASE, "padding": 1, "pool": {"op": "maxpool2d", "kernel_size": 2}})
+    assert spec.conv_output_size == (32, 32) and spec.output_shape == (1, 64, 16, 16)
+    assert spec.pool.stride == (2, 2) and spec.macs == 64 * 32 * 32 * 3 * 9  # the pool adds no MACs
+    spec = load_spec({**BASE, "pool": {"op": "avgpool2d", "kernel_size": 3, "stride": 2, "padding": 1}})
+    assert spec.output_size == (15, 15)  # conv 30x30 -> floor((30 + 2 - 3) / 2) + 1
+
+
 def test_padding_forms():
     assert load_spec({**BASE, "padding": [1, 2]}).padding == (1, 1, 2, 2)
     assert load_spec({**BASE, "padding": [0, 1, 2, 3]}).padding == (0, 1, 2, 3)
@@ -120,6 +128,13 @@ BAD_SPECS = {
     "maxpool_window_in_padding": ({"name": "p", "op": "maxpool2d", "in_channels": 1, "input_size": [1, 1],
                                    "kernel_size": 2, "stride": 1}, "dilation", "sees only padding",
                                   {"padding": 1, "dilation": [1, 2]}),
+    "pool_unknown_field": (BASE, "pool.paddin", "did you mean 'padding'", {"pool": {"op": "maxpool2d",
+                                                                                  "kernel_size": 2, "paddin": 1}}),
+    "pool_op_typo": (BASE, "pool.op", "did you mean 'maxpool2d'", {"pool": {"op": "maxpool", "kernel_size": 2}}),
+    "pool_too_wide": (BASE, "pool", "pooled by [40, 40] gives [0, 0]", {"pool": {"op": "avgpool2d",
+                                                                                   "kernel_size": 40}}),
+    "pool_on_pooling": ({"name": "p", "op": "maxpool2d", "in_channels": 4, "input_size": [8, 8], "kernel_size": 2},
+                        "pool", "not a field of maxpool2d", {"pool": {"op": "maxpool2d", "kernel_size": 2}}),
     "not_yaml": ("name: [unclosed\n", None, "not valid YAML"),
     "not_mapping": ("- name\n- op\n", None, "expected a mapping"),
     "empty_file": ("", None, "got an empty file"),
