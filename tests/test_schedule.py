@@ -172,7 +172,7 @@ def test_parallel_results_equal_serial_ones(backend):
     (lambda: chain().parallel("ic"), ["not in the outermost loop nest"]),
     (lambda: chain().parallel("oc").parallel("oh"), ["'oc' is parallel already"]),
     (lambda: chain().split("oc", 2).cache_write("oc.o").parallel("ic"),
-     ["'ic' is not in the outermost loop nest", "the allocation of 'acc'"]),
+     ["'ic' is not in the outermost loop nest", "the allocation of 'acc' holds it"]),
 ])
 def test_parallel_refusals(make, words):
     refusal(make, *words)

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from .. import ir
 from ..errors import ScheduleError
-from .nest import ancestors, find_loop, replace_loop, require_serial, stores_not_indexed_by
+from .nest import ancestors, describe_stmt, find_loop, replace_loop, require_serial, stores_not_indexed_by
 
 MAX_LANES = 64
 
@@ -75,7 +75,8 @@ def parallel(func: ir.Func, loop: str) -> ir.Func:
     for outer, inner in zip(path, path[1:] + [target]):
         if not isinstance(outer, ir.Loop) or outer.body != inner:
             raise ScheduleError("parallel", f"'{loop}' is not in the outermost loop nest: "
-                                            f"{_what(outer)} around it would run in every thread",
+                                            f"{describe_stmt(outer)} holds it with other statements, "
+                                            f"which would run in every thread",
                                 "parallelize an outer loop, or reorder this one outwards")
     if target.role == "reduction":
         raise ScheduleError("parallel", f"'{loop}' is a reduction loop: its iterations add into the same "
@@ -87,11 +88,3 @@ def parallel(func: ir.Func, loop: str) -> ir.Func:
                                         f"'{reductions[0].buffer.name}' does not depend on it, so threads "
                                         f"would race", "parallelize a loop over output elements")
     return replace_loop(func, loop, lambda node: replace(node, kind="parallel"))
-
-
-def _what(stmt: ir.Stmt) -> str:
-    if isinstance(stmt, ir.Loop):
-        return f"loop '{stmt.var.name}' has more than the one loop in its body, and that"
-    if isinstance(stmt, ir.Allocate):
-        return f"the allocation of '{stmt.buffer.name}' (and what comes with it)"
-    return f"a {type(stmt).__name__.lower()} statement"

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from .. import ir
 from ..errors import ScheduleError
-from .nest import (ancestors, find_loop, guard_stores, loop_names, perfect_chain, replace_loop,
+from .nest import (ancestors, describe_stmt, find_loop, guard_stores, loop_names, perfect_chain, replace_loop,
                    require_new_names, require_serial)
 
 TAILS = ("guard", "peel", "perfect")
@@ -113,7 +113,7 @@ def reorder(func: ir.Func, *loops: str) -> ir.Func:
     if missing:
         inner = chain[-1]
         why = (f"'{missing[0]}' is not in the perfect nest under '{outermost}' "
-               f"(which ends at '{inner.var.name}', whose body is {_describe(inner.body)})")
+               f"(which ends at '{inner.var.name}', whose body is {describe_stmt(inner.body)})")
         alternative = ("cache_write first, to move the accumulator out of the nest"
                        if isinstance(inner.body, (ir.Allocate, ir.Seq)) else "")
         raise ScheduleError("reorder", why, alternative)
@@ -133,14 +133,6 @@ def reorder(func: ir.Func, *loops: str) -> ir.Func:
     for node in reversed(order):
         body = replace(node, body=body)
     return replace_loop(func, outermost, lambda _: body)
-
-
-def _describe(stmt: ir.Stmt) -> str:
-    if isinstance(stmt, ir.Allocate):
-        return f"the allocation of '{stmt.buffer.name}'"
-    if isinstance(stmt, ir.Seq):
-        return f"a sequence of {len(stmt.body)} statements"
-    return f"a {type(stmt).__name__.lower()}"
 
 
 def tile(func: ir.Func, a: str, b: str, fa: int, fb: int, tail: str = "guard") -> ir.Func:

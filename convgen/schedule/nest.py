@@ -97,3 +97,14 @@ def stores_not_indexed_by(stmt: ir.Stmt, var: str, skip_local: set[str] = frozen
     """Stores in stmt whose address does not involve var (a reduction over var writes them)."""
     return [s for s in ir.find_all(stmt, ir.Store)
             if s.buffer.name not in skip_local and var not in ir.free_vars(ir.flat_index(s.buffer, s.indices))]
+
+
+def describe_stmt(stmt: ir.Stmt) -> str:
+    """A statement in words, for refusals."""
+    if isinstance(stmt, ir.Loop):
+        return f"loop '{stmt.var.name}'"
+    if isinstance(stmt, ir.Allocate):
+        return f"the allocation of '{stmt.buffer.name}'"
+    if isinstance(stmt, ir.Seq):
+        return f"a sequence of {len(stmt.body)} statements"
+    return f"a {type(stmt).__name__.lower()} statement"
