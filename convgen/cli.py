@@ -279,11 +279,11 @@ def _explore(args) -> int:
     timed = sorted((r for r in rows if r[1] is not None), key=lambda r: r[1])
     failed = [r for r in rows if r[1] is None]
     flops = 2 * spec.macs
-    print(f"{'rank':<5} {'schedule':<48} {'time':>10} {'GFLOP/s':>8}")
+    print(f"{'rank':<5} {'schedule':<52} {'time':>10} {'GFLOP/s':>8}")
     for rank, (label, seconds, _) in enumerate(timed[:args.top or None], 1):
-        print(f"{rank:<5} {label:<48} {seconds * 1e3:>8.3f}ms {flops / seconds / 1e9:>8.1f}")
+        print(f"{rank:<5} {label:<52} {seconds * 1e3:>8.3f}ms {flops / seconds / 1e9:>8.1f}")
     for label, _, reason in failed:
-        print(f"{'-':<5} {label:<48} {'failed':>10}  {reason}")
+        print(f"{'-':<5} {label:<52} {'failed':>10}  {reason}")
     if timed:
         print(f"\nbest: {timed[0][0]}; its steps:")
         print("\n".join(f"  - {s.describe()}" for s in dict(space)[timed[0][0]].steps) or "  (none)")
