@@ -21,14 +21,13 @@ import convgen
 from convgen.check import random_inputs
 from convgen.runtime import measure
 from convgen.schedule import Schedule
-from convgen.schedule.space import vector_lanes
 from convgen.target import host
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def parallel_schedule(spec) -> Schedule:
-    lanes = vector_lanes(host())
+    lanes = host().vector_lanes
     return (Schedule.for_spec(spec).split("oc", lanes).split("ow", 8)
             .reorder("oc.o", "oh", "ow.o", "ow.i", "oc.i").cache_write("ow.o")
             .reorder("ic", "kh", "kw", "ow.i", "oc.i").unroll("ow.i").vectorize("oc.i")

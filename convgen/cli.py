@@ -24,7 +24,7 @@ from .runtime import BACKENDS, build, llvm_assembly, measure
 from .schedule import apply_schedule, load_steps, trace
 from .schedule.space import candidates
 from .spec import Spec, load_spec
-from .target import host
+from .target import host, load_target
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,15 +62,17 @@ def _parser() -> argparse.ArgumentParser:
 
     compile_ = commands.add_parser("compile", help="write the emitted code for one backend")
     compile_.add_argument("spec", help="layer spec (YAML)")
-    compile_.add_argument("-t", "--target", choices=BACKENDS, default="llvm", help="backend (default: llvm)")
+    compile_.add_argument("-t", "--backend", choices=BACKENDS, default="llvm", help="backend (default: llvm)")
     compile_.add_argument("-o", "--output", type=Path, help="folder to write into (default: build/<name>/)")
-    compile_.add_argument("--asm", action="store_true", help="llvm: also write the host assembly (.s)")
+    compile_.add_argument("--asm", action="store_true", help="llvm: also write the assembly (.s)")
+    compile_.add_argument("--target", default="host", metavar="NAME",
+                          help="llvm: the CPU to compile for: host (default) or a file name in specs/targets/")
     _schedule_option(compile_)
     compile_.set_defaults(run=_compile)
 
     check_ = commands.add_parser("check", help="build a spec and compare it with the NumPy reference")
     check_.add_argument("spec", help="layer spec (YAML)")
-    check_.add_argument("-t", "--target", default=",".join(BACKENDS),
+    check_.add_argument("-t", "--backend", default=",".join(BACKENDS),
                         help=f"comma-separated backends (default: {','.join(BACKENDS)})")
     check_.add_argument("--seed", type=int, help="seed for the random inputs (default: fresh)")
     _schedule_option(check_)
@@ -161,11 +163,12 @@ def _compile(args) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     func = apply_schedule(lower(spec), _steps(args, spec))
     written = []
-    if args.target == "llvm":
-        text = emit_llvm(func, host())
+    machine = load_target(args.target)
+    if args.backend == "llvm":
+        text = emit_llvm(func, machine)
         written.append(_write(folder / f"{spec.name}.ll", text))
         if args.asm:
-            written.append(_write(folder / f"{spec.name}.s", llvm_assembly(text, host())))
+            written.append(_write(folder / f"{spec.name}.s", llvm_assembly(text, machine)))
     else:
         if args.asm:
             raise ConvgenError("compile: --asm: only for -t llvm (build the .c with your compiler's -S)")
@@ -182,11 +185,11 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-def _targets(text: str) -> list[str]:
+def _backends(text: str) -> list[str]:
     targets = [t.strip() for t in text.split(",") if t.strip()]
     unknown = [t for t in targets if t not in BACKENDS]
     if unknown or not targets:
-        raise ConvgenError(f"--target: expected a comma-separated list of {', '.join(BACKENDS)}; got {text!r}")
+        raise ConvgenError(f"--backend: expected a comma-separated list of {', '.join(BACKENDS)}; got {text!r}")
     return targets
 
 
@@ -198,7 +201,7 @@ def _check(args) -> int:
     spec = load_spec(args.spec)
     seed = _seed(args)
     failed = False
-    for target in _targets(args.target):
+    for target in _backends(args.backend):
         result = check(build(spec, target, schedule=_steps(args, spec)), seed)
         failed |= not result.passed
         print(f"{spec.name} [{target}]: {'pass' if result.passed else 'FAIL'}  max error "
@@ -219,7 +222,8 @@ def _row(values) -> str:
 def _build(args) -> int:
     if not args.dir.is_dir():
         raise ConvgenError(f"build: {args.dir}: expected a folder of specs; no such folder")
-    paths = sorted(args.dir.rglob("*.yaml"))
+    # specs/targets/ holds hardware descriptions, not layers
+    paths = [p for p in sorted(args.dir.rglob("*.yaml")) if "targets" not in p.relative_to(args.dir).parts[:-1]]
     if not paths:
         raise ConvgenError(f"build: {args.dir}: no *.yaml specs found")
     seed = _seed(args)

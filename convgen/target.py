@@ -1,16 +1,27 @@
-"""What the hardware is: the host CPU as LLVM sees it, and the C compiler and flags for it.
+"""What the hardware is: the CPU as LLVM sees it (name, features, vector
+width), its cores and caches, and the C compiler and flags for it.
 
-Hardware facts live here only; schedules and backends read them from a Target.
+Hardware facts live here only; schedules and backends read them from a
+Target. `host()` detects the machine convgen runs on; `load_target(name)`
+reads a named target from specs/targets/<name>.yaml, so a new CPU is a new
+file, not edits across backends.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 import llvmlite.binding as llvm
+import yaml
+
+from .errors import SpecError
+
+TARGETS_DIR = Path(__file__).resolve().parents[1] / "specs" / "targets"
+_VECTOR_BITS = (("avx512f", 512), ("avx", 256), ("sse2", 128), ("neon", 128))
 
 
 @dataclass(frozen=True)
@@ -22,17 +33,57 @@ class Target:
     cores: int
     cc: tuple[str, ...]     # C compiler command
     cflags: tuple[str, ...]
+    caches: tuple[tuple[str, int], ...] = ()   # (level, bytes) per core, e.g. ("L1d", 49152)
     openmp_flags: tuple[str, ...] = ("-fopenmp",)          # for `omp parallel for`
     simd_flags: tuple[str, ...] = ("-fopenmp-simd", "-DCONVGEN_OPENMP_SIMD")  # `omp simd` only
+    registers: int = field(default=0)  # vector registers; 0 = from the features
 
     def has(self, feature: str) -> bool:
         return f"+{feature}" in self.features.split(",")
+
+    @property
+    def vector_bits(self) -> int:
+        """Width of the widest vector registers."""
+        return next((bits for feature, bits in _VECTOR_BITS if self.has(feature)), 32)
+
+    @property
+    def vector_lanes(self) -> int:
+        """float32 lanes per vector register."""
+        return self.vector_bits // 32
+
+    @property
+    def vector_registers(self) -> int:
+        if self.registers:
+            return self.registers
+        return 32 if self.has("avx512f") or self.has("neon") else 16
+
+    def cache(self, level: str) -> int:
+        """Bytes of a cache level ("L1d", "L2", "L3"), 0 if unknown."""
+        return dict(self.caches).get(level, 0)
 
 
 @lru_cache(maxsize=None)
 def _initialize_llvm() -> None:
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
+
+
+def _host_caches() -> tuple[tuple[str, int], ...]:
+    """Data and unified caches of cpu0, from Linux's sysfs (empty elsewhere)."""
+    found = []
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level = (index / "level").read_text().strip()
+            kind = (index / "type").read_text().strip()
+            size = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        if kind == "Instruction":
+            continue
+        units = {"K": 1024, "M": 1024 ** 2}
+        found.append((f"L{level}{'d' if kind == 'Data' else ''}",
+                      int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)))
+    return tuple(found)
 
 
 @lru_cache(maxsize=None)
@@ -47,6 +98,33 @@ def host() -> Target:
         cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
         cc=tuple(shlex.split(os.environ.get("CC", "cc"))),
         cflags=tuple(shlex.split(os.environ.get("CFLAGS", "-O3 -march=native"))),
+        caches=_host_caches(),
+    )
+
+
+_TARGET_FIELDS = ("name", "triple", "cpu", "features", "cores", "cc", "cflags", "caches", "registers")
+
+
+def load_target(name: str) -> Target:
+    """`host`, or a named target from specs/targets/<name>.yaml."""
+    if name == "host":
+        return host()
+    path = TARGETS_DIR / f"{name}.yaml"
+    if not path.exists():
+        known = ", ".join(["host"] + sorted(p.stem for p in TARGETS_DIR.glob("*.yaml")))
+        raise SpecError([f"target: expected one of {known}; got {name!r}"])
+    data = yaml.safe_load(path.read_text()) or {}
+    unknown = [k for k in data if k not in _TARGET_FIELDS]
+    missing = [k for k in ("triple", "cpu", "features") if k not in data]
+    if unknown or missing or not isinstance(data.get("features"), list):
+        raise SpecError([f"{path}: expected the fields {', '.join(_TARGET_FIELDS)} (triple, cpu and a list of "
+                         f"features required); unknown {unknown}, missing {missing}"])
+    return Target(
+        name=data.get("name", name), triple=data["triple"], cpu=data["cpu"],
+        features=",".join(data["features"]), cores=int(data.get("cores", 1)),
+        cc=tuple(shlex.split(data.get("cc", "cc"))), cflags=tuple(shlex.split(data.get("cflags", "-O3"))),
+        caches=tuple((level, int(size) * 1024) for level, size in (data.get("caches") or {}).items()),
+        registers=int(data.get("registers", 0)),
     )
 
 

@@ -65,7 +65,7 @@ def test_build_reports_a_table_and_bad_specs(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (("check", SPECS / "examples" / "grid3_diagonal.yaml", "-t", "cuda"), "--target: expected"),
+    (("check", SPECS / "examples" / "grid3_diagonal.yaml", "-t", "cuda"), "--backend: expected"),
     (("build", "no/such/folder"), "no such folder"),
     (("info", "no/such/file.yaml"), "no such file"),
 ])
@@ -119,3 +119,14 @@ def test_explore_ranks_candidates():
     assert lines[1].startswith("1 ")
     assert any(" naive " in f" {line} " for line in lines)
     assert "best:" in result.stdout and "candidates" in result.stderr
+
+
+def test_compile_for_a_named_target(tmp_path):
+    """The same vectorized schedule for an AVX2-only CPU uses ymm registers, never zmm."""
+    result = convgen("compile", SPECS / "scheduled" / "resnet_3x3_64_tuned.yaml", "-t", "llvm", "--asm",
+                     "--target", "x86-64-avx2", "-o", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assembly = (tmp_path / "resnet_3x3_64_tuned.s").read_text()
+    assert "%ymm" in assembly and "%zmm" not in assembly
+    result = convgen("compile", SPECS / "examples" / "grid3_diagonal.yaml", "--target", "cortex-m9")
+    assert result.returncode == 2 and "target: expected one of host, x86-64-avx2, x86-64-avx512" in result.stderr

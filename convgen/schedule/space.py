@@ -19,18 +19,9 @@ from ..target import Target
 from . import Schedule
 
 
-def vector_lanes(target: Target) -> int:
-    """float32 lanes of the target's widest vector registers."""
-    if target.has("avx512f"):
-        return 16
-    if target.has("avx") or target.has("neon"):
-        return 8
-    return 4
-
-
 def candidates(spec: Spec, target: Target) -> list[tuple[str, Schedule | ScheduleError]]:
     """(label, schedule) pairs; a candidate a primitive refused comes back as its error."""
-    lanes = vector_lanes(target)
+    lanes = target.vector_lanes
     found: list[tuple[str, Schedule | ScheduleError]] = [("naive", Schedule.for_spec(spec))]
     axes = ["channels", "columns"] if spec.is_conv else ["columns"]
     tiles = [4, 6, 8] if spec.is_conv else [1]
