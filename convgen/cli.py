@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from . import ir
+from .bench import PEERS, bench
 from .check import check, random_inputs
 from .codegen.c import emit_c
 from .codegen.llvm import emit_llvm
 from .errors import ConvgenError, ScheduleError
 from .lower import lower
+from .peak import measure_peak
 from .runtime import BACKENDS, build, llvm_assembly, measure
 from .schedule import apply_schedule, load_steps, trace
 from .schedule.space import candidates
@@ -77,6 +80,18 @@ def _parser() -> argparse.ArgumentParser:
     check_.add_argument("--seed", type=int, help="seed for the random inputs (default: fresh)")
     _schedule_option(check_)
     check_.set_defaults(run=_check)
+
+    bench = commands.add_parser("bench", help="time convgen against PyTorch, ONNX Runtime and NumPy")
+    bench.add_argument("spec", type=Path, help="a layer spec, or a folder of them")
+    bench.add_argument("--threads", type=int, default=1, help="threads for every contender (default: 1)")
+    bench.add_argument("--vs", default=",".join(PEERS), help=f"peers, comma-separated (default: {','.join(PEERS)})")
+    bench.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default: 3)")
+    bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    bench.set_defaults(run=_bench)
+
+    peak = commands.add_parser("peak", help="measure the machine's FMA peak with a generated kernel")
+    peak.add_argument("--threads", type=int, help="up to this many threads (default: all cores)")
+    peak.set_defaults(run=_peak)
 
     explore = commands.add_parser("explore", help="try a space of schedules; rank those that match by speed")
     explore.add_argument("spec", help="layer spec (YAML)")
@@ -222,10 +237,7 @@ def _row(values) -> str:
 def _build(args) -> int:
     if not args.dir.is_dir():
         raise ConvgenError(f"build: {args.dir}: expected a folder of specs; no such folder")
-    # specs/targets/ holds hardware descriptions, not layers
-    paths = [p for p in sorted(args.dir.rglob("*.yaml")) if "targets" not in p.relative_to(args.dir).parts[:-1]]
-    if not paths:
-        raise ConvgenError(f"build: {args.dir}: no *.yaml specs found")
+    paths = _spec_files(args.dir)
     seed = _seed(args)
     print(f"convgen build: {len(paths)} specs x {len(BACKENDS)} backends, host {host().cpu}, seed {seed}")
     print(_row(_COLUMNS))
@@ -264,6 +276,59 @@ def _build_one(spec: Spec, target: str, folder: Path, seed: int, problems: list[
                         f"{result.max_allowed:.3g}; {result.unwritten} outputs never written")
     print(_row((spec.name, target, shape, f"{spec.macs:,}", f"{result.max_abs_error:.2g}", verdict)), flush=True)
     return result.passed
+
+
+def _bench(args) -> int:
+    peers = [p.strip() for p in args.vs.split(",") if p.strip()]
+    unknown = [p for p in peers if p not in PEERS]
+    if unknown:
+        raise ConvgenError(f"bench: --vs: expected names among {', '.join(PEERS)}; got {unknown[0]!r}")
+    paths = [args.spec] if args.spec.is_file() else _spec_files(args.spec)
+    peak = measure_peak(args.threads).gflops
+    report = []
+    for path in paths:
+        spec = load_spec(path)
+        entries = bench(spec, args.threads, peers, rounds=args.rounds)
+        report.append({"spec": spec.name, "macs": spec.macs, "threads": args.threads, "peak_gflops": peak,
+                       "results": [e.as_dict(spec) for e in entries]})
+        if not args.json:
+            _print_bench(spec, entries, peak, args.threads)
+    if args.json:
+        print(json.dumps({"host": host().cpu, "report": report}, indent=2))
+    return 0
+
+
+def _print_bench(spec: Spec, entries, peak: float, threads: int) -> None:
+    timed = [e for e in entries if e.seconds is not None]
+    peers = [e for e in timed if e.name != "convgen"]
+    best_peer = min(peers, key=lambda e: e.seconds) if peers else None
+    print(f"\n{spec.name}: {2 * spec.macs / 1e6:.1f} MFLOP, {threads} thread(s), peak {peak:.0f} GFLOP/s")
+    for entry in entries:
+        if entry.seconds is None:
+            print(f"  {entry.name:<24} {entry.note}")
+            continue
+        gflops = entry.gflops(spec)
+        line = f"  {entry.name:<24} {entry.seconds * 1e3:9.3f} ms {gflops:8.1f} GFLOP/s {100 * gflops / peak:5.1f}% of peak"
+        if entry.name == "convgen" and best_peer is not None:
+            line += f"   {best_peer.seconds / entry.seconds:.2f}x the fastest peer ({best_peer.name})"
+        print(line)
+
+
+def _peak(args) -> int:
+    for threads in range(1, (args.threads or host().cores) + 1):
+        result = measure_peak(threads)
+        print(f"{threads} thread(s): {result.gflops:.1f} GFLOP/s ({result.lanes}-lane FMA, host {host().cpu})")
+    return 0
+
+
+def _spec_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise ConvgenError(f"{folder}: expected a spec file or a folder of specs; no such file or folder")
+    # specs/targets/ holds hardware descriptions, not layers
+    paths = [p for p in sorted(folder.rglob("*.yaml")) if "targets" not in p.relative_to(folder).parts[:-1]]
+    if not paths:
+        raise ConvgenError(f"{folder}: no *.yaml specs found")
+    return paths
 
 
 def _explore(args) -> int:

@@ -130,3 +130,25 @@ def test_compile_for_a_named_target(tmp_path):
     assert "%ymm" in assembly and "%zmm" not in assembly
     result = convgen("compile", SPECS / "examples" / "grid3_diagonal.yaml", "--target", "cortex-m9")
     assert result.returncode == 2 and "target: expected one of host, x86-64-avx2, x86-64-avx512" in result.stderr
+
+
+def test_bench_reports_convgen_and_peers_as_json():
+    """Structure only: timing belongs to benchmarks, not tests."""
+    import json
+    result = convgen("bench", SPECS / "examples" / "photo_sharpen_nhwc.yaml", "--vs", "numpy", "--rounds", "1",
+                     "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)["report"][0]
+    names = [r["name"] for r in report["results"]]
+    assert names[0] == "convgen" and report["results"][0]["seconds"] > 0
+    assert "numpy" in names and report["peak_gflops"] > 0 and report["macs"] == 165888
+
+
+def test_bench_refuses_an_unknown_peer():
+    result = convgen("bench", SPECS / "examples" / "grid3_diagonal.yaml", "--vs", "tensorflow")
+    assert result.returncode == 2 and "--vs: expected names among torch, onnxruntime, numpy" in result.stderr
+
+
+def test_peak_reports_a_rate():
+    result = convgen("peak", "--threads", "1")
+    assert result.returncode == 0 and "1 thread(s):" in result.stdout and "GFLOP/s" in result.stdout

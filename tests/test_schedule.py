@@ -378,3 +378,17 @@ def test_a_loop_fused_with_a_reduction_loop_is_a_reduction_loop():
     refusal(lambda: s.vectorize("ow_kw"), "'ow_kw' is a reduction loop", "lanes would collide")
     spatial = chain().fuse("oh", "ow")
     assert ir.loops_by_name(spatial.func.body)["oh_ow"].role == "spatial"
+
+
+def test_default_schedule_applies_and_matches_for_every_spec_file():
+    """The default recipe (what bench runs when a spec brings no schedule) keeps every layer right."""
+    from conftest import spec_paths
+    from convgen.schedule.space import default_schedule
+    from convgen.target import host
+    for path in spec_paths():
+        spec = convgen.load_spec(path)
+        steps = default_schedule(spec, host(), threads=2)
+        if spec.macs > 20_000_000:  # the big ones: applying is the point here, checking them costs seconds
+            apply_schedule(lower(spec), steps)
+            continue
+        assert convgen.check(convgen.build(spec, "llvm", schedule=steps), 0).passed, path.name

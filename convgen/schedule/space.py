@@ -69,3 +69,25 @@ def _direct(spec: Spec, axis: str, lanes: int, tile: int, order: str, threads: b
 
 def _tail(extent: int, factor: int) -> str:
     return "perfect" if extent % factor == 0 else "guard"
+
+
+def default_schedule(spec: Spec, target: Target, threads: int = 1) -> tuple:
+    """The steps convgen uses when a spec brings no schedule: the first of the
+    preferred recipes that applies to the layer, else none (the naive nest).
+
+    Output channels fill the vectors when they are many and (for grouped or
+    depthwise layers) contiguous in NHWC; otherwise output columns do. The
+    register tile leaves room for a weight vector and a broadcast input among
+    the target's vector registers.
+    """
+    lanes = target.vector_lanes
+    tile = 8 if target.vector_registers >= 32 else 4
+    channels = spec.is_conv and spec.out_channels >= lanes and (spec.groups == 1 or spec.input_layout == "NHWC")
+    recipes = [("channels", lanes, tile)] if channels else []
+    recipes += [("columns", lanes, tile if spec.is_conv else 1), ("columns", max(lanes // 2, 2), 1)]
+    for axis, vector, rows in recipes:
+        try:
+            return _direct(spec, axis, vector, rows, "ic-outer", threads > 1).steps
+        except ScheduleError:
+            continue
+    return ()

@@ -1,0 +1,84 @@
+"""The machine's floating-point peak, measured with a generated FMA kernel.
+
+`peak` runs chains of vector fused multiply-adds, as many independent
+chains as hide the FMA latency on every FMA unit, on vectors as wide as the
+target's registers; no memory traffic. Its rate is the ceiling a
+convolution kernel is measured against (`convgen bench` prints % of it).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+
+import numpy as np
+from llvmlite import ir as ll
+
+from .runtime import jit_function, measure, openmp
+from .target import Target, host
+
+CHAINS = 12  # independent accumulators: latency 4 x 2 FMA pipes = 8 needed, 12 to spare
+
+
+@dataclass(frozen=True)
+class Peak:
+    threads: int
+    gflops: float
+    lanes: int
+
+
+def peak_module(target: Target, chains: int = CHAINS) -> str:
+    """void peak(i64 n, ptr out): n rounds of `chains` vector FMAs; void peak.omp(ptr args) per thread."""
+    lanes = target.vector_lanes
+    f32, i64 = ll.FloatType(), ll.IntType(64)
+    vector = ll.VectorType(f32, lanes)
+    module = ll.Module(name="peak")
+    module.triple = target.triple
+    fma = ll.Function(module, ll.FunctionType(vector, [vector] * 3), name=f"llvm.fma.v{lanes}f32")
+    kernel = ll.Function(module, ll.FunctionType(ll.VoidType(), [i64, ll.PointerType()]), name="peak")
+    entry, loop, done = (kernel.append_basic_block(n) for n in ("entry", "loop", "done"))
+    b = ll.IRBuilder(entry)
+    b.branch(loop)
+    b.position_at_end(loop)
+    index = b.phi(i64)
+    index.add_incoming(ll.Constant(i64, 0), entry)
+    scale, shift = ll.Constant(vector, [0.999999] * lanes), ll.Constant(vector, [1e-6] * lanes)
+    chains_in = [b.phi(vector) for _ in range(chains)]
+    chains_out = [b.call(fma, [acc, scale, shift]) for acc in chains_in]
+    for k, (acc, new) in enumerate(zip(chains_in, chains_out)):
+        acc.add_incoming(ll.Constant(vector, [1.0 + k / 64] * lanes), entry)
+        acc.add_incoming(new, loop)
+    following = b.add(index, ll.Constant(i64, 1))
+    index.add_incoming(following, loop)
+    b.cbranch(b.icmp_signed("<", following, kernel.args[0]), loop, done)
+    b.position_at_end(done)
+    total = chains_out[0]
+    for value in chains_out[1:]:
+        total = b.fadd(total, value)
+    b.store(total, kernel.args[1]).align = 4  # a result, so the chains are not optimised away
+    b.ret_void()
+
+    per_thread = ll.Function(module, ll.FunctionType(ll.VoidType(), [ll.PointerType()]), name="peak.omp")
+    b = ll.IRBuilder(per_thread.append_basic_block("entry"))
+    thread = b.sext(b.call(ll.Function(module, ll.FunctionType(ll.IntType(32), []), name="omp_get_thread_num"),
+                           []), i64)
+    rounds = b.load(per_thread.args[0], typ=i64)
+    outputs = b.load(b.gep(per_thread.args[0], [ll.Constant(i64, 1)], source_etype=i64), typ=ll.PointerType())
+    b.call(kernel, [rounds, b.gep(outputs, [b.mul(thread, ll.Constant(i64, lanes))], source_etype=f32)])
+    b.ret_void()
+    return str(module)
+
+
+def measure_peak(threads: int = 1, target: Target | None = None, seconds: float = 0.3) -> Peak:
+    """GFLOP/s of the FMA kernel on `threads` threads (2 flops per FMA lane)."""
+    target = target or host()
+    library = openmp()
+    function, engine = jit_function(peak_module(target), "peak.omp", target)
+    rounds = 2_000_000
+    outputs = np.zeros(threads * target.vector_lanes, dtype=np.float32)
+    arguments = (ctypes.c_int64 * 2)(rounds, outputs.ctypes.data)
+    address = ctypes.cast(function, ctypes.c_void_p)
+    seconds_per_call = measure(lambda: library.GOMP_parallel(address, arguments, threads, 0), min_seconds=seconds)
+    flops = 2.0 * rounds * CHAINS * target.vector_lanes * threads
+    del engine  # kept alive until here: the code lives in it
+    return Peak(threads, flops / seconds_per_call / 1e9, target.vector_lanes)
