@@ -265,6 +265,9 @@ class Kernel:
     def __post_init__(self):
         self._parallel = parallel_loop(self.func)
         self._layouts = user_layouts(self.spec)
+        # decided once: which of the kernel's buffers differ from the caller's arrays
+        self._params = {p.name: p for p in self.func.params}
+        self._converts = {p.name: needs_conversion(p, self._layouts[p.name]) for p in self.func.params}
 
     def __call__(self, x: np.ndarray, w: np.ndarray | None = None, b: np.ndarray | None = None,
                  out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
@@ -294,10 +297,8 @@ class Kernel:
     def _convert(self, name: str, array) -> np.ndarray:
         spec = self.spec
         shape = {"x": spec.input_shape, "w": spec.weight_shape, "b": (spec.out_channels,)}[name]
-        param = next(p for p in self.func.params if p.name == name)
         array = _checked(name, array, shape)
-        layout = self._layouts[name]
-        return to_storage(array, layout, param) if needs_conversion(param, layout) else array
+        return to_storage(array, self._layouts[name], self._params[name]) if self._converts[name] else array
 
     def _run(self, arrays: dict[str, np.ndarray], out: np.ndarray | None, threads: int | None) -> np.ndarray:
         spec = self.spec
@@ -308,8 +309,7 @@ class Kernel:
         out = _checked("out", out, spec.output_shape)
         if any(np.may_share_memory(out, a) for a in arrays.values()):
             raise KernelCallError(f"{spec.name}: out: must not overlap an input array")
-        y = next(p for p in self.func.params if p.name == "y")
-        converting = needs_conversion(y, self._layouts["y"])
+        y, converting = self._params["y"], self._converts["y"]
         # a converted output starts as NaN, so an element the kernel misses cannot pass for a value
         arrays["y"] = np.full(y.storage_shape, np.nan, dtype=np.float32) if converting else out
         pointers = [arrays[p.name].ctypes.data for p in self.func.params]
