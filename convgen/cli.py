@@ -308,10 +308,15 @@ def _print_bench(spec: Spec, entries, peak: float, threads: int) -> None:
             print(f"  {entry.name:<24} {entry.note}")
             continue
         gflops = entry.gflops(spec)
-        line = f"  {entry.name:<24} {entry.seconds * 1e3:9.3f} ms {gflops:8.1f} GFLOP/s {100 * gflops / peak:5.1f}% of peak"
+        line = f"  {entry.name:<24} {_duration(entry.seconds)} {gflops:8.1f} GFLOP/s {100 * gflops / peak:5.1f}% of peak"
         if entry.name == "convgen" and best_peer is not None:
             line += f"   {best_peer.seconds / entry.seconds:.2f}x the fastest peer ({best_peer.name})"
         print(line)
+
+
+def _duration(seconds: float) -> str:
+    """Milliseconds, or microseconds where a call is too short for three decimals of ms."""
+    return f"{seconds * 1e3:9.3f} ms" if seconds >= 1e-4 else f"{seconds * 1e6:9.2f} us"
 
 
 def _peak(args) -> int:

@@ -331,14 +331,63 @@ class Kernel:
 
 @dataclass
 class BoundKernel:
-    """A kernel with its weights fixed and converted once: call it with x alone."""
+    """A kernel with its weights fixed and converted once: call it with x alone.
+
+    When x and the output are the kernel's own buffers (no layout change, no
+    padding) and out= is given, a call checks type, dtype, shape and
+    contiguity, reads the two data addresses and calls the kernel: nothing
+    is allocated or converted. Anything else takes the general path."""
 
     kernel: Kernel
     weights: dict[str, np.ndarray]
 
+    def __post_init__(self):
+        k = self.kernel
+        # owned copies, so no caller's array can alias them (out= is checked against x only)
+        self.weights = {name: np.array(array, copy=True) for name, array in self.weights.items()}
+        names = [p.name for p in k.func.params]
+        self._direct = (k._parallel is None and not k._converts["x"] and not k._converts["y"]
+                        and _DATA_OFFSET is not None)
+        self._template = [self.weights[n].ctypes.data if n in self.weights else 0 for n in names]
+        self._x_slot, self._y_slot = names.index("x"), names.index("y")
+        self._x_shape, self._y_shape = tuple(k.spec.input_shape), tuple(k.spec.output_shape)
+        self._x_bytes, self._y_bytes = 4 * int(np.prod(self._x_shape)), 4 * int(np.prod(self._y_shape))
+
     def __call__(self, x: np.ndarray, out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
+        if (self._direct and out is not None and _plain(x, self._x_shape) and _plain(out, self._y_shape)
+                and out.flags.writeable):
+            x_at, y_at = _data_address(id(x) + _DATA_OFFSET).value, _data_address(id(out) + _DATA_OFFSET).value
+            if not (x_at < y_at + self._y_bytes and y_at < x_at + self._x_bytes):
+                args = self._template.copy()
+                args[self._x_slot], args[self._y_slot] = x_at, y_at
+                self.kernel._function(*args)
+                return out
         arrays = dict(self.weights, x=self.kernel._convert("x", x))
         return self.kernel._run(arrays, out, threads)
+
+
+_FLOAT32 = np.dtype(np.float32)
+_data_address = ctypes.c_void_p.from_address
+
+
+def _plain(array, shape) -> bool:
+    """A C-contiguous native float32 ndarray of this shape (a cheap check, no copies)."""
+    return (type(array) is np.ndarray and array.dtype is _FLOAT32 and array.shape == shape
+            and array.flags.c_contiguous)
+
+
+def _find_data_offset() -> int | None:
+    """Where a NumPy array object keeps its data pointer, found and verified
+    once: reading it costs about a tenth of `array.ctypes.data`. None (the
+    general path) if no offset matches on this NumPy build."""
+    probes = [np.empty(n, dtype=np.float32) for n in (3, 5, 7)]
+    for offset in range(8, 64, 8):
+        if all(_data_address(id(a) + offset).value == a.ctypes.data for a in probes):
+            return offset
+    return None
+
+
+_DATA_OFFSET = _find_data_offset()
 
 
 def _checked(name: str, array, shape) -> np.ndarray:

@@ -97,3 +97,45 @@ def test_rebuilding_into_one_workdir_runs_the_new_code(tmp_path):
     first = convgen.build({**base, "kernel_size": 2}, "c", workdir=tmp_path)
     second = convgen.build({**base, "kernel_size": 4}, "c", workdir=tmp_path)
     assert first(x).shape == (1, 1, 2, 2) and second(x)[0, 0, 0, 0] == x.max()
+
+
+DIRECT = {"name": "direct", "op": "conv2d", "in_channels": 3, "out_channels": 3, "input_size": [7, 7],
+          "kernel_size": 3, "bias": True}   # NCHW in and out, no padding: the bound call's direct path
+
+
+@pytest.mark.parametrize("backend", ["llvm", "c"])
+def test_bound_kernel_direct_path_writes_every_output(backend):
+    kernel = convgen.build(DIRECT, backend)
+    rng = np.random.default_rng(5)
+    w, b = rng.uniform(-1, 1, (3, 3, 3, 3)).astype(np.float32), rng.uniform(-1, 1, 3).astype(np.float32)
+    bound = kernel.bind(w, b)
+    assert bound._direct
+    original, w[:] = w.copy(), 0   # bind keeps its own copy: later changes to w do not leak in
+    out = np.full((1, 3, 5, 5), np.nan, dtype=np.float32)
+    for seed in range(3):
+        x = rng.uniform(-1, 1, (1, 3, 7, 7)).astype(np.float32)
+        out[:] = np.nan
+        assert bound(x, out=out) is out
+        expected = convgen.reference(kernel.spec, x, original, b)
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda x: x.astype(np.float64), "x: expected dtype float32"),
+    (lambda x: x[:, :, :6], "x: expected shape"),
+    (lambda x: x.astype(">f4"), "x: expected dtype float32"),
+])
+def test_bound_kernel_direct_path_still_refuses_bad_input(bad, message):
+    bound = convgen.build(DIRECT, "llvm").bind(np.ones((3, 3, 3, 3), np.float32), np.ones(3, np.float32))
+    x = np.random.default_rng(6).uniform(-1, 1, (1, 3, 7, 7)).astype(np.float32)
+    with pytest.raises(KernelCallError, match=message):
+        bound(bad(x), out=np.empty((1, 3, 5, 5), np.float32))
+
+
+def test_bound_kernel_direct_path_refuses_overlapping_out():
+    conv = convgen.build({**DIRECT, "in_channels": 1, "out_channels": 1, "padding": 1, "bias": False}, "llvm")
+    bound = conv.bind(np.ones((1, 1, 3, 3), np.float32))
+    x = np.random.default_rng(7).uniform(-1, 1, (1, 1, 7, 7)).astype(np.float32)
+    assert bound._direct
+    with pytest.raises(KernelCallError, match="overlap"):
+        bound(x, out=x)
