@@ -3,6 +3,7 @@
 import dataclasses
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from convgen import ir
 from convgen.ir import BinOp, Buffer, IntImm, Var
@@ -64,6 +65,40 @@ def test_simplify_uses_loop_ranges():
     assert ir.simplify(ir.Call("reflect", (i, IntImm(4))), ranges) == i
     assert ir.simplify(ir.Call("clamp", (i - 1, IntImm(4))), ranges) != i - 1
 
+
+
+def _evaluate(expr, env):
+    """Integer value of an index expression, with Python's floor // and %."""
+    if isinstance(expr, IntImm):
+        return expr.value
+    if isinstance(expr, Var):
+        return env[expr.name]
+    a, b = _evaluate(expr.a, env), _evaluate(expr.b, env)
+    return {"+": a + b, "-": a - b, "*": a * b, "//": a // b if b else None, "%": a % b if b else None}[expr.op]
+
+
+def test_simplify_sees_a_split_index_inside_a_larger_block():
+    ranges = {"i": (0, 15), "j": (0, 7)}
+    assert ir.simplify((j * 16 + i) // 32, ranges) == j // 2      # the group of a 16-lane channel vector
+    assert ir.free_vars(ir.simplify((j * 16 + i) % 32, ranges)) == {"i", "j"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(m=st.integers(1, 12), d=st.integers(1, 6), extra=st.integers(-3, 3), q_lo=st.integers(-20, 20),
+       q_span=st.integers(0, 9), r_span=st.integers(0, 11), op=st.sampled_from(["//", "%"]), data=st.data())
+def test_simplify_keeps_the_value_of_block_division(m, d, extra, q_lo, q_span, r_span, op, data):
+    """Whatever the simplifier does to (q*k + r + extra) // c or % c, the value stays
+    the same at every point of the variables' ranges."""
+    k = m * data.draw(st.integers(1, 4))
+    c = m * d
+    q, r = Var("q"), Var("r")
+    ranges = {"q": (q_lo, q_lo + q_span), "r": (0, r_span)}
+    expr = BinOp(op, q * k + r + extra, IntImm(c))
+    simpler = ir.simplify(expr, ranges)
+    for qv in range(q_lo, q_lo + q_span + 1):
+        for rv in range(0, r_span + 1):
+            env = {"q": qv, "r": rv}
+            assert _evaluate(simpler, env) == _evaluate(expr, env), (expr, simpler, env)
 
 def test_blocked_layout_addresses():
     # NCHW4c over C=6 (rounded up to 8), H=2, W=3: [N, C/4, H, W, 4c]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import replace
 
@@ -169,7 +170,26 @@ class _Simplifier(Rewriter):
                 return IntImm(a[0] // c)
             if node.op == "%" and a and 0 <= a[0] and a[1] < c:
                 return node.a
-            return self._divide_out_multiples(node, c)
+            return self._divide_out_multiples(node, c) or self._divide_blocks(node, c)
+        return None
+
+    def _divide_blocks(self, node: BinOp, c: int) -> Expr | None:
+        """(S*m + r) // c -> S // (c/m) and (S*m + r) % c -> (S % (c/m))*m + r
+        when m divides c and r lies in 0..m-1 (floor semantics): an index split
+        by m, then divided by a multiple of m, such as the group of a channel
+        vector (oc.o*16 + oc.i) // 32 -> oc.o // 2."""
+        terms = _sum_terms(node.a)
+        factors = [f[1] for f in map(_constant_factor, terms) if f is not None and f[0] is not None]
+        for m in sorted({math.gcd(k, c) for k in factors} - {1, c}, reverse=True):
+            scaled = [(f[0], f[1] // m) for f in map(_constant_factor, terms) if f is not None and f[1] % m == 0]
+            rest = [t for t in terms if (f := _constant_factor(t)) is None or f[1] % m]
+            span = bounds(_sum(rest), self.ranges)
+            if not scaled or span is None or span[0] < 0 or span[1] >= m:
+                continue
+            blocks = _sum([IntImm(k) if x is None else x * k for x, k in scaled])
+            if node.op == "//":
+                return self.visit(BinOp("//", blocks, IntImm(c // m)))
+            return self.visit(BinOp("+", BinOp("*", BinOp("%", blocks, IntImm(c // m)), IntImm(m)), _sum(rest)))
         return None
 
     def _divide_out_multiples(self, node: BinOp, c: int) -> Expr | None:

@@ -62,7 +62,10 @@ def _direct(spec: Spec, axis: str, lanes: int, tile: int, order: str, threads: b
         s = s.layout("w", f"OIHW{lanes}o")
     if any(spec.padding):
         s = s.pad_input()
-    if threads:
+    if threads and spec.is_conv and spec.groups > 1:
+        # fusing would hide from the simplifier that a channel vector stays in one group (gathers)
+        s = s.parallel(outer[-3])
+    elif threads:
         s = s.fuse(outer[-3], outer[-2]).parallel(f"{outer[-3]}_{outer[-2]}")
     return s
 
@@ -72,22 +75,94 @@ def _tail(extent: int, factor: int) -> str:
 
 
 def default_schedule(spec: Spec, target: Target, threads: int = 1) -> tuple:
-    """The steps convgen uses when a spec brings no schedule: the first of the
-    preferred recipes that applies to the layer, else none (the naive nest).
+    """The steps convgen uses when a spec brings no schedule: the first recipe
+    of the layer's family that applies, else none (the naive loop nest).
 
-    Output channels fill the vectors when they are many and (for grouped or
-    depthwise layers) contiguous in NHWC; otherwise output columns do. The
-    register tile leaves room for a weight vector and a broadcast input among
-    the target's vector registers.
+    Families, tried in this order:
+    - pointwise (1x1, stride 1, no padding, NCHW, one group): a GEMM over
+      output pixels, `_pointwise`;
+    - channels-last grouped and depthwise: channel vectors innermost, `_channels_last`;
+    - direct: a register tile of output columns by a vector of output
+      channels (when each group's channels fill whole vectors), else of
+      output columns.
+    The register tile leaves room for weight vectors and broadcast inputs
+    among the target's vector registers.
     """
     lanes = target.vector_lanes
+    parallel = threads > 1
+    recipes = []
+    if _is_pointwise(spec):
+        recipes.append(lambda: _pointwise(spec, target, parallel))
+    if spec.is_conv and spec.groups > 1 and spec.input_layout == spec.output_layout == "NHWC":
+        recipes.append(lambda: _channels_last(spec, lanes, parallel))
     tile = 8 if target.vector_registers >= 32 else 4
-    channels = spec.is_conv and spec.out_channels >= lanes and (spec.groups == 1 or spec.input_layout == "NHWC")
-    recipes = [("channels", lanes, tile)] if channels else []
-    recipes += [("columns", lanes, tile if spec.is_conv else 1), ("columns", max(lanes // 2, 2), 1)]
-    for axis, vector, rows in recipes:
+    if spec.is_conv and (spec.out_channels // spec.groups) % lanes == 0:
+        recipes.append(lambda: _direct(spec, "channels", lanes, tile, "ic-outer", parallel))
+    columns = spec.output_size[1]
+    for vector in (lanes, max(lanes // 2, 2)):
+        rows = max(1, min(tile if spec.is_conv else 1, columns // vector))
+        recipes.append(lambda vector=vector, rows=rows: _direct(spec, "columns", vector, rows, "ic-outer", parallel))
+    for recipe in recipes:
         try:
-            return _direct(spec, axis, vector, rows, "ic-outer", threads > 1).steps
+            return recipe().steps
         except ScheduleError:
             continue
     return ()
+
+
+def _is_pointwise(spec: Spec) -> bool:
+    return (spec.is_conv and spec.kernel_size == (1, 1) and spec.stride == (1, 1) and not any(spec.padding)
+            and spec.groups == 1 and spec.input_layout == spec.output_layout == "NCHW" and spec.pool is None)
+
+
+def _pointwise(spec: Spec, target: Target, threads: bool) -> Schedule:
+    """1x1 convolution as a GEMM, y[oc, p] = sum_ic w[oc, ic] x[ic, p], over the
+    output pixels p (rows and columns fused): a register tile of `rows` output
+    channels by `vectors` pixel vectors, weights blocked by `rows` so each
+    broadcast reads contiguous memory, the pixel block outermost so its input
+    stays in cache across the channel blocks."""
+    lanes = target.vector_lanes
+    pixels = spec.output_size[0] * spec.output_size[1]
+    budget = target.vector_registers - 8   # left for pixel vectors and a broadcast weight
+    shapes = [(rows, vectors) for rows in range(2, 13) for vectors in (4, 3, 2, 1)
+              if rows * vectors <= budget and spec.out_channels % rows == 0 and pixels % (vectors * lanes) == 0]
+    if not shapes:
+        raise ScheduleError("split", f"no register tile divides {spec.out_channels} channels and {pixels} pixels")
+    rows, vectors = max(shapes, key=lambda shape: (shape[0] * shape[1], shape[0]))
+    s = (Schedule.for_spec(spec).fuse("oh", "ow").split("oh_ow", vectors * lanes, tail="perfect")
+         .split("oh_ow.i", lanes, tail="perfect").split("oc", rows, tail="perfect"))
+    outer = (["n"] if _has_loop(s, "n") else []) + ["oh_ow.o", "oc.o"]
+    s = (s.reorder(*outer, "oc.i", "oh_ow.i.o", "oh_ow.i.i").cache_write("oc.o")
+         .reorder("ic", "oc.i", "oh_ow.i.o", "oh_ow.i.i")
+         .unroll("oc.i").unroll("oh_ow.i.o").vectorize("oh_ow.i.i")
+         .reorder("oc.i.init", "oh_ow.i.o.init", "oh_ow.i.i.init").vectorize("oh_ow.i.i.init")
+         .layout("w", f"OIHW{rows}o"))
+    return s.parallel("oh_ow.o") if threads else s
+
+
+def _channels_last(spec: Spec, lanes: int, threads: bool) -> Schedule:
+    """Grouped and depthwise layers in NHWC: output channels fill the vectors
+    (each group's channels must fill whole vectors, so a vector never mixes
+    groups), a tile of output columns is unrolled, and the channel blocks run
+    innermost of the outer loops so memory is walked in order. Padding is
+    left to the in-range checks: with so little arithmetic per input element,
+    a per-call padded copy of the input costs more than the checks."""
+    if (spec.out_channels // spec.groups) % lanes and spec.out_channels // spec.groups != 1:
+        raise ScheduleError("split", f"{spec.out_channels // spec.groups} channels per group do not fill "
+                                     f"{lanes}-lane vectors")
+    if spec.out_channels % lanes:
+        raise ScheduleError("split", f"{spec.out_channels} channels do not fill {lanes}-lane vectors")
+    columns = spec.output_size[1]
+    tile = next((t for t in (14, 12, 8, 7, 6, 4) if columns % t == 0), 8)
+    s = (Schedule.for_spec(spec).split("oc", lanes, tail="perfect")
+         .split("ow", tile, tail="perfect" if columns % tile == 0 else "guard"))
+    outer = (["n"] if _has_loop(s, "n") else []) + ["oh", "ow.o", "oc.o"]
+    reduction = [n for n in ("ic", "kh", "kw") if _has_loop(s, n)]
+    s = (s.reorder(*outer, "ow.i", "oc.i").cache_write("oc.o").reorder(*reduction, "ow.i", "oc.i")
+         .unroll("ow.i").vectorize("oc.i").reorder("ow.i.init", "oc.i.init").vectorize("oc.i.init")
+         .layout("w", f"OIHW{lanes}o"))
+    return s.parallel("oh") if threads else s
+
+
+def _has_loop(s: Schedule, name: str) -> bool:
+    return any(l.var.name == name for l in ir.find_all(s.func.body, ir.Loop))
