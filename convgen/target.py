@@ -37,6 +37,7 @@ class Target:
     openmp_flags: tuple[str, ...] = ("-fopenmp",)          # for `omp parallel for`
     simd_flags: tuple[str, ...] = ("-fopenmp-simd", "-DCONVGEN_OPENMP_SIMD")  # `omp simd` only
     registers: int = field(default=0)  # vector registers; 0 = from the features
+    qemu: str = ""          # microcontrollers: the QEMU board that emulates the core
 
     def has(self, feature: str) -> bool:
         return f"+{feature}" in self.features.split(",")
@@ -102,7 +103,7 @@ def host() -> Target:
     )
 
 
-_TARGET_FIELDS = ("name", "triple", "cpu", "features", "cores", "cc", "cflags", "caches", "registers")
+_TARGET_FIELDS = ("name", "triple", "cpu", "features", "cores", "cc", "cflags", "caches", "registers", "qemu")
 
 
 def load_target(name: str) -> Target:
@@ -124,7 +125,7 @@ def load_target(name: str) -> Target:
         features=",".join(data["features"]), cores=int(data.get("cores", 1)),
         cc=tuple(shlex.split(data.get("cc", "cc"))), cflags=tuple(shlex.split(data.get("cflags", "-O3"))),
         caches=tuple((level, int(size) * 1024) for level, size in (data.get("caches") or {}).items()),
-        registers=int(data.get("registers", 0)),
+        registers=int(data.get("registers", 0)), qemu=str(data.get("qemu", "")),
     )
 
 

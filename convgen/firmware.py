@@ -1,0 +1,148 @@
+"""Firmware: build emitted C for a microcontroller target, run it under QEMU,
+and report what it costs (code size, stack, caller RAM).
+
+This sits beside the runtime: where the runtime calls kernels in process,
+this module cross-compiles them with the target's compiler (arm-none-eabi-gcc)
+into a bare-metal program (templates/firmware/: vector table, linker script,
+a main that feeds baked-in inputs and prints the outputs over semihosting) and
+runs it on the emulated board named by the target's `qemu` field.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import ir
+from .codegen.c import CFiles, float_literal
+from .codegen.render import TEMPLATE_DIRS, render
+from .errors import CompileError, ConvgenError
+from .target import Target
+
+STRICT_FLAGS = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-ffreestanding")
+_CTYPES = {ir.FLOAT32: "float"}
+
+
+def require_tool(command: str) -> str:
+    """The path of a command, or a clear error naming the Debian package that has it."""
+    found = shutil.which(command)
+    if found is None:
+        package = {"arm-none-eabi-gcc": "gcc-arm-none-eabi", "arm-none-eabi-size": "binutils-arm-none-eabi",
+                   "qemu-system-arm": "qemu-system-arm"}.get(command, command)
+        raise ConvgenError(f"{command}: not found; install it (Debian: apt-get install {package})")
+    return found
+
+
+def _template_file(name: str) -> Path:
+    return next(d / "firmware" / name for d in TEMPLATE_DIRS if (d / "firmware" / name).exists())
+
+
+def compile_object(files: CFiles, target: Target, folder: Path, extra=()) -> Path:
+    """Compile the kernel's .c alone with the target's compiler and the strict flags
+    (and -fstack-usage, whose .su file `report` reads)."""
+    require_tool(target.cc[0])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{files.name}.h").write_text(files.header)
+    source = folder / f"{files.name}.c"
+    source.write_text(files.source)
+    obj = folder / f"{files.name}.o"
+    _run([*target.cc, *target.cflags, *STRICT_FLAGS, "-fstack-usage", *extra, "-c", str(source), "-o", str(obj)],
+         cwd=folder)
+    return obj
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a kernel costs on a target: bytes of code and constants (text), of
+    initialised (data) and zeroed (bss) memory, the kernel's own stack frame,
+    and the bytes of the arrays the caller passes in and out."""
+
+    target: str
+    text: int
+    data: int
+    bss: int
+    stack: int
+    stack_kind: str
+    caller_bytes: int
+
+    def lines(self) -> list[str]:
+        return [f"target {self.target}",
+                f"code size: text {self.text} B, data {self.data} B, bss {self.bss} B",
+                f"stack: {self.stack} B ({self.stack_kind}, the kernel's own frame)",
+                f"caller RAM: {self.caller_bytes} B of argument arrays, 0 B workspace"]
+
+
+def report(func: ir.Func, files: CFiles, target: Target, folder: Path) -> Report:
+    obj = compile_object(files, target, folder)
+    size_tool = target.cc[0].replace("gcc", "size") if target.cc[0].endswith("gcc") else "size"
+    require_tool(size_tool)
+    out = _run([size_tool, str(obj)], cwd=folder)
+    text, data, bss = (int(v) for v in out.splitlines()[1].split()[:3])
+    usage = (folder / f"{files.name}.su").read_text()
+    match = re.search(rf":{re.escape(files.name)}\s+(\d+)\s+(\S+)", usage)
+    if match is None:
+        raise CompileError(f"{folder / files.name}.su: no stack figure for {files.name}: {usage.strip()!r}")
+    caller = sum(p.size * np.dtype(p.dtype).itemsize for p in func.params)
+    return Report(target.name, text, data, bss, int(match.group(1)), match.group(2), caller)
+
+
+def run_on_qemu(func: ir.Func, files: CFiles, target: Target, arrays: dict[str, np.ndarray], folder: Path,
+                timeout: float = 60.0) -> dict[str, np.ndarray]:
+    """Build a program that calls the kernel once on `arrays` (each parameter
+    that is read, in the kernel's storage layout) and run it on the target's
+    emulated board; returns the outputs, flat, by name."""
+    if not target.qemu:
+        raise ConvgenError(f"target {target.name}: no `qemu` board named, so it cannot run under emulation")
+    require_tool("qemu-system-arm")
+    outputs = func.written_buffers()
+    inputs = [dict(name=p.name, ctype=_CTYPES[p.dtype], literals=_literals(arrays[p.name], p.dtype))
+              for p in func.params if p.name not in outputs]
+    outs = [dict(name=p.name, ctype=_CTYPES[p.dtype], count=p.size) for p in func.params if p.name in outputs]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "main.c").write_text(render("firmware/main.c.j2", name=files.name, inputs=inputs, outputs=outs,
+                                          arg_names=[p.name for p in func.params]))
+    compile_object(files, target, folder)
+    elf = folder / "program.elf"
+    _run([*target.cc, *target.cflags, "-std=c99", "--specs=rdimon.specs", "-T", str(_template_file("link.ld")),
+          str(_template_file("startup.c")), "main.c", f"{files.name}.o", "-o", str(elf)], cwd=folder)
+    try:
+        result = subprocess.run(["qemu-system-arm", "-M", target.qemu, "-nographic", "-semihosting",
+                                 "-kernel", str(elf)], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise CompileError(f"{target.name}: the program did not finish within {timeout:.0f} s under QEMU "
+                           f"(a fault spins forever)") from None
+    if result.returncode != 0 or "done" not in result.stdout:
+        raise CompileError(f"{target.name}: QEMU exited with {result.returncode}: "
+                           f"{(result.stdout + result.stderr)[-400:]}")
+    return _parse_outputs(result.stdout, {p.name: p.dtype for p in func.params if p.name in outputs})
+
+
+def _literals(array: np.ndarray, dtype: str) -> list[str]:
+    flat = np.ascontiguousarray(array).ravel()
+    return [float_literal(v) for v in flat.astype(np.float32)]
+
+
+def _parse_outputs(stdout: str, dtypes: dict[str, str]) -> dict[str, np.ndarray]:
+    lines = [line.strip() for line in stdout.replace("\r", "").splitlines() if line.strip()]
+    found, i = {}, 0
+    while i < len(lines):
+        if lines[i].startswith("output "):
+            _, name, count = lines[i].split()
+            bits = np.array([int(v, 16) for v in lines[i + 1:i + 1 + int(count)]], dtype=np.uint32)
+            found[name] = bits.view(np.float32)
+            i += 1 + int(count)
+        else:
+            i += 1
+    return found
+
+
+def _run(command: list[str], cwd: Path) -> str:
+    result = subprocess.run(command, capture_output=True, text=True, cwd=cwd)
+    if result.returncode != 0:
+        raise CompileError(f"{' '.join(command)} failed:\n{result.stderr.strip()[-2000:]}")
+    return result.stdout
