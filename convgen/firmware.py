@@ -19,9 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from . import ir
-from .codegen.c import CFiles, float_literal
+from .codegen.c import CFiles, emit_c, float_literal
 from .codegen.render import TEMPLATE_DIRS, render
 from .errors import CompileError, ConvgenError
+from .lower import lower
+from .runtime import from_storage, needs_conversion, to_storage, user_layouts
+from .schedule import apply_schedule
+from .spec import Spec
 from .target import Target
 
 STRICT_FLAGS = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-ffreestanding")
@@ -120,6 +124,18 @@ def run_on_qemu(func: ir.Func, files: CFiles, target: Target, arrays: dict[str, 
         raise CompileError(f"{target.name}: QEMU exited with {result.returncode}: "
                            f"{(result.stdout + result.stderr)[-400:]}")
     return _parse_outputs(result.stdout, {p.name: p.dtype for p in func.params if p.name in outputs})
+
+
+def run_layer(spec: Spec, target: Target, inputs: dict[str, np.ndarray], folder: Path, steps=None) -> np.ndarray:
+    """The layer's output for `inputs` (x, w, b in the caller's layouts, as for
+    a Kernel), computed by its emitted C on the target's emulated board."""
+    func = apply_schedule(lower(spec), spec.schedule if steps is None else steps)
+    params, layouts = {p.name: p for p in func.params}, user_layouts(spec)
+    arrays = {name: to_storage(array, layouts[name], params[name]) if needs_conversion(params[name], layouts[name])
+              else array for name, array in inputs.items()}
+    y = params["y"]
+    flat = run_on_qemu(func, emit_c(func), target, arrays, folder)["y"].reshape(y.storage_shape)
+    return from_storage(flat, y, layouts["y"]) if needs_conversion(y, layouts["y"]) else flat
 
 
 def _literals(array: np.ndarray, dtype: str) -> list[str]:

@@ -1,0 +1,112 @@
+"""Firmware C: it builds cleanly for Cortex-M and host compilers, runs on the
+emulated boards with results matching the reference, and reports its cost.
+
+The cross compiler and QEMU come from Debian's gcc-arm-none-eabi,
+libnewlib-arm-none-eabi and qemu-system-arm, which .ci/run installs; on a
+machine without them these tests skip and say which tool is missing.
+"""
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from convgen import firmware, reference
+from convgen.check import compare, random_inputs, tolerance
+from convgen.codegen.c import emit_c
+from convgen.lower import lower
+from convgen.schedule import apply_schedule
+from convgen.spec import load_spec
+from convgen.target import load_target
+
+from conftest import spec_paths
+
+needs_arm = pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None,
+                               reason="arm-none-eabi-gcc not installed (Debian: gcc-arm-none-eabi; .ci/run installs it)")
+needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None,
+                                reason="qemu-system-arm or arm-none-eabi-gcc not installed (.ci/run installs both)")
+
+HOST_COMPILERS = ["gcc", "clang"]
+
+
+def _compilers():
+    for name in ("cortex-m4", "cortex-m7"):
+        target = load_target(name)
+        yield pytest.param([*target.cc, *target.cflags], id=name, marks=needs_arm)
+    for cc in HOST_COMPILERS:
+        yield pytest.param([cc, "-O2"], id=cc, marks=pytest.mark.skipif(
+            shutil.which(cc) is None, reason=f"{cc} not installed (Debian: {cc}; .ci/run installs it)"))
+
+
+@pytest.mark.parametrize("compiler", list(_compilers()))
+def test_every_spec_builds_warning_free_for_microcontrollers_and_hosts(compiler, tmp_path):
+    failures = []
+    for path in spec_paths():
+        spec = load_spec(path)
+        files = emit_c(apply_schedule(lower(spec), spec.schedule))
+        (tmp_path / f"{files.name}.h").write_text(files.header)
+        (tmp_path / f"{files.name}.c").write_text(files.source)
+        result = subprocess.run([*compiler, *firmware.STRICT_FLAGS, "-c", f"{files.name}.c", "-o", "k.o"],
+                                cwd=tmp_path, capture_output=True, text=True)
+        if result.returncode != 0:
+            failures.append(f"{path.name}: {result.stderr.strip()[:300]}")
+    assert not failures, "\n".join(failures)
+
+
+# Small layers that fit the boards' RAM with their inputs baked in: every kind
+# of layer, with padding, stride, dilation, groups and both layouts.
+SHAPES = {
+    "conv3x3_pad": dict(op="conv2d", in_channels=3, out_channels=4, input_size=[9, 8], kernel_size=3, padding=1),
+    "conv3x3_s2": dict(op="conv2d", in_channels=4, out_channels=6, input_size=[11, 10], kernel_size=3, stride=2,
+                       padding=1, activation="relu"),
+    "conv5x5_same_nhwc": dict(op="conv2d", in_channels=2, out_channels=3, input_size=[8, 8], kernel_size=5,
+                              padding="same", layout="NHWC"),
+    "conv_dilated": dict(op="conv2d", in_channels=3, out_channels=2, input_size=[10, 10], kernel_size=3,
+                         dilation=2, padding=2, bias=False),
+    "depthwise": dict(op="conv2d", in_channels=8, out_channels=8, groups=8, input_size=[10, 9], kernel_size=3,
+                      padding=1, activation="relu6"),
+    "depthwise_s2_nhwc": dict(op="conv2d", in_channels=6, out_channels=6, groups=6, input_size=[12, 12],
+                              kernel_size=3, stride=2, padding=[0, 1, 0, 1], layout="NHWC"),
+    "pointwise": dict(op="conv2d", in_channels=16, out_channels=8, input_size=[7, 7], kernel_size=1),
+    "grouped": dict(op="conv2d", in_channels=8, out_channels=8, groups=2, input_size=[6, 6], kernel_size=3,
+                    padding=1),
+    "reflect_pad": dict(op="conv2d", in_channels=2, out_channels=2, input_size=[6, 7], kernel_size=3, padding=1,
+                        padding_mode="reflect"),
+    "maxpool_pad": dict(op="maxpool2d", in_channels=4, input_size=[9, 9], kernel_size=3, stride=2, padding=1),
+    "avgpool": dict(op="avgpool2d", in_channels=3, input_size=[8, 8], kernel_size=2),
+    "conv_relu_maxpool": dict(op="conv2d", in_channels=3, out_channels=4, input_size=[8, 8], kernel_size=3,
+                              padding=1, activation="relu", pool=dict(op="maxpool2d", kernel_size=2)),
+}
+
+
+@needs_qemu
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_float_kernels_match_the_reference_on_cortex_m4(name, tmp_path):
+    _check_on_board(name, "cortex-m4", tmp_path)
+
+
+@needs_qemu
+@pytest.mark.parametrize("target", ["cortex-m7", "cortex-m55"])
+@pytest.mark.parametrize("name", ["conv3x3_s2", "depthwise", "maxpool_pad"])
+def test_float_kernels_match_the_reference_on_other_cores(name, target, tmp_path):
+    _check_on_board(name, target, tmp_path)
+
+
+def _check_on_board(name, target, folder):
+    spec = load_spec(dict(SHAPES[name], name=name))
+    inputs = random_inputs(spec, np.random.default_rng())
+    y = firmware.run_layer(spec, load_target(target), inputs, folder)
+    expected = reference(spec, inputs["x"], inputs.get("w"), inputs.get("b"))
+    result = compare(y, expected, tolerance(spec, inputs))
+    assert result.passed, f"{name} on {target}: {result}"
+
+
+@needs_arm
+def test_report_gives_code_size_stack_and_caller_memory(tmp_path):
+    spec = load_spec(dict(SHAPES["conv3x3_pad"], name="reported"))
+    func = lower(spec)
+    result = firmware.report(func, emit_c(func), load_target("cortex-m4"), tmp_path)
+    assert result.text > 0 and result.stack > 0 and result.stack_kind == "static"
+    # x [1,3,9,8], w [4,3,3,3], b [4], y [1,4,9,8], float32
+    assert result.caller_bytes == 4 * (3 * 9 * 8 + 4 * 3 * 3 * 3 + 4 + 4 * 9 * 8)
