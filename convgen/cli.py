@@ -8,14 +8,16 @@ without a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import json
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from . import ir
+from . import firmware, ir
 from .bench import PEERS, bench
 from .check import check, random_inputs
 from .codegen.c import emit_c
@@ -69,7 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("-o", "--output", type=Path, help="folder to write into (default: build/<name>/)")
     compile_.add_argument("--asm", action="store_true", help="llvm: also write the assembly (.s)")
     compile_.add_argument("--target", default="host", metavar="NAME",
-                          help="llvm: the CPU to compile for: host (default) or a file name in specs/targets/")
+                          help="the CPU to compile for: host (default) or a file name in specs/targets/ "
+                               "(x86-64-avx2, cortex-m4, cortex-m7, cortex-m55, ...)")
+    compile_.add_argument("--prefix", default="", metavar="TEXT",
+                          help="c: put TEXT before the function and file names (e.g. net1_)")
+    compile_.add_argument("--report", action="store_true",
+                          help="c: build with the target's compiler and print code size, stack use and the "
+                               "RAM the caller provides")
     _schedule_option(compile_)
     compile_.set_defaults(run=_compile)
 
@@ -174,24 +182,34 @@ def _show(args) -> int:
 
 def _compile(args) -> int:
     spec = load_spec(args.spec)
-    folder = args.output or Path("build") / spec.name
-    folder.mkdir(parents=True, exist_ok=True)
     func = apply_schedule(lower(spec), _steps(args, spec))
+    if args.prefix:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", args.prefix):
+            raise ConvgenError(f"compile: --prefix: expected letters, digits and '_' (a C identifier start); "
+                               f"got {args.prefix!r}")
+        func = dataclasses.replace(func, name=args.prefix + func.name)
+    folder = args.output or Path("build") / func.name
+    folder.mkdir(parents=True, exist_ok=True)
     written = []
     machine = load_target(args.target)
     if args.backend == "llvm":
+        if args.prefix or args.report:
+            raise ConvgenError("compile: --prefix and --report are for -t c (the LLVM backend is called from Python)")
         text = emit_llvm(func, machine)
-        written.append(_write(folder / f"{spec.name}.ll", text))
+        written.append(_write(folder / f"{func.name}.ll", text))
         if args.asm:
-            written.append(_write(folder / f"{spec.name}.s", llvm_assembly(text, machine)))
+            written.append(_write(folder / f"{func.name}.s", llvm_assembly(text, machine)))
     else:
         if args.asm:
             raise ConvgenError("compile: --asm: only for -t llvm (build the .c with your compiler's -S)")
         files = emit_c(func)
-        written.append(_write(folder / f"{spec.name}.h", files.header))
-        written.append(_write(folder / f"{spec.name}.c", files.source))
+        written.append(_write(folder / f"{files.name}.h", files.header))
+        written.append(_write(folder / f"{files.name}.c", files.source))
     for path in written:
         print(path)
+    if args.report:
+        for line in firmware.report(func, files, machine, folder / "report").lines():
+            print(line)
     return 0
 
 
