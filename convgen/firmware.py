@@ -23,7 +23,7 @@ from .codegen.c import CFiles, emit_c, float_literal
 from .codegen.render import TEMPLATE_DIRS, render
 from .errors import CompileError, ConvgenError
 from .lower import lower
-from .runtime import from_storage, needs_conversion, to_storage, user_layouts
+from .runtime import from_storage, to_storage, user_layouts
 from .schedule import apply_schedule
 from .spec import Spec
 from .target import Target
@@ -46,7 +46,7 @@ def _template_file(name: str) -> Path:
     return next(d / "firmware" / name for d in TEMPLATE_DIRS if (d / "firmware" / name).exists())
 
 
-def compile_object(files: CFiles, target: Target, folder: Path, extra=()) -> Path:
+def compile_object(files: CFiles, target: Target, folder: Path) -> Path:
     """Compile the kernel's .c alone with the target's compiler and the strict flags
     (and -fstack-usage, whose .su file `report` reads)."""
     require_tool(target.cc[0])
@@ -55,7 +55,7 @@ def compile_object(files: CFiles, target: Target, folder: Path, extra=()) -> Pat
     source = folder / f"{files.name}.c"
     source.write_text(files.source)
     obj = folder / f"{files.name}.o"
-    _run([*target.cc, *target.cflags, *STRICT_FLAGS, "-fstack-usage", *extra, "-c", str(source), "-o", str(obj)],
+    _run([*target.cc, *target.cflags, *STRICT_FLAGS, "-fstack-usage", "-c", str(source), "-o", str(obj)],
          cwd=folder)
     return obj
 
@@ -104,7 +104,7 @@ def run_on_qemu(func: ir.Func, files: CFiles, target: Target, arrays: dict[str, 
         raise ConvgenError(f"target {target.name}: no `qemu` board named, so it cannot run under emulation")
     require_tool("qemu-system-arm")
     outputs = func.written_buffers()
-    inputs = [dict(name=p.name, ctype=_CTYPES[p.dtype], literals=_literals(arrays[p.name], p.dtype))
+    inputs = [dict(name=p.name, ctype=_CTYPES[p.dtype], literals=_literals(arrays[p.name]))
               for p in func.params if p.name not in outputs]
     outs = [dict(name=p.name, ctype=_CTYPES[p.dtype], count=p.size) for p in func.params if p.name in outputs]
     folder.mkdir(parents=True, exist_ok=True)
@@ -123,7 +123,7 @@ def run_on_qemu(func: ir.Func, files: CFiles, target: Target, arrays: dict[str, 
     if result.returncode != 0 or "done" not in result.stdout:
         raise CompileError(f"{target.name}: QEMU exited with {result.returncode}: "
                            f"{(result.stdout + result.stderr)[-400:]}")
-    return _parse_outputs(result.stdout, {p.name: p.dtype for p in func.params if p.name in outputs})
+    return _parse_outputs(result.stdout)
 
 
 def run_layer(spec: Spec, target: Target, inputs: dict[str, np.ndarray], folder: Path, steps=None) -> np.ndarray:
@@ -131,19 +131,18 @@ def run_layer(spec: Spec, target: Target, inputs: dict[str, np.ndarray], folder:
     a Kernel), computed by its emitted C on the target's emulated board."""
     func = apply_schedule(lower(spec), spec.schedule if steps is None else steps)
     params, layouts = {p.name: p for p in func.params}, user_layouts(spec)
-    arrays = {name: to_storage(array, layouts[name], params[name]) if needs_conversion(params[name], layouts[name])
-              else array for name, array in inputs.items()}
+    arrays = {name: to_storage(array, layouts[name], params[name]) for name, array in inputs.items()}
     y = params["y"]
-    flat = run_on_qemu(func, emit_c(func), target, arrays, folder)["y"].reshape(y.storage_shape)
-    return from_storage(flat, y, layouts["y"]) if needs_conversion(y, layouts["y"]) else flat
+    flat = run_on_qemu(func, emit_c(func), target, arrays, folder)["y"]
+    return from_storage(flat.reshape(y.storage_shape), y, layouts["y"])
 
 
-def _literals(array: np.ndarray, dtype: str) -> list[str]:
-    flat = np.ascontiguousarray(array).ravel()
-    return [float_literal(v) for v in flat.astype(np.float32)]
+def _literals(array: np.ndarray) -> list[str]:
+    return [float_literal(v) for v in np.ascontiguousarray(array, dtype=np.float32).ravel()]
 
 
-def _parse_outputs(stdout: str, dtypes: dict[str, str]) -> dict[str, np.ndarray]:
+def _parse_outputs(stdout: str) -> dict[str, np.ndarray]:
+    """The float32 arrays main.c printed: a line `output NAME COUNT`, then COUNT hex bit patterns."""
     lines = [line.strip() for line in stdout.replace("\r", "").splitlines() if line.strip()]
     found, i = {}, 0
     while i < len(lines):

@@ -207,7 +207,10 @@ def _pad(array: np.ndarray, widths, buffer: ir.Buffer) -> np.ndarray:
 
 
 def to_storage(array: np.ndarray, user_layout: str, buffer: ir.Buffer) -> np.ndarray:
-    """The caller's array (axes in user_layout order) as the kernel's buffer: padded, blocked, reordered."""
+    """The caller's array (axes in user_layout order) as the kernel's buffer: padded, blocked, reordered.
+    The array itself when the buffer is laid out as the caller's."""
+    if not needs_conversion(buffer, user_layout):
+        return array
     if buffer.layout == ir.parse_layout(user_layout, buffer.axes):  # same order: only padding to add
         widths = [buffer.pad[buffer.axes.index(a)] for a in user_layout]
         return _pad(array, widths, buffer)
@@ -227,6 +230,8 @@ def to_storage(array: np.ndarray, user_layout: str, buffer: ir.Buffer) -> np.nda
 
 def from_storage(storage: np.ndarray, buffer: ir.Buffer, user_layout: str) -> np.ndarray:
     """The kernel's output buffer as the caller's array (inverse of to_storage, without padding)."""
+    if not needs_conversion(buffer, user_layout):
+        return storage.reshape(buffer.storage_shape)
     split = np.transpose(storage, np.argsort(_storage_order(buffer)))
     merged = []
     for axis in buffer.axes:

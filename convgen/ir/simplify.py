@@ -6,7 +6,7 @@ import math
 import operator
 from dataclasses import replace
 
-from .nodes import (BOOL, COMPARE_OPS, INDEX, LOGIC_OPS, BinOp, BoolImm, Buffer, Call, Expr, If, IntImm, Loop,
+from .nodes import (COMPARE_OPS, INDEX, LOGIC_OPS, BinOp, BoolImm, Buffer, Call, Expr, If, IntImm, Loop,
                     Node, Select, Seq, Stmt, Var)
 from .walk import Rewriter, substitute
 
@@ -178,11 +178,11 @@ class _Simplifier(Rewriter):
         when m divides c and r lies in 0..m-1 (floor semantics): an index split
         by m, then divided by a multiple of m, such as the group of a channel
         vector (oc.o*16 + oc.i) // 32 -> oc.o // 2."""
-        terms = _sum_terms(node.a)
-        factors = [f[1] for f in map(_constant_factor, terms) if f is not None and f[0] is not None]
-        for m in sorted({math.gcd(k, c) for k in factors} - {1, c}, reverse=True):
-            scaled = [(f[0], f[1] // m) for f in map(_constant_factor, terms) if f is not None and f[1] % m == 0]
-            rest = [t for t in terms if (f := _constant_factor(t)) is None or f[1] % m]
+        factored = [(term, _constant_factor(term)) for term in _sum_terms(node.a)]
+        factors = {math.gcd(f[1], c) for _, f in factored if f is not None and f[0] is not None}
+        for m in sorted(factors - {1, c}, reverse=True):
+            scaled = [(f[0], f[1] // m) for _, f in factored if f is not None and f[1] % m == 0]
+            rest = [term for term, f in factored if f is None or f[1] % m]
             span = bounds(_sum(rest), self.ranges)
             if not scaled or span is None or span[0] < 0 or span[1] >= m:
                 continue

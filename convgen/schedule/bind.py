@@ -70,7 +70,7 @@ def parallel(func: ir.Func, loop: str) -> ir.Func:
     others = [l.var.name for l in ir.find_all(func.body, ir.Loop) if l.kind == "parallel"]
     if others:
         raise ScheduleError("parallel", f"'{others[0]}' is parallel already; one parallel loop per kernel",
-                            f"fuse the loops first and parallelize the fused loop")
+                            "fuse the loops first and parallelize the fused loop")
     path = ancestors(func, loop)
     for outer, inner in zip(path, path[1:] + [target]):
         if not isinstance(outer, ir.Loop) or outer.body != inner:

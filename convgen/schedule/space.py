@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from itertools import product
 
-from .. import ir
 from ..errors import ScheduleError
 from ..spec import Spec
 from ..target import Target
 from . import Schedule
+from .nest import loop_names
 
 
 def candidates(spec: Spec, target: Target) -> list[tuple[str, Schedule | ScheduleError]]:
@@ -40,7 +40,7 @@ def candidates(spec: Spec, target: Target) -> list[tuple[str, Schedule | Schedul
 
 def _direct(spec: Spec, axis: str, lanes: int, tile: int, order: str, threads: bool) -> Schedule:
     s = Schedule.for_spec(spec)
-    names = {l.var.name for l in ir.find_all(s.func.body, ir.Loop)}
+    names = set(loop_names(s.func))
     channel = "oc" if spec.is_conv else "c"
     if axis == "channels":
         s = s.split(channel, lanes, tail=_tail(spec.out_channels, lanes)).split("ow", tile)
@@ -131,7 +131,7 @@ def _pointwise(spec: Spec, target: Target, threads: bool) -> Schedule:
     rows, vectors = max(shapes, key=lambda shape: (shape[0] * shape[1], shape[0]))
     s = (Schedule.for_spec(spec).fuse("oh", "ow").split("oh_ow", vectors * lanes, tail="perfect")
          .split("oh_ow.i", lanes, tail="perfect").split("oc", rows, tail="perfect"))
-    outer = (["n"] if _has_loop(s, "n") else []) + ["oh_ow.o", "oc.o"]
+    outer = (["n"] if "n" in loop_names(s.func) else []) + ["oh_ow.o", "oc.o"]
     s = (s.reorder(*outer, "oc.i", "oh_ow.i.o", "oh_ow.i.i").cache_write("oc.o")
          .reorder("ic", "oc.i", "oh_ow.i.o", "oh_ow.i.i")
          .unroll("oc.i").unroll("oh_ow.i.o").vectorize("oh_ow.i.i")
@@ -142,8 +142,8 @@ def _pointwise(spec: Spec, target: Target, threads: bool) -> Schedule:
 
 def _channels_last(spec: Spec, lanes: int, threads: bool) -> Schedule:
     """Grouped and depthwise layers in NHWC: output channels fill the vectors
-    (each group's channels must fill whole vectors, so a vector never mixes
-    groups), a tile of output columns is unrolled, and the channel blocks run
+    (a group's channels fill whole vectors, or each channel is its own group,
+    so a vector's input channels are contiguous too), a tile of output columns is unrolled, and the channel blocks run
     innermost of the outer loops so memory is walked in order. Padding is
     left to the in-range checks: with so little arithmetic per input element,
     a per-call padded copy of the input costs more than the checks."""
@@ -156,13 +156,10 @@ def _channels_last(spec: Spec, lanes: int, threads: bool) -> Schedule:
     tile = next((t for t in (14, 12, 8, 7, 6, 4) if columns % t == 0), 8)
     s = (Schedule.for_spec(spec).split("oc", lanes, tail="perfect")
          .split("ow", tile, tail="perfect" if columns % tile == 0 else "guard"))
-    outer = (["n"] if _has_loop(s, "n") else []) + ["oh", "ow.o", "oc.o"]
-    reduction = [n for n in ("ic", "kh", "kw") if _has_loop(s, n)]
+    names = loop_names(s.func)
+    outer = (["n"] if "n" in names else []) + ["oh", "ow.o", "oc.o"]
+    reduction = [n for n in ("ic", "kh", "kw") if n in names]
     s = (s.reorder(*outer, "ow.i", "oc.i").cache_write("oc.o").reorder(*reduction, "ow.i", "oc.i")
          .unroll("ow.i").vectorize("oc.i").reorder("ow.i.init", "oc.i.init").vectorize("oc.i.init")
          .layout("w", f"OIHW{lanes}o"))
     return s.parallel("oh") if threads else s
-
-
-def _has_loop(s: Schedule, name: str) -> bool:
-    return any(l.var.name == name for l in ir.find_all(s.func.body, ir.Loop))
