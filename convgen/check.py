@@ -5,6 +5,10 @@ kernel fails to write shows up as a failure. The tolerance is a bound, not a
 guess: a float32 sum of L products differs from the exact sum by at most
 about L * 2**-24 times the sum of their magnitudes, which the reference gives
 by running on |x| and |w|.
+
+int8 kernels must match bit for bit. Every int8 value is a possible result,
+so the kernel runs twice, the output filled with -128 and then with 127
+before each run: an element the kernel leaves unwritten differs between them.
 """
 
 from __future__ import annotations
@@ -29,15 +33,30 @@ class CheckResult:
 
 
 def random_inputs(spec: Spec, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """x (in the spec's layout), and for conv2d w and b: the spec's own values or uniform in [-1, 1)."""
-    inputs = {"x": rng.uniform(-1, 1, spec.input_shape).astype(np.float32)}
+    """x (in the spec's layout), and for conv2d w and b: the spec's own values or
+    uniform in [-1, 1); int8 layers: x over all of int8, w in [-127, 127], b in
+    [-2**16, 2**16) (a few times a typical accumulator's spread)."""
+    draw = _int8_draws if spec.is_quantized else _float_draws
+    inputs = {"x": draw["x"](rng, spec.input_shape)}
     if spec.is_conv:
         own = spec.weight_array()
-        inputs["w"] = own if own is not None else rng.uniform(-1, 1, spec.weight_shape).astype(np.float32)
+        inputs["w"] = own if own is not None else draw["w"](rng, spec.weight_shape)
         if spec.bias:
             own = spec.bias_array()
-            inputs["b"] = own if own is not None else rng.uniform(-1, 1, spec.out_channels).astype(np.float32)
+            inputs["b"] = own if own is not None else draw["b"](rng, (spec.out_channels,))
     return inputs
+
+
+def _uniform(rng, shape):
+    return rng.uniform(-1, 1, shape).astype(np.float32)
+
+
+_float_draws = {"x": _uniform, "w": _uniform, "b": _uniform}
+_int8_draws = {
+    "x": lambda rng, shape: rng.integers(-128, 128, shape, dtype=np.int8),
+    "w": lambda rng, shape: rng.integers(-127, 128, shape, dtype=np.int8),
+    "b": lambda rng, shape: rng.integers(-(2**16), 2**16, shape, dtype=np.int32),
+}
 
 
 def tolerance(spec: Spec, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -53,10 +72,25 @@ def check(kernel: Kernel, rng: np.random.Generator | int | None = None) -> Check
     rng = np.random.default_rng(rng)
     spec = kernel.spec
     inputs = random_inputs(spec, rng)
+    if spec.is_quantized:
+        return check_exact(lambda out: kernel(**inputs, out=out), reference(spec, **inputs))
     out = np.full(spec.output_shape, np.nan, dtype=np.float32)
     kernel(**inputs, out=out)
     expected = reference(spec, **inputs)
     return compare(out, expected, tolerance(spec, inputs))
+
+
+def check_exact(run, expected: np.ndarray) -> CheckResult:
+    """Run run(out) into outputs filled with -128 and with 127; both must equal expected exactly."""
+    outputs = []
+    for fill in (-128, 127):
+        out = np.full(expected.shape, fill, dtype=expected.dtype)
+        run(out)
+        outputs.append(out)
+    unwritten = int(np.sum(outputs[0] != outputs[1]))
+    error = np.maximum(*(np.abs(o.astype(np.int64) - expected) for o in outputs))
+    return CheckResult(max_abs_error=float(error.max(initial=0)), max_allowed=0.0, unwritten=unwritten,
+                       passed=bool(unwritten == 0 and not error.any()))
 
 
 def compare(actual: np.ndarray, expected: np.ndarray, allowed: np.ndarray) -> CheckResult:

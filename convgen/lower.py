@@ -10,12 +10,17 @@ with ih = oh*sh + kh*dh - pad_top (and alike for iw). Padding becomes a guard
 (zeros: the tap is skipped, so it contributes 0; for max pooling that is the
 -inf of PyTorch) or an index remap (reflect, replicate). No optimisation
 choice is made here; the simplifier only drops guards that ranges settle.
+
+An int8 layer (TFLite's scheme) accumulates in int32: acc += (x - zp_in) * w,
+so a skipped padding tap is a real zero; the epilogue requantizes per output
+channel (multiplier and shift as immediates, or constant tables when the
+channels differ), adds zp_out, clamps to the activation range and narrows.
 """
 
 from __future__ import annotations
 
 from . import ir
-from .ir import Buffer, FloatImm, IntImm, Loop, Seq, Store, Var
+from .ir import Buffer, Cast, FloatImm, IntImm, Loop, Seq, Store, Var
 from .spec import Spec
 
 
@@ -49,15 +54,16 @@ def describe(spec: Spec) -> str:
 def _params(spec: Spec) -> dict[str, Buffer]:
     oh, ow = spec.output_size
     h, w = spec.input_size
+    types = {name: str(dtype) for name, dtype in spec.array_dtypes.items()}
     activation_axes = ("N", "C", "H", "W")
-    params = {"x": Buffer("x", ir.FLOAT32, activation_axes, (spec.batch, spec.in_channels, h, w),
+    params = {"x": Buffer("x", types["x"], activation_axes, (spec.batch, spec.in_channels, h, w),
                           ir.parse_layout(spec.input_layout, activation_axes))}
     if spec.is_conv:
         weight_axes = ("O", "I", "H", "W")
-        params["w"] = Buffer("w", ir.FLOAT32, weight_axes, spec.weight_shape, ir.plain_layout(weight_axes))
+        params["w"] = Buffer("w", types["w"], weight_axes, spec.weight_shape, ir.plain_layout(weight_axes))
         if spec.bias:
-            params["b"] = Buffer("b", ir.FLOAT32, ("O",), (spec.out_channels,), ir.plain_layout("O"))
-    params["y"] = Buffer("y", ir.FLOAT32, activation_axes, (spec.batch, spec.out_channels, oh, ow),
+            params["b"] = Buffer("b", types["b"], ("O",), (spec.out_channels,), ir.plain_layout("O"))
+    params["y"] = Buffer("y", types["y"], activation_axes, (spec.batch, spec.out_channels, oh, ow),
                          ir.parse_layout(spec.output_layout, activation_axes))
     return params
 
@@ -103,13 +109,13 @@ def _activation(spec: Spec, value: ir.Expr) -> ir.Expr:
     return value
 
 
-def _guarded(guard: ir.Expr, stmt: ir.Stmt) -> ir.Stmt:
-    return stmt if guard == ir.BoolImm(True) else ir.If(guard, stmt)
+def _guarded(guard: ir.Expr, stmt: ir.Stmt, orelse: ir.Stmt | None = None) -> ir.Stmt:
+    return stmt if guard == ir.BoolImm(True) else ir.If(guard, stmt, orelse)
 
 
 def _accumulate(name: str, init: ir.Expr, taps: list[tuple[str, int]], update, write) -> ir.Stmt:
-    """local name = init; for taps: update(acc); then write(final value)."""
-    acc = Buffer(name, ir.FLOAT32, ("i",), (1,), ir.plain_layout(("i",)), scope="local")
+    """local name = init; for taps: update(acc); then write(final value). The accumulator has init's type."""
+    acc = Buffer(name, init.dtype, ("i",), (1,), ir.plain_layout(("i",)), scope="local")
     zero = (IntImm(0),)
     value = ir.Load(acc, zero)
     body = Seq((
@@ -120,6 +126,34 @@ def _accumulate(name: str, init: ir.Expr, taps: list[tuple[str, int]], update, w
     return ir.Allocate(acc, body)
 
 
+def _int32(value: int) -> IntImm:
+    return IntImm(value, ir.INT32)
+
+
+def _widen(value: ir.Expr) -> ir.Expr:
+    return Cast(value, ir.INT32)
+
+
+def _saturate(spec: Spec, value: ir.Expr) -> ir.Expr:
+    """An int32 result clamped to the layer's int8 activation range, narrowed to int8."""
+    low, high = spec.activation_range()
+    return Cast(ir.minimum(ir.maximum(value, _int32(low)), _int32(high)), ir.INT8)
+
+
+def _per_channel(name: str, values: tuple[int, ...], oc: Var) -> ir.Expr:
+    """A per-output-channel int32 constant: an immediate when all channels agree, else a table."""
+    if len(set(values)) == 1:
+        return _int32(values[0])
+    table = Buffer(name, ir.INT32, ("O",), (len(values),), ir.plain_layout("O"), scope="constant", values=values)
+    return ir.Load(table, (oc,))
+
+
+def _requantized(spec: Spec, acc: ir.Expr, oc: Var) -> ir.Expr:
+    multipliers, shifts = spec.requantization()
+    scaled = ir.Call("requantize", (acc, _per_channel("multiplier", multipliers, oc), _per_channel("shift", shifts, oc)))
+    return _saturate(spec, scaled + _int32(spec.quantization.output_zero_point))
+
+
 def _conv_body(spec: Spec, params: dict[str, Buffer]) -> ir.Stmt:
     n, oc, oh, ow, ic, kh, kw = (Var(v) for v in ("n", "oc", "oh", "ow", "ic", "kh", "kw"))
     in_per_group = spec.in_channels // spec.groups
@@ -127,15 +161,19 @@ def _conv_body(spec: Spec, params: dict[str, Buffer]) -> ir.Stmt:
     channel = (oc // out_per_group) * in_per_group + ic
     row, col, guard = _padded_access(spec, _input_index(spec, oh, kh, 0), _input_index(spec, ow, kw, 1))
     x, w, y = params["x"], params["w"], params["y"]
-    init = ir.Load(params["b"], (oc,)) if spec.bias else FloatImm(0.0)
+    zero = _int32(0) if spec.is_quantized else FloatImm(0.0)
+    init = ir.Load(params["b"], (oc,)) if spec.bias else zero
+    pixel, weight = ir.Load(x, (n, channel, row, col)), ir.Load(w, (oc, ic, kh, kw))
+    if spec.is_quantized:
+        pixel, weight = _widen(pixel) + _int32(-spec.quantization.input_zero_point), _widen(weight)
+    finish = (lambda v: _requantized(spec, v, oc)) if spec.is_quantized else (lambda v: _activation(spec, v))
 
     def update(store, acc):
-        product = ir.Load(x, (n, channel, row, col)) * ir.Load(w, (oc, ic, kh, kw))
-        return _guarded(guard, store(acc + product))
+        return _guarded(guard, store(acc + pixel * weight))
 
     taps = [("ic", in_per_group), ("kh", spec.kernel_size[0]), ("kw", spec.kernel_size[1])]
     if spec.pool is None:
-        body = _accumulate("acc", init, taps, update, lambda v: Store(y, (n, oc, oh, ow), _activation(spec, v)))
+        body = _accumulate("acc", init, taps, update, lambda v: Store(y, (n, oc, oh, ow), finish(v)))
         outputs = [("oh", spec.output_size[0]), ("ow", spec.output_size[1])]
     else:
         conv = lambda write: _accumulate("acc", init, taps, update, lambda v: write(_activation(spec, v)))
@@ -168,6 +206,8 @@ def _pooled(spec: Spec, conv, write) -> ir.Stmt:
 
 
 def _pool_body(spec: Spec, params: dict[str, Buffer]) -> ir.Stmt:
+    if spec.is_quantized:
+        return _quantized_pool_body(spec, params)
     n, c, oh, ow, kh, kw = (Var(v) for v in ("n", "c", "oh", "ow", "kh", "kw"))
     row, col, guard = _padded_access(spec, _input_index(spec, oh, kh, 0), _input_index(spec, ow, kw, 1))
     window = spec.kernel_size[0] * spec.kernel_size[1]
@@ -183,5 +223,28 @@ def _pool_body(spec: Spec, params: dict[str, Buffer]) -> ir.Stmt:
     taps = [("kh", spec.kernel_size[0]), ("kw", spec.kernel_size[1])]
     body = _accumulate("acc", init, taps, update,
                        lambda v: Store(params["y"], (n, c, oh, ow), _activation(spec, finish(v))))
+    oh_n, ow_n = spec.output_size
+    return _nest([("n", spec.batch), ("c", spec.in_channels), ("oh", oh_n), ("ow", ow_n)], body)
+
+
+def _quantized_pool_body(spec: Spec, params: dict[str, Buffer]) -> ir.Stmt:
+    """int8 pooling in int32: max of the window (padding skipped), or its sum with
+    padding as the zero point, divided rounding half away from zero (TFLite)."""
+    n, c, oh, ow, kh, kw = (Var(v) for v in ("n", "c", "oh", "ow", "kh", "kw"))
+    row, col, guard = _padded_access(spec, _input_index(spec, oh, kh, 0), _input_index(spec, ow, kw, 1))
+    value = _widen(ir.Load(params["x"], (n, c, row, col)))
+    is_max = spec.op == "maxpool2d"
+    pad = _int32(spec.quantization.input_zero_point)
+
+    def update(store, acc):
+        if is_max:
+            return _guarded(guard, store(ir.maximum(acc, value)))
+        return _guarded(guard, store(acc + value), store(acc + pad))
+
+    window = spec.kernel_size[0] * spec.kernel_size[1]
+    finish = (lambda v: v) if is_max else (lambda v: ir.Call("divide_round", (v, _int32(window))))
+    taps = [("kh", spec.kernel_size[0]), ("kw", spec.kernel_size[1])]
+    body = _accumulate("acc", _int32(-128 if is_max else 0), taps, update,
+                       lambda v: Store(params["y"], (n, c, oh, ow), _saturate(spec, finish(v))))
     oh_n, ow_n = spec.output_size
     return _nest([("n", spec.batch), ("c", spec.in_channels), ("oh", oh_n), ("ow", ow_n)], body)

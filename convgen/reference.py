@@ -8,6 +8,13 @@ g(o) = o // (O / groups) and Cg = C / groups. Max pooling pads with -inf,
 average pooling with zeros that count towards the mean (PyTorch semantics).
 A convolution's `pool` is applied to its activated output, the same way.
 
+An int8 layer (TensorFlow Lite's scheme, see spec.Quantization) is computed
+in exact integers: acc = b[o] + sum (x - input_zero_point) * w, requantized
+per output channel by quant.requantize, plus the output zero point, clamped
+to the activation range. Zero padding pads with the input zero point (a real
+zero). Max pooling takes the max of int8 values; average pooling sums the
+window and divides rounding half away from zero, as TFLite does.
+
 This module shares no code with lowering or codegen: it is what they are
 checked against.
 """
@@ -16,13 +23,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from .quant import requantize
 from .spec import Spec
 
 _NUMPY_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "edge"}
 
 
 def reference(spec: Spec, x: np.ndarray, w: np.ndarray | None = None, b: np.ndarray | None = None) -> np.ndarray:
-    """Compute the layer in float64. x and the result are in the spec's layouts; w is OIHW."""
+    """Compute the layer in float64 (int8 layers: exactly, in integers). x and the
+    result are in the spec's layouts; w is OIHW."""
+    if spec.is_quantized:
+        return _from_nchw(_quantized(spec, _to_nchw(np.asarray(x, dtype=np.int64), spec.input_layout), w, b),
+                          spec.output_layout)
     x = _to_nchw(np.asarray(x, dtype=np.float64), spec.input_layout)
     if spec.is_conv:
         y = _conv2d(spec, x, np.asarray(w, dtype=np.float64))
@@ -39,6 +51,28 @@ def reference(spec: Spec, x: np.ndarray, w: np.ndarray | None = None, b: np.ndar
                     spec.dilation)
         y = _activation(spec.activation, y)
     return _from_nchw(y, spec.output_layout)
+
+
+def _quantized(spec: Spec, x: np.ndarray, w, b) -> np.ndarray:
+    q = spec.quantization
+    low, high = spec.activation_range()
+    if spec.is_conv:
+        # float64 holds these integer sums exactly (each below 2**53)
+        acc = np.rint(_conv2d(spec, x - q.input_zero_point, np.asarray(w, dtype=np.int64))).astype(np.int64)
+        if spec.bias:
+            acc += np.asarray(b, dtype=np.int64).reshape(1, -1, 1, 1)
+        multipliers, shifts = (np.array(v, dtype=np.int64).reshape(1, -1, 1, 1) for v in spec.requantization())
+        y = requantize(acc, multipliers, shifts) + q.output_zero_point
+    elif spec.op == "maxpool2d":
+        y = _pool2d("maxpool2d", _pad(x.astype(np.float64), spec.padding, spec.padding_mode, -np.inf),
+                    spec.kernel_size, spec.stride, spec.dilation).astype(np.int64)
+    else:
+        xpad = _pad(x, spec.padding, spec.padding_mode, q.input_zero_point)
+        windows = [window for _, _, window in _taps(xpad, spec.kernel_size, spec.stride, spec.dilation)]
+        total, count = np.sum(windows, axis=0), len(windows)
+        rounded = total + np.where(total > 0, count // 2, -(count // 2))
+        y = np.sign(rounded) * (np.abs(rounded) // count)     # C's division truncates toward zero
+    return np.clip(y, low, high).astype(np.int8)
 
 
 def _to_nchw(x: np.ndarray, layout: str) -> np.ndarray:

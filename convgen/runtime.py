@@ -201,7 +201,7 @@ def _pad(array: np.ndarray, widths, buffer: ir.Buffer) -> np.ndarray:
     if buffer.pad_mode != "constant":
         return np.pad(array, widths, mode=_NUMPY_PAD[buffer.pad_mode])
     shape = tuple(n + lo + hi for n, (lo, hi) in zip(array.shape, widths))
-    padded = np.full(shape, buffer.pad_value, dtype=np.float32)
+    padded = np.full(shape, buffer.pad_value, dtype=array.dtype)
     padded[tuple(slice(lo, lo + n) for n, (lo, _) in zip(array.shape, widths))] = array
     return padded
 
@@ -225,7 +225,7 @@ def to_storage(array: np.ndarray, user_layout: str, buffer: ir.Buffer) -> np.nda
     if any(r for _, r in rounded):
         logical = np.pad(logical, rounded)  # blocks past the last channel hold zeros
     split = logical.reshape(shape)
-    return np.ascontiguousarray(np.transpose(split, _storage_order(buffer)), dtype=np.float32)
+    return np.ascontiguousarray(np.transpose(split, _storage_order(buffer)), dtype=buffer.dtype)
 
 
 def from_storage(storage: np.ndarray, buffer: ir.Buffer, user_layout: str) -> np.ndarray:
@@ -273,6 +273,7 @@ class Kernel:
         # decided once: which of the kernel's buffers differ from the caller's arrays
         self._params = {p.name: p for p in self.func.params}
         self._converts = {p.name: needs_conversion(p, self._layouts[p.name]) for p in self.func.params}
+        self._dtypes = self.spec.array_dtypes
 
     def __call__(self, x: np.ndarray, w: np.ndarray | None = None, b: np.ndarray | None = None,
                  out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
@@ -302,21 +303,22 @@ class Kernel:
     def _convert(self, name: str, array) -> np.ndarray:
         spec = self.spec
         shape = {"x": spec.input_shape, "w": spec.weight_shape, "b": (spec.out_channels,)}[name]
-        array = _checked(name, array, shape)
+        array = _checked(name, array, shape, self._dtypes[name])
         return to_storage(array, self._layouts[name], self._params[name]) if self._converts[name] else array
 
     def _run(self, arrays: dict[str, np.ndarray], out: np.ndarray | None, threads: int | None) -> np.ndarray:
         spec = self.spec
+        dtype = self._dtypes["y"]
         if out is not None and not (isinstance(out, np.ndarray) and out.flags.c_contiguous and out.flags.writeable):
-            raise KernelCallError(f"{spec.name}: out: expected a writeable C-contiguous float32 array")
+            raise KernelCallError(f"{spec.name}: out: expected a writeable C-contiguous {dtype} array")
         if out is None:
-            out = np.empty(spec.output_shape, dtype=np.float32)
-        out = _checked("out", out, spec.output_shape)
+            out = np.empty(spec.output_shape, dtype=dtype)
+        out = _checked("out", out, spec.output_shape, dtype)
         if any(np.may_share_memory(out, a) for a in arrays.values()):
             raise KernelCallError(f"{spec.name}: out: must not overlap an input array")
         y, converting = self._params["y"], self._converts["y"]
-        # a converted output starts as NaN, so an element the kernel misses cannot pass for a value
-        arrays["y"] = np.full(y.storage_shape, np.nan, dtype=np.float32) if converting else out
+        # a converted output starts poisoned, so an element the kernel misses cannot pass for a value
+        arrays["y"] = np.full(y.storage_shape, poison(dtype), dtype=dtype) if converting else out
         pointers = [arrays[p.name].ctypes.data for p in self.func.params]
         self._launch(pointers, threads or self.threads)
         if converting:
@@ -356,10 +358,13 @@ class BoundKernel:
         self._template = [self.weights[n].ctypes.data if n in self.weights else 0 for n in names]
         self._x_slot, self._y_slot = names.index("x"), names.index("y")
         self._x_shape, self._y_shape = tuple(k.spec.input_shape), tuple(k.spec.output_shape)
-        self._x_bytes, self._y_bytes = 4 * int(np.prod(self._x_shape)), 4 * int(np.prod(self._y_shape))
+        self._x_type, self._y_type = k._dtypes["x"], k._dtypes["y"]
+        self._x_bytes = self._x_type.itemsize * int(np.prod(self._x_shape))
+        self._y_bytes = self._y_type.itemsize * int(np.prod(self._y_shape))
 
     def __call__(self, x: np.ndarray, out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
-        if (self._direct and out is not None and _plain(x, self._x_shape) and _plain(out, self._y_shape)
+        if (self._direct and out is not None and _plain(x, self._x_shape, self._x_type)
+                and _plain(out, self._y_shape, self._y_type)
                 and out.flags.writeable):
             x_at, y_at = _data_address(id(x) + _DATA_OFFSET).value, _data_address(id(out) + _DATA_OFFSET).value
             if not (x_at < y_at + self._y_bytes and y_at < x_at + self._x_bytes):
@@ -371,14 +376,20 @@ class BoundKernel:
         return self.kernel._run(arrays, out, threads)
 
 
-_FLOAT32 = np.dtype(np.float32)
 _data_address = ctypes.c_void_p.from_address
 
 
-def _plain(array, shape) -> bool:
-    """A C-contiguous native float32 ndarray of this shape (a cheap check, no copies)."""
-    return (type(array) is np.ndarray and array.dtype is _FLOAT32 and array.shape == shape
+def _plain(array, shape, dtype: np.dtype) -> bool:
+    """A C-contiguous native ndarray of this shape and dtype (a cheap check, no copies)."""
+    return (type(array) is np.ndarray and (array.dtype is dtype or array.dtype == dtype) and array.shape == shape
             and array.flags.c_contiguous)
+
+
+def poison(dtype: np.dtype):
+    """A fill that marks unwritten output: NaN for floats; for ints (where every
+    value is a result) the minimum, which check.py varies between two runs."""
+    dtype = np.dtype(dtype)
+    return np.nan if dtype.kind == "f" else np.iinfo(dtype).min
 
 
 def _find_data_offset() -> int | None:
@@ -395,14 +406,14 @@ def _find_data_offset() -> int | None:
 _DATA_OFFSET = _find_data_offset()
 
 
-def _checked(name: str, array, shape) -> np.ndarray:
+def _checked(name: str, array, shape, dtype: np.dtype) -> np.ndarray:
     if array is None:
         raise KernelCallError(f"{name}: required (the spec gives no values for it); got None")
     if not isinstance(array, np.ndarray):
-        raise KernelCallError(f"{name}: expected a float32 NumPy array of shape {list(shape)}; "
+        raise KernelCallError(f"{name}: expected a {dtype} NumPy array of shape {list(shape)}; "
                               f"got {type(array).__name__}")
-    if array.dtype != np.float32:
-        raise KernelCallError(f"{name}: expected dtype float32; got {array.dtype}")
+    if array.dtype != dtype:
+        raise KernelCallError(f"{name}: expected dtype {dtype}; got {array.dtype}")
     if array.shape != tuple(shape):
         raise KernelCallError(f"{name}: expected shape {list(shape)}; got {list(array.shape)}")
     return np.ascontiguousarray(array)

@@ -20,18 +20,23 @@ import yaml
 
 from .errors import SpecError
 from .filters import FILTERS
+from .quant import quantize_multiplier
 from .schedule.steps import parse_steps
 
 OPS = ("conv2d", "maxpool2d", "avgpool2d")
 PADDING_MODES = ("zeros", "reflect", "replicate")
 ACTIVATIONS = ("none", "relu", "relu6")
 LAYOUTS = ("NCHW", "NHWC")
-DTYPES = ("float32",)
+DTYPES = ("float32", "int8")
 FIELDS = (
     "name", "op", "batch", "in_channels", "out_channels", "input_size",
     "kernel_size", "stride", "padding", "padding_mode", "dilation", "groups",
-    "bias", "activation", "layout", "dtype", "weights", "schedule", "pool",
+    "bias", "activation", "layout", "dtype", "quantization", "weights", "schedule", "pool",
 )
+QUANT_FIELDS = ("input", "output", "weight_scales")
+INT8_RANGE = (-128, 127)
+WEIGHT_RANGE = (-127, 127)   # TFLite's symmetric int8 weights never use -128
+INT32_RANGE = (-(2**31), 2**31 - 1)
 CONV_ONLY_FIELDS = ("out_channels", "groups", "bias", "weights", "pool")
 POOL_FIELDS = ("op", "kernel_size", "stride", "padding")
 POOL_OPS = ("maxpool2d", "avgpool2d")
@@ -57,6 +62,20 @@ class Pool:
     kernel_size: tuple[int, int]
     stride: tuple[int, int]
     padding: tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """TensorFlow Lite's int8 scheme: real = scale * (q - zero_point) for
+    activations; weights are symmetric per output channel (zero point 0,
+    real = weight_scale[o] * q); an int32 bias has scale input_scale *
+    weight_scale[o] and zero point 0. Pooling keeps the input's parameters."""
+
+    input_scale: float
+    input_zero_point: int
+    output_scale: float
+    output_zero_point: int
+    weight_scales: tuple[float, ...] = ()   # one per output channel; () for pooling
 
 
 @dataclass(frozen=True)
@@ -88,7 +107,12 @@ class Spec:
     bias_values: tuple[float, ...] | None = None
     schedule: tuple = ()      # schedule Steps written in the spec file
     pool: Pool | None = None  # conv2d only: pooling fused after bias and activation
+    quantization: Quantization | None = None  # dtype int8 only
     source: str = "<dict>"
+
+    @property
+    def is_quantized(self) -> bool:
+        return self.dtype == "int8"
 
     @property
     def is_conv(self) -> bool:
@@ -139,16 +163,46 @@ class Spec:
         per_output = kh * kw * (self.in_channels // self.groups if self.is_conv else 1)
         return self.batch * self.out_channels * oh * ow * per_output
 
+    @property
+    def array_dtypes(self) -> dict[str, np.dtype]:
+        """NumPy dtype of each argument: x, w, b, y."""
+        if self.is_quantized:
+            return {"x": np.dtype(np.int8), "w": np.dtype(np.int8), "b": np.dtype(np.int32), "y": np.dtype(np.int8)}
+        return dict.fromkeys(("x", "w", "b", "y"), np.dtype(np.float32))
+
     def weight_array(self) -> np.ndarray | None:
-        """The spec's own weights as float32 OIHW, or None when the caller supplies them."""
+        """The spec's own weights in OIHW (float32, or int8 when quantized), or None when the caller supplies them."""
         if self.weights is None:
             return None
-        return np.array(self.weights, dtype=np.float32).reshape(self.weight_shape)
+        return np.array(self.weights, dtype=self.array_dtypes["w"]).reshape(self.weight_shape)
 
     def bias_array(self) -> np.ndarray | None:
         if self.bias_values is None:
             return None
-        return np.array(self.bias_values, dtype=np.float32)
+        return np.array(self.bias_values, dtype=self.array_dtypes["b"])
+
+    def requantization(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Per output channel, TFLite's fixed-point (multiplier, shift) for the real
+        multiplier input_scale * weight_scale[o] / output_scale (quantized conv2d)."""
+        q = self.quantization
+        pairs = [quantize_multiplier(q.input_scale * ws / q.output_scale) for ws in q.weight_scales]
+        return tuple(m for m, _ in pairs), tuple(s for _, s in pairs)
+
+    def activation_range(self) -> tuple[int, int]:
+        """The int8 output clamp of a quantized layer, as TFLite's
+        CalculateActivationRangeQuantized: ReLU from the output zero point,
+        ReLU6 up to its quantized 6."""
+        q = self.quantization
+        low, high = INT8_RANGE
+        if self.activation in ("relu", "relu6"):
+            low = max(low, q.output_zero_point)
+        if self.activation == "relu6":
+            high = min(high, q.output_zero_point + _round_half_away(6.0 / q.output_scale))
+        return low, high
+
+
+def _round_half_away(value: float) -> int:
+    return int(np.sign(value) * np.floor(abs(value) + 0.5))
 
 
 def layout_shape(layout: str, n: int, c: int, h: int, w: int) -> tuple[int, ...]:
@@ -351,6 +405,42 @@ class _SpecParser:
                 self.fail(f"{field}.padding", f"at most half the pooling window ({kernel[axis] // 2})", list(padding))
         return Pool(op, kernel, stride, padding)
 
+    def scale_and_zero_point(self, field, value):
+        if not isinstance(value, dict) or set(value) != {"scale", "zero_point"}:
+            self.fail(field, "{scale: positive number, zero_point: int in [-128, 127]}", value)
+        scale, zero_point = value["scale"], value["zero_point"]
+        if not _is_number(scale) or not (0 < scale < float("inf")):
+            self.fail(f"{field}.scale", "a positive number", scale)
+        if not _is_int(zero_point) or not INT8_RANGE[0] <= zero_point <= INT8_RANGE[1]:
+            self.fail(f"{field}.zero_point", "an int in [-128, 127]", zero_point)
+        return float(scale), zero_point
+
+    def quantization(self, field, value):
+        """{input: {scale, zero_point}, output: {...}, weight_scales: number or list};
+        returned as a dict of what parsed, checked against the layer in parse()."""
+        if not isinstance(value, dict):
+            self.fail(field, "a mapping {input: {scale, zero_point}, output: {scale, zero_point}, "
+                             "weight_scales: [...]}", value)
+        for key in value:
+            if key not in QUANT_FIELDS:
+                self.note(f"{field}.{key}", f"unknown field{_suggest(key, QUANT_FIELDS) or '; known: ' + ', '.join(QUANT_FIELDS)}")
+        parsed = {}
+        for key in ("input", "output"):
+            if key in value:
+                try:
+                    parsed[key] = self.scale_and_zero_point(f"{field}.{key}", value[key])
+                except _Missing:
+                    pass
+        if "weight_scales" in value:
+            scales = value["weight_scales"]
+            scales = scales if isinstance(scales, list) else [scales]
+            if not scales or not all(_is_number(v) and 0 < v < float("inf") for v in scales):
+                self.note(f"{field}.weight_scales", f"expected a positive number or a list of them (one per "
+                                                   f"output channel); got {_shorten(value['weight_scales'])}")
+            else:
+                parsed["weight_scales"] = tuple(float(v) for v in scales)
+        return parsed
+
     def schedule(self, field, value):
         try:
             return parse_steps(value, f"{self.label}: {field}")
@@ -389,6 +479,7 @@ class _SpecParser:
         activation = self.field("activation", self.choice(ACTIVATIONS), default="none")
         layout = self.field("layout", self.layout, default=("NCHW", "NCHW"))
         dtype = self.field("dtype", self.choice(DTYPES), default="float32")
+        quantization = self.field("quantization", self.quantization)
         schedule = self.field("schedule", self.schedule, default=())
         pool = self.field("pool", self.pool) if is_conv else None
 
@@ -422,6 +513,13 @@ class _SpecParser:
             bias_values, bias = bias, True
             if len(bias_values) != out_channels:
                 self.note("bias", f"expected {out_channels} numbers (one per output channel); got {len(bias_values)}")
+        quant = None
+        if dtype == "int8":
+            quant = self._check_quantization(quantization, is_conv, out_channels, pool)
+            weight_values = self._integers("weights", weight_values, WEIGHT_RANGE, "TFLite's symmetric int8 weights")
+            bias_values = self._integers("bias", bias_values, INT32_RANGE, "an int32 bias")
+        elif quantization is not None:
+            self.note("quantization", f"only for dtype int8; this layer is {dtype}")
         if self.problems:
             raise SpecError(self.problems)
 
@@ -430,8 +528,52 @@ class _SpecParser:
             input_size=input_size, kernel_size=kernel_size, stride=stride, padding=padding,
             padding_mode=padding_mode, dilation=dilation, groups=groups, bias=bias,
             activation=activation, input_layout=layout[0], output_layout=layout[1], dtype=dtype,
-            weights=weight_values, bias_values=bias_values, schedule=schedule, pool=pool, source=self.label,
+            weights=weight_values, bias_values=bias_values, schedule=schedule, pool=pool,
+            quantization=quant, source=self.label,
         )
+
+    def _check_quantization(self, parsed, is_conv, out_channels, pool) -> Quantization | None:
+        """The int8 layer's Quantization, or None with the problems noted."""
+        if parsed is None:
+            if "quantization" not in self.data:
+                self.note("quantization", "required for dtype int8: {input: {scale, zero_point}, "
+                                          "output: {scale, zero_point}" + (", weight_scales: [...]}" if is_conv else "}"))
+            return None
+        if "input" not in parsed:
+            self.note("quantization.input", "missing (required): {scale, zero_point}")
+            return None
+        if not is_conv:
+            output = parsed.get("output", parsed["input"])
+            if output != parsed["input"]:
+                self.note("quantization.output", f"expected the input's scale and zero point (TFLite's int8 "
+                                                 f"pooling keeps them); got {list(output)}")
+            if "weight_scales" in self.data["quantization"]:
+                self.note("quantization.weight_scales", "pooling has no weights")
+            return Quantization(*parsed["input"], *parsed["input"])
+        if "output" not in parsed or "weight_scales" not in parsed:
+            missing = [k for k in ("output", "weight_scales") if k not in parsed and k not in self.data["quantization"]]
+            for key in missing:
+                self.note(f"quantization.{key}", "missing (required for an int8 conv2d)")
+            return None
+        scales = parsed["weight_scales"]
+        if len(scales) not in (1, out_channels):
+            self.note("quantization.weight_scales", f"expected 1 or {out_channels} scales (one per output "
+                                                   f"channel); got {len(scales)}")
+            return None
+        if pool is not None:
+            self.note("pool", "not supported with dtype int8 yet; write the pool as its own int8 layer")
+        return Quantization(*parsed["input"], *parsed["output"], scales * (out_channels // len(scales)))
+
+    def _integers(self, field, values, allowed, what):
+        """values (floats from YAML) as ints when each is a whole number in range, else a noted problem."""
+        if values is None:
+            return None
+        low, high = allowed
+        bad = [v for v in values if v != int(v) or not low <= v <= high]
+        if bad:
+            self.note(field, f"expected whole numbers in [{low}, {high}] ({what}); got {_shorten(bad[0])}")
+            return None
+        return tuple(int(v) for v in values)
 
     def _resolve_named_padding(self, padding, input_size, kernel_size, stride, dilation):
         if padding == "valid":

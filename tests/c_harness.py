@@ -18,11 +18,11 @@ _MAIN = """#include <stdio.h>
 
 /* Each array is read from its file into a buffer of exactly its size, so any
    read or write past its end is caught by the address sanitizer. */
-static float *load(const char *path, size_t count)
+static void *load(const char *path, size_t bytes)
 {{
-    float *data = malloc(count * sizeof(float));
+    void *data = malloc(bytes);
     FILE *file = fopen(path, "rb");
-    if (data == NULL || file == NULL || fread(data, sizeof(float), count, file) != count) {{
+    if (data == NULL || file == NULL || fread(data, 1, bytes, file) != bytes) {{
         exit(3);
     }}
     fclose(file);
@@ -38,7 +38,7 @@ int main(int argc, char **argv)
 {loads}
     {name}({args});
     file = fopen(argv[{argc} - 1], "wb");
-    if (file == NULL || fwrite({output}, sizeof(float), {output_size}u, file) != {output_size}u) {{
+    if (file == NULL || fwrite({output}, 1, {output_size}u, file) != {output_size}u) {{
         return 4;
     }}
     fclose(file);
@@ -49,11 +49,11 @@ int main(int argc, char **argv)
 
 
 def build_program(files: CFiles, params, folder: Path, flags) -> Path:
-    """params: the kernel's (name, element count) in call order; the last is the output."""
+    """params: the kernel's (name, size in bytes) in call order; the last is the output."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{files.name}.h").write_text(files.header)
     (folder / f"{files.name}.c").write_text(files.source)
-    loads = "\n".join(f"    float *{n} = load(argv[{i + 1}], {size}u);" for i, (n, size) in enumerate(params))
+    loads = "\n".join(f"    void *{n} = load(argv[{i + 1}], {size}u);" for i, (n, size) in enumerate(params))
     frees = "\n".join(f"    free({n});" for n, _ in params)
     output, output_size = params[-1]
     (folder / "main.c").write_text(_MAIN.format(
@@ -73,9 +73,9 @@ def run_program(program: Path, arrays: dict[str, np.ndarray], output: np.ndarray
     paths = []
     for name, array in arrays.items():
         path = folder / f"{name}.bin"
-        np.ascontiguousarray(array, dtype=np.float32).tofile(path)
+        np.ascontiguousarray(array).tofile(path)
         paths.append(str(path))
     result_path = folder / "result.bin"
     result = subprocess.run([str(program), *paths, str(result_path)], capture_output=True, text=True)
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stderr[-3000:]}"
-    return np.fromfile(result_path, dtype=np.float32).reshape(output.shape)
+    return np.fromfile(result_path, dtype=output.dtype).reshape(output.shape)

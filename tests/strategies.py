@@ -76,6 +76,35 @@ def specs(draw, **kwargs):
         assume(False)
 
 
+def _scale_and_zero_point(draw, scale):
+    return {"scale": scale, "zero_point": draw(st.integers(-128, 127))}
+
+
+@st.composite
+def quantized_specs(draw, **kwargs):
+    """A valid int8 Spec (no fused pool). The output scale is drawn around the
+    accumulator's typical spread, so outputs span the int8 range, some saturating."""
+    data = draw(spec_dicts(**kwargs))
+    data.pop("pool", None)
+    data["dtype"] = "int8"
+    input_scale = draw(st.floats(0.001, 0.1))
+    if data["op"] != "conv2d":
+        data["quantization"] = {"input": _scale_and_zero_point(draw, input_scale)}
+    else:
+        kernel = data["kernel_size"] if isinstance(data["kernel_size"], list) else [data["kernel_size"]] * 2
+        taps = kernel[0] * kernel[1] * data["in_channels"] // data.get("groups", 1)
+        per_channel = draw(st.booleans())
+        weight_scales = [draw(st.floats(0.001, 0.05)) for _ in range(data["out_channels"] if per_channel else 1)]
+        spread = input_scale * max(weight_scales) * 75 * 75 * taps ** 0.5   # real spread of the accumulator
+        data["quantization"] = {"input": _scale_and_zero_point(draw, input_scale),
+                                "output": _scale_and_zero_point(draw, spread / draw(st.floats(10, 200))),
+                                "weight_scales": weight_scales if per_channel else weight_scales[0]}
+    try:
+        return load_spec(data)
+    except SpecError:
+        assume(False)
+
+
 # ---------------------------------------------------------------------------
 # Random schedules: each step is drawn from the loops the kernel has at that point.
 # ---------------------------------------------------------------------------
@@ -148,10 +177,11 @@ def _draw_step(draw, func) -> Step | None:
 
 
 @st.composite
-def scheduled(draw, max_steps=8, **spec_kwargs):
-    """(spec, steps, refused): a random spec and the random steps that applied to it,
-    plus the count of drawn steps that were (correctly) refused."""
-    spec = draw(specs(**spec_kwargs))
+def scheduled(draw, max_steps=8, spec_strategy=None):
+    """(spec, steps, refused): a random spec (of spec_strategy, by default specs())
+    and the random steps that applied to it, plus the count of drawn steps that
+    were (correctly) refused."""
+    spec = draw(spec_strategy if spec_strategy is not None else specs())
     func = lower(spec)
     steps, refused = [], 0
     for _ in range(draw(st.integers(0, max_steps))):

@@ -14,7 +14,7 @@ import convgen
 from c_harness import SANITIZE_FLAGS, STRICT_FLAGS, build_program, run_program
 from conftest import spec_paths
 from convgen import ir
-from convgen.check import compare, random_inputs, tolerance
+from convgen.check import check_exact, compare, random_inputs, tolerance
 from convgen.codegen.c import emit_c
 from convgen.codegen.llvm import emit_llvm
 from convgen.errors import CodegenError
@@ -22,7 +22,7 @@ from convgen.lower import lower
 from convgen.reference import reference
 from convgen.runtime import BACKENDS, llvm_assembly
 from convgen.target import host
-from strategies import specs
+from strategies import quantized_specs, specs
 
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
 
@@ -37,6 +37,13 @@ def _assert_matches(kernel, seed):
 @given(spec=specs(), seed=st.integers(0, 2**32 - 1))
 def test_random_specs_match_reference(backend, spec, seed):
     """At least 300 random specs per backend (the hypothesis profile in conftest.py)."""
+    _assert_matches(convgen.build(spec, backend), seed)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=100)
+@given(spec=quantized_specs(), seed=st.integers(0, 2**32 - 1))
+def test_random_int8_specs_match_reference_bit_for_bit(backend, spec, seed):
     _assert_matches(convgen.build(spec, backend), seed)
 
 
@@ -68,13 +75,21 @@ def test_check_catches_a_wrong_value():
 def _run_sanitized(spec, folder, seed):
     func = lower(spec)
     files = emit_c(func)
-    sizes = [(p.name, p.size) for p in func.params]
+    sizes = [(p.name, p.size * np.dtype(p.dtype).itemsize) for p in func.params]
     program = build_program(files, sizes, folder, SANITIZE_FLAGS)
     inputs = random_inputs(spec, np.random.default_rng(seed))
-    poisoned = np.full(spec.output_shape, np.nan, dtype=np.float32)
-    arrays = {p.name: inputs.get(p.name, poisoned) for p in func.params}
-    y = run_program(program, arrays, poisoned)
-    result = compare(y, reference(spec, **inputs), tolerance(spec, inputs))
+    expected = reference(spec, **inputs)
+
+    def run(out):
+        arrays = {p.name: inputs.get(p.name, out) for p in func.params}
+        np.copyto(out, run_program(program, arrays, out))
+
+    if spec.is_quantized:
+        result = check_exact(run, expected)
+    else:
+        poisoned = np.full(spec.output_shape, np.nan, dtype=np.float32)
+        run(poisoned)
+        result = compare(poisoned, expected, tolerance(spec, inputs))
     assert result.passed, f"max error {result.max_abs_error}, {result.unwritten} unwritten\n{spec}"
 
 
@@ -88,6 +103,14 @@ def test_spec_files_c_under_sanitizers(tmp_path, path):
 @settings(max_examples=25)
 @given(spec=specs(), seed=st.integers(0, 2**32 - 1))
 def test_random_specs_c_under_sanitizers(tmp_path_factory, spec, seed):
+    _run_sanitized(spec, tmp_path_factory.mktemp("asan"), seed)
+
+
+@needs_gcc
+@settings(max_examples=25)
+@given(spec=quantized_specs(), seed=st.integers(0, 2**32 - 1))
+def test_random_int8_specs_c_under_sanitizers(tmp_path_factory, spec, seed):
+    """Also catches undefined behaviour (shifts, overflow) in the requantization helper."""
     _run_sanitized(spec, tmp_path_factory.mktemp("asan"), seed)
 
 

@@ -6,7 +6,7 @@ import collections
 import numpy as np
 import pytest
 import yaml
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import convgen
@@ -15,7 +15,7 @@ from convgen.errors import ScheduleError, SpecError
 from convgen.lower import lower
 from convgen.runtime import BACKENDS
 from convgen.schedule import Schedule, Step, apply_schedule, load_steps, loop_names, trace
-from strategies import scheduled
+from strategies import quantized_specs, scheduled
 
 CONV = {"name": "sched", "op": "conv2d", "in_channels": 4, "out_channels": 6, "input_size": [7, 9],
         "kernel_size": 3, "padding": 1, "activation": "relu"}
@@ -352,6 +352,16 @@ def test_trace_lists_every_step():
 @given(case=scheduled(), seed=st.integers(0, 2**32 - 1))
 def test_random_schedules_match_reference(backend, case, seed):
     """At least 300 random spec + schedule pairs per backend (conftest's profile)."""
+    spec, steps, _ = case
+    result = convgen.check(convgen.build(spec, backend, schedule=steps), seed)
+    assert result.passed, f"{result}\n{spec}\n" + "\n".join(s.describe() for s in steps)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=100)
+@given(case=scheduled(spec_strategy=quantized_specs()), seed=st.integers(0, 2**32 - 1))
+def test_random_schedules_of_int8_layers_match_bit_for_bit(backend, case, seed):
+    """Vectorized int8 code included (LLVM: vectors of i8/i32 and the requantization on them)."""
     spec, steps, _ = case
     result = convgen.check(convgen.build(spec, backend, schedule=steps), seed)
     assert result.passed, f"{result}\n{spec}\n" + "\n".join(s.describe() for s in steps)

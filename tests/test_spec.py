@@ -109,7 +109,7 @@ BAD_SPECS = {
     "padding_mode_typo": (BASE, "padding_mode", "did you mean 'reflect'", {"padding_mode": "reflection"}),
     "op_typo": (BASE, "op", "did you mean 'conv2d'", {"op": "conv2"}),
     "activation_typo": (BASE, "activation", "did you mean 'relu'", {"activation": "Relu"}),
-    "dtype": (BASE, "dtype", "expected one of 'float32'; got 'float16'", {"dtype": "float16"}),
+    "dtype": (BASE, "dtype", "expected one of 'float32', 'int8'; got 'float16'", {"dtype": "float16"}),
     "name_not_identifier": (BASE, "name", "C identifier", {"name": "3x3-conv"}),
     "name_keyword": (BASE, "name", "not a keyword", {"name": "int"}),
     "filter_typo": (BASE, "weights", "did you mean 'sobel_x'", {"weights": "sobelx"}),

@@ -20,7 +20,7 @@ from .. import ir
 from ..errors import CodegenError
 from .render import render
 
-_C_TYPES = {ir.FLOAT32: "float", ir.INDEX: "ptrdiff_t", ir.BOOL: "int"}
+_C_TYPES = {ir.FLOAT32: "float", ir.INDEX: "ptrdiff_t", ir.BOOL: "int", ir.INT8: "int8_t", ir.INT32: "int32_t"}
 
 
 def _helper(op: str, ctype: str, suffix: str) -> tuple[str, str]:
@@ -31,7 +31,7 @@ def _helper(op: str, ctype: str, suffix: str) -> tuple[str, str]:
 
 # min/max as tiny inline functions: C99 has no operator for them, and fmaxf would need libm.
 _HELPERS = {(op, dtype): _helper(op, _C_TYPES[dtype], suffix)
-            for op in ("min", "max") for dtype, suffix in ((ir.FLOAT32, "f32"), (ir.INDEX, "index"))}
+            for op in ("min", "max") for dtype, suffix in ((ir.FLOAT32, "f32"), (ir.INDEX, "index"), (ir.INT32, "i32"))}
 _HELPERS[("reflect", ir.INDEX)] = ("convgen_reflect", (
     "static inline ptrdiff_t convgen_reflect(ptrdiff_t i, ptrdiff_t n) "
     "{ return i < 0 ? -i : (i < n ? i : 2 * n - 2 - i); }"))
@@ -40,6 +40,25 @@ _HELPERS[("in_range", ir.BOOL)] = ("convgen_in_range", (
 _HELPERS[("clamp", ir.INDEX)] = ("convgen_clamp", (
     "static inline ptrdiff_t convgen_clamp(ptrdiff_t i, ptrdiff_t n) "
     "{ return i < 0 ? 0 : (i < n ? i : n - 1); }"))
+# TFLite's MultiplyByQuantizedMultiplier in C99 without division (it would call a
+# library routine on 32-bit targets): gemmlowp's saturating rounding doubling high
+# multiply, then a rounding right shift, half away from zero.
+_HELPERS[("requantize", ir.INT32)] = ("convgen_requantize", """\
+static inline int32_t convgen_requantize(int32_t acc, int32_t multiplier, int32_t shift)
+{
+    const int32_t left = shift > 0 ? shift : 0, right = shift > 0 ? 0 : -shift;
+    const int32_t a = (int32_t)((int64_t)acc * ((int64_t)1 << left));
+    const int64_t product = (int64_t)a * multiplier;
+    const int64_t total = product + (product >= 0 ? (1 << 30) : 1 - (1 << 30));
+    const int32_t high = (a == INT32_MIN && multiplier == INT32_MIN) ? INT32_MAX
+                       : (int32_t)(total >= 0 ? total >> 31 : -((-total) >> 31));
+    const int32_t mask = (int32_t)(((int64_t)1 << right) - 1);
+    const int32_t threshold = (mask >> 1) + (high < 0 ? 1 : 0);
+    return (high >> right) + ((high & mask) > threshold ? 1 : 0);
+}""")
+_HELPERS[("divide_round", ir.INT32)] = ("convgen_divide_round", (
+    "static inline int32_t convgen_divide_round(int32_t a, int32_t n) "
+    "{ return (a + (a > 0 ? n / 2 : -(n / 2))) / n; }"))
 # Pragmas behind macros: without OpenMP (or -DCONVGEN_OPENMP_SIMD) they vanish, and no
 # compiler warns about an unknown pragma.
 _MACROS = {
@@ -58,6 +77,7 @@ def c_name(name: str) -> str:
 # C operator precedence (higher binds tighter); IR `//` is emitted as `/` once proven non-negative.
 _PRECEDENCE = {"||": 1, "&&": 2, "==": 3, "!=": 3, "<": 4, "<=": 4, "+": 5, "-": 5,
                "*": 6, "/": 6, "//": 6, "%": 6}
+_CAST_PRECEDENCE = 7  # a cast binds tighter than any binary operator
 
 
 @dataclass(frozen=True)
@@ -71,7 +91,7 @@ class CFiles:
 
 def emit_c(func: ir.Func) -> CFiles:
     """Render a kernel as a C99 header and source file."""
-    emitter = _CEmitter()
+    emitter = _CEmitter(func.name)
     used = {node.buffer.name for node in ir.find_all(func.body, (ir.Load, ir.Store))}
     for param in func.params:
         if param.name not in used:  # e.g. every tap lands in padding: say so, or -Wunused-parameter fails
@@ -87,12 +107,27 @@ def emit_c(func: ir.Func) -> CFiles:
         arg_names=[p.name for p in func.params],
         args=[_arg_doc(p, p.name in outputs) for p in func.params],
     )
-    header = render("c/kernel.h.j2", **context)
-    source = render("c/kernel.c.j2", includes=sorted(emitter.includes),
+    header_includes = ["stddef.h"] + (["stdint.h"] if any(p.dtype in (ir.INT8, ir.INT32) for p in func.params) else [])
+    header = render("c/kernel.h.j2", header_includes=header_includes, **context)
+    tables = [_c_table(emitter.table_name(b), b) for b in ir.constant_buffers(func.body)]
+    if tables or any(key[1] == ir.INT32 for key in emitter.helpers):
+        emitter.includes.add("stdint.h")
+    source = render("c/kernel.c.j2", includes=sorted(emitter.includes), tables=tables,
                     macros=[_MACROS[kind][1] for kind in sorted(emitter.macros)],
                     helpers=[_HELPERS[key][1] for key in sorted(emitter.helpers)],
                     body="\n".join(emitter.lines), **context)
     return CFiles(func.name, header, source)
+
+
+def _c_table(name: str, buffer: ir.Buffer) -> str:
+    """A constant table at file scope: static const, so it lands in flash (.rodata)."""
+    values = ", ".join(_int_literal(v) for v in buffer.values)
+    return f"static const {_C_TYPES[buffer.dtype]} {name}[{buffer.size}] = {{{values}}};"
+
+
+def _int_literal(value: int) -> str:
+    """A C literal of an int32 value; INT32_MIN has no literal of type int."""
+    return "(-2147483647 - 1)" if value == -(2**31) else str(value)
 
 
 def _c_param(buffer: ir.Buffer, is_output: bool) -> str:
@@ -106,7 +141,7 @@ def _arg_doc(buffer: ir.Buffer, is_output: bool) -> dict:
         fill = buffer.pad_mode if buffer.pad_mode != "constant" else f"filled with {float_literal(buffer.pad_value)}"
         pads = ", ".join(f"{a} {lo}+{hi}" for a, (lo, hi) in zip(buffer.axes, buffer.pad) if lo or hi)
         layout += f" (padded {pads}, {fill})"
-    return dict(name=buffer.name, role="output" if is_output else "input", shape=buffer.storage_shape,
+    return dict(name=buffer.name, role="output" if is_output else "input", dtype=buffer.dtype, shape=buffer.storage_shape,
                 layout=layout, bytes=buffer.size * np.dtype(buffer.dtype).itemsize)
 
 
@@ -121,7 +156,8 @@ def float_literal(value: float) -> str:
 
 
 class _CEmitter:
-    def __init__(self):
+    def __init__(self, name: str):
+        self.name = name
         self.lines: list[str] = []
         self.includes: set[str] = set()
         self.helpers: set[tuple[str, str]] = set()
@@ -177,11 +213,18 @@ class _CEmitter:
 
     # -- expressions --------------------------------------------------------
     def access(self, buffer: ir.Buffer, indices) -> str:
-        return f"{buffer.name}[{self.expr(ir.flat_index(buffer, indices))}]"
+        name = self.table_name(buffer) if buffer.scope == "constant" else buffer.name
+        return f"{name}[{self.expr(ir.flat_index(buffer, indices))}]"
+
+    def table_name(self, buffer: ir.Buffer) -> str:
+        return f"{self.name}_{buffer.name}"
 
     def expr(self, node: ir.Expr, parent: int = 0) -> str:
         if isinstance(node, ir.IntImm):
-            return str(node.value) if node.value >= 0 or parent == 0 else f"({node.value})"
+            text = _int_literal(node.value)
+            return text if node.value >= 0 or parent == 0 or text.startswith("(") else f"({text})"
+        if isinstance(node, ir.Cast):
+            return f"({_C_TYPES[node.type]}){self.expr(node.value, _CAST_PRECEDENCE)}"
         if isinstance(node, ir.BoolImm):
             return "1" if node.value else "0"
         if isinstance(node, ir.FloatImm):

@@ -27,10 +27,12 @@ from ..errors import CodegenError
 from ..target import Target
 
 I1 = ll.IntType(1)
+I8 = ll.IntType(8)
 I32 = ll.IntType(32)
 I64 = ll.IntType(64)
 F32 = ll.FloatType()
-_TYPES = {ir.INDEX: I64, ir.FLOAT32: F32, ir.BOOL: I1}
+_TYPES = {ir.INDEX: I64, ir.FLOAT32: F32, ir.BOOL: I1, ir.INT8: I8, ir.INT32: I32}
+_BYTES = {ir.FLOAT32: 4, ir.INT8: 1, ir.INT32: 4, ir.INDEX: 8}
 _INT_OPS = {"+": "add", "-": "sub", "*": "mul"}
 _FLOAT_OPS = {"+": "fadd", "-": "fsub", "*": "fmul", "/": "fdiv"}
 PARALLEL_BOUNDS = ("lo", "hi")
@@ -87,6 +89,8 @@ class _LLVMEmitter:
         if self.parallel:
             for arg, name in zip(self.function.args[len(func.params):], PARALLEL_BOUNDS):
                 arg.name = name
+        for table in ir.constant_buffers(func.body):
+            self.pointers[table.name] = self.constant_table(func.name, table)
         entry = self.function.append_basic_block("entry")
         self.allocas = ll.IRBuilder(entry)  # allocas go first in the entry block
         body = self.function.append_basic_block("body")
@@ -100,6 +104,15 @@ class _LLVMEmitter:
         self.mask: ll.Value | None = None  # lanes enabled by enclosing lane-dependent conditions
         self.stmt(func.body)
         self.builder.ret_void()
+
+    def constant_table(self, func_name: str, buffer: ir.Buffer) -> ll.GlobalVariable:
+        """A table the kernel reads, as an internal constant global."""
+        array = ll.ArrayType(_TYPES[buffer.dtype], buffer.size)
+        table = ll.GlobalVariable(self.module, array, name=f"{func_name}.{buffer.name}")
+        table.global_constant = True
+        table.linkage = "internal"
+        table.initializer = ll.Constant(array, list(buffer.values))
+        return table
 
     # -- statements ---------------------------------------------------------
     def stmt(self, node: ir.Stmt) -> None:
@@ -162,7 +175,7 @@ class _LLVMEmitter:
         elif self.mask is None and self.contiguous(offset):
             base = self.expr(ir.substitute(offset, {self.lane_var: ir.IntImm(0)}))
             store = self.builder.store(self.broadcast(value), self.pointer(node.buffer, base))
-            store.align = 4
+            store.align = _BYTES[node.buffer.dtype]
         else:
             self.store_lanes(node.buffer, offset, self.broadcast(value))
 
@@ -240,7 +253,7 @@ class _LLVMEmitter:
         if self.mask is None and self.contiguous(offset):
             base = self.expr(ir.substitute(offset, {self.lane_var: ir.IntImm(0)}))
             value = self.builder.load(self.pointer(node.buffer, base), typ=ll.VectorType(element, self.lanes))
-            value.align = 4
+            value.align = _BYTES[node.dtype]
             return value
         return self.gather(node.buffer, offset, element)
 
@@ -258,7 +271,12 @@ class _LLVMEmitter:
     # -- expressions --------------------------------------------------------
     def expr(self, node: ir.Expr) -> ll.Value:
         if isinstance(node, ir.IntImm):
-            return ll.Constant(I64, node.value)
+            return ll.Constant(_TYPES[node.dtype], node.value)
+        if isinstance(node, ir.Cast):
+            value = self.expr(node.value)
+            target = self.like(value, _TYPES[node.type])
+            widen = node.type == ir.INT32
+            return self.builder.sext(value, target) if widen else self.builder.trunc(value, target)
         if isinstance(node, ir.BoolImm):
             return ll.Constant(I1, int(node.value))
         if isinstance(node, ir.FloatImm):
@@ -283,6 +301,10 @@ class _LLVMEmitter:
         raise CodegenError(f"LLVM backend: cannot emit expression {type(node).__name__}")
 
     def call(self, node: ir.Call) -> ll.Value:
+        if node.name == "requantize":
+            return self.requantize(*(self.expr(a) for a in node.args))
+        if node.name == "divide_round":
+            return self.divide_round(*(self.expr(a) for a in node.args))
         index, size = node.args
         if node.name == "clamp":
             return self.expr(ir.minimum(ir.maximum(index, 0), size - 1))
@@ -292,6 +314,48 @@ class _LLVMEmitter:
             mirrored = ir.Select(ir.lt(index, 0), -index, ir.Select(ir.lt(index, size), index, (size + size - 2) - index))
             return self.expr(mirrored)
         raise CodegenError(f"LLVM backend: no lowering for intrinsic {node.name}")
+
+    def like(self, value: ll.Value, element: ll.Type) -> ll.Type:
+        """element, or a vector of it when value is a vector."""
+        return ll.VectorType(element, value.type.count) if self.is_vector(value) else element
+
+    def constant(self, like: ll.Value, element: ll.Type, number: int) -> ll.Value:
+        """A constant of element type, broadcast when `like` is a vector."""
+        value = ll.Constant(element, number)
+        return self.broadcast(value) if self.is_vector(like) else value
+
+    def requantize(self, acc: ll.Value, multiplier: ll.Value, shift: ll.Value) -> ll.Value:
+        """TFLite's MultiplyByQuantizedMultiplier on int32 (or int32 vectors), as the
+        C backend's convgen_requantize: a saturating rounding doubling high
+        multiply in 64 bits, then a rounding right shift, half away from zero."""
+        b = self.builder
+        if any(self.is_vector(v) for v in (acc, multiplier, shift)):
+            acc, multiplier, shift = (self.broadcast(v) for v in (acc, multiplier, shift))
+        i32, i64 = acc.type, self.like(acc, I64)
+        c32 = lambda n: self.constant(acc, I32, n)
+        c64 = lambda n: self.constant(acc, I64, n)
+        positive = b.icmp_signed(">", shift, c32(0))
+        left, right = b.select(positive, shift, c32(0)), b.select(positive, c32(0), b.sub(c32(0), shift))
+        a = b.trunc(b.shl(b.sext(acc, i64), b.sext(left, i64)), i32)
+        product = b.mul(b.sext(a, i64), b.sext(multiplier, i64))
+        total = b.add(product, b.select(b.icmp_signed(">=", product, c64(0)), c64(1 << 30), c64(1 - (1 << 30))))
+        truncated = b.select(b.icmp_signed(">=", total, c64(0)), b.ashr(total, c64(31)),
+                             b.sub(c64(0), b.ashr(b.sub(c64(0), total), c64(31))))
+        both_min = b.and_(b.icmp_signed("==", a, c32(-(2**31))), b.icmp_signed("==", multiplier, c32(-(2**31))))
+        high = b.select(both_min, c32(2**31 - 1), b.trunc(truncated, i32))
+        mask = b.sub(b.shl(c32(1), right), c32(1))
+        threshold = b.add(b.ashr(mask, c32(1)), b.zext(b.icmp_signed("<", high, c32(0)), i32))
+        round_up = b.zext(b.icmp_signed(">", b.and_(high, mask), threshold), i32)
+        return b.add(b.ashr(high, right), round_up)
+
+    def divide_round(self, a: ll.Value, n: ll.Value) -> ll.Value:
+        """a / n (n > 0) rounded half away from zero, as TFLite's average pool."""
+        b = self.builder
+        if self.is_vector(a) or self.is_vector(n):
+            a, n = self.broadcast(a), self.broadcast(n)
+        half = b.sdiv(n, self.constant(a, I32, 2))
+        toward = b.select(b.icmp_signed(">", a, self.constant(a, I32, 0)), half, b.sub(self.constant(a, I32, 0), half))
+        return b.sdiv(b.add(a, toward), n)
 
     def is_vector(self, value: ll.Value) -> bool:
         return isinstance(value.type, ll.VectorType)
@@ -326,7 +390,7 @@ class _LLVMEmitter:
             return b.and_(x, y)
         if op == "||":
             return b.or_(x, y)
-        if dtype == ir.INDEX:
+        if dtype in ir.INT_TYPES:
             if op in _INT_OPS:
                 return getattr(b, _INT_OPS[op])(x, y)
             if op in ir.COMPARE_OPS:

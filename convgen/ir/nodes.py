@@ -1,6 +1,7 @@
 """IR nodes: buffers, expressions, statements and kernels.
 
-Expressions compute indices (int64) and values (float32, and later int8/int32);
+Expressions compute indices (int64) and values: float32, or for quantized
+layers int8 storage with int32 arithmetic (a Cast widens and narrows);
 statements are loops, stores, conditionals and local allocations. Nodes are
 frozen dataclasses compared structurally; a pass rebuilds only what it changes.
 """
@@ -13,10 +14,14 @@ from dataclasses import dataclass
 INDEX = "int64"
 BOOL = "bool"
 FLOAT32 = "float32"
+INT8 = "int8"
+INT32 = "int32"
+VALUE_TYPES = (FLOAT32, INT8, INT32)
+INT_TYPES = (INDEX, INT8, INT32)
 
 LOOP_KINDS = ("serial", "vectorized", "unrolled", "parallel")
 LOOP_ROLES = ("spatial", "reduction")
-SCOPES = ("global", "local")
+SCOPES = ("global", "local", "constant")
 
 ARITH_OPS = ("+", "-", "*", "/", "//", "%", "min", "max")
 COMPARE_OPS = ("<", "<=", "==", "!=")
@@ -52,6 +57,8 @@ class Buffer:
     pad: (before, after) per axis by which the kernel's buffer extends the
         caller's array, filled per `pad_mode` by whoever prepares the buffer
         ("constant" fills with `pad_value`; "reflect", "replicate" copy edges).
+    values: for scope "constant" only, the contents in storage order: a
+        table the kernel carries (e.g. per-channel requantization multipliers).
     """
 
     name: str
@@ -63,6 +70,7 @@ class Buffer:
     pad: tuple[tuple[int, int], ...] = ()
     pad_mode: str = "constant"
     pad_value: float = 0.0
+    values: tuple | None = None
 
     def __post_init__(self):
         if len(self.axes) != len(self.shape):
@@ -76,6 +84,10 @@ class Buffer:
             raise ValueError(f"buffer {self.name}: layout {self.layout_name} blocks an axis twice")
         if self.scope not in SCOPES:
             raise ValueError(f"buffer {self.name}: scope {self.scope!r} is not one of {SCOPES}")
+        if (self.scope == "constant") != (self.values is not None):
+            raise ValueError(f"buffer {self.name}: values are for (and required by) scope 'constant'")
+        if self.values is not None and len(self.values) != math.prod(self.shape):
+            raise ValueError(f"buffer {self.name}: {len(self.values)} values for shape {self.shape}")
         if self.pad and len(self.pad) != len(self.axes):
             raise ValueError(f"buffer {self.name}: pad needs (before, after) for each of {len(self.axes)} axes")
 
@@ -175,11 +187,14 @@ class Expr(Node):
 
 @dataclass(frozen=True, eq=True)
 class IntImm(Expr):
+    """An integer constant: an index (int64) unless `type` says int32 or int8."""
+
     value: int
+    type: str = INDEX
 
     @property
     def dtype(self) -> str:
-        return INDEX
+        return self.type
 
 
 @dataclass(frozen=True, eq=True)
@@ -230,8 +245,10 @@ class BinOp(Expr):
             raise TypeError(f"operands of {self.op!r} must be bool; got {self.a.dtype}")
         if self.op in ("//", "%") and self.a.dtype != INDEX:
             raise TypeError(f"{self.op!r} is for integer indices; got {self.a.dtype}")
-        if self.op == "/" and self.a.dtype == INDEX:
-            raise TypeError("'/' is float division; use '//' for indices")
+        if self.op == "/" and self.a.dtype != FLOAT32:
+            raise TypeError(f"'/' is float division; got {self.a.dtype} (indices use '//')")
+        if self.a.dtype == INT8 and self.op not in COMPARE_OPS:
+            raise TypeError(f"{self.op!r} on int8: widen to int32 with Cast first")
 
     @property
     def dtype(self) -> str:
@@ -266,12 +283,35 @@ class Load(Expr):
         return self.buffer.dtype
 
 
+@dataclass(frozen=True, eq=True)
+class Cast(Expr):
+    """value converted to another integer type: int8 -> int32 widens (sign
+    extends); int32 -> int8 keeps the low byte, so clamp to [-128, 127] first."""
+
+    value: Expr
+    type: str
+
+    def __post_init__(self):
+        if self.value.dtype not in (INT8, INT32) or self.type not in (INT8, INT32):
+            raise TypeError(f"cast converts between int8 and int32; got {self.value.dtype} -> {self.type}")
+
+    @property
+    def dtype(self) -> str:
+        return self.type
+
+
 # Intrinsic functions a backend must know; name -> result type.
 INTRINSICS = {
     "reflect": INDEX,   # reflect(i, n): mirror i into 0..n-1 without repeating the edge
     "clamp": INDEX,     # clamp(i, n): min(max(i, 0), n - 1)
     "in_range": BOOL,   # in_range(i, n): 0 <= i < n; a padding guard (a padded copy makes it true)
+    # requantize(acc, multiplier, shift), all int32: TFLite's MultiplyByQuantizedMultiplier,
+    # acc * multiplier * 2**(shift - 31) rounded as quant.requantize does
+    "requantize": INT32,
+    # divide_round(a, n), int32, n > 0: a / n rounded half away from zero (TFLite's average pool)
+    "divide_round": INT32,
 }
+INDEX_INTRINSICS = ("reflect", "clamp", "in_range")  # (index, size) -> remapped index or guard
 
 
 @dataclass(frozen=True, eq=True)
@@ -296,8 +336,8 @@ def as_expr(value, like: Expr | None = None) -> Expr:
         return value
     if isinstance(value, bool):
         return BoolImm(value)
-    if isinstance(value, int) and (like is None or like.dtype == INDEX):
-        return IntImm(value)
+    if isinstance(value, int) and (like is None or like.dtype in INT_TYPES):
+        return IntImm(value, INDEX if like is None else like.dtype)
     if isinstance(value, (int, float)):
         return FloatImm(float(value), like.dtype if like is not None and like.dtype != INDEX else FLOAT32)
     raise TypeError(f"cannot make an IR expression of {value!r}")
@@ -406,9 +446,9 @@ class Func(Node):
 
 
 __all__ = [
-    "INDEX", "BOOL", "FLOAT32", "LOOP_KINDS", "LOOP_ROLES", "SCOPES", "ARITH_OPS", "COMPARE_OPS", "LOGIC_OPS", "INTRINSICS",
+    "INDEX", "BOOL", "FLOAT32", "INT8", "INT32", "VALUE_TYPES", "INT_TYPES", "INDEX_INTRINSICS", "LOOP_KINDS", "LOOP_ROLES", "SCOPES", "ARITH_OPS", "COMPARE_OPS", "LOGIC_OPS", "INTRINSICS",
     "Node", "Dim", "Buffer", "parse_layout", "plain_layout",
-    "Expr", "IntImm", "BoolImm", "FloatImm", "Var", "BinOp", "Select", "Load", "Call",
+    "Expr", "IntImm", "BoolImm", "FloatImm", "Var", "BinOp", "Select", "Load", "Cast", "Call",
     "as_expr", "binop", "lt", "le", "minimum", "maximum", "all_of",
     "Stmt", "Store", "Loop", "Seq", "If", "Allocate", "Func",
 ]

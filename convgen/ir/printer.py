@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from .nodes import Allocate, BinOp, BoolImm, Buffer, Call, Expr, FloatImm, Func, If, IntImm, Load, Loop, Select, Seq, Stmt, Store, Var
+from .walk import constant_buffers
+from .nodes import Allocate, BinOp, BoolImm, Buffer, Call, Cast, Expr, FloatImm, Func, If, IntImm, Load, Loop, Select, Seq, Stmt, Store, Var
 
 _PRECEDENCE = {"||": 1, "&&": 2, "<": 3, "<=": 3, "==": 3, "!=": 3, "+": 4, "-": 4,
                "*": 5, "/": 5, "//": 5, "%": 5}
@@ -21,6 +22,8 @@ def format_expr(expr: Expr, parent: int = 0) -> str:
         return expr.name
     if isinstance(expr, Load):
         return f"{expr.buffer.name}[{', '.join(format_expr(i) for i in expr.indices)}]"
+    if isinstance(expr, Cast):
+        return f"{expr.type}({format_expr(expr.value)})"
     if isinstance(expr, Call):
         return f"{expr.name}({', '.join(format_expr(a) for a in expr.args)})"
     if isinstance(expr, Select):
@@ -43,6 +46,8 @@ def format_buffer(buffer: Buffer) -> str:
     text = f"{buffer.name}: {buffer.dtype}[{dims}]"
     if len(buffer.axes) > 1:
         text += f" {buffer.layout_name}"
+    if buffer.values is not None:
+        text += f" = {{{', '.join(str(v) for v in buffer.values)}}}"
     if buffer.pad:
         fill = buffer.pad_mode if buffer.pad_mode != "constant" else format_expr(FloatImm(buffer.pad_value))
         text += f", padded ({', '.join(f'{axis} {lo}+{hi}' for axis, (lo, hi) in zip(buffer.axes, buffer.pad) if lo or hi)}; {fill})"
@@ -72,5 +77,6 @@ def format_stmt(stmt: Stmt, indent: int = 0) -> list[str]:
 def format_func(func: Func) -> str:
     params = ",\n    ".join(format_buffer(p) for p in func.params)
     header = f"func {func.name}(\n    {params}):"
-    return "\n".join([header] + format_stmt(func.body, 1)) + "\n"
+    tables = [f"  const {format_buffer(b)}" for b in constant_buffers(func.body)]
+    return "\n".join([header] + tables + format_stmt(func.body, 1)) + "\n"
 

@@ -6,7 +6,7 @@ import math
 import operator
 from dataclasses import replace
 
-from .nodes import (COMPARE_OPS, INDEX, LOGIC_OPS, BinOp, BoolImm, Buffer, Call, Expr, If, IntImm, Loop,
+from .nodes import (COMPARE_OPS, INDEX, INDEX_INTRINSICS, LOGIC_OPS, BinOp, BoolImm, Buffer, Call, Expr, If, IntImm, Loop,
                     Node, Select, Seq, Stmt, Var)
 from .walk import Rewriter, substitute
 
@@ -121,6 +121,8 @@ class _Simplifier(Rewriter):
 
     def visit_Call(self, node: Call) -> Expr:
         node = self.generic_visit(node)
+        if node.name not in INDEX_INTRINSICS:
+            return node
         index, size = node.args
         span = bounds(index, self.ranges)
         if span is None or not isinstance(size, IntImm):

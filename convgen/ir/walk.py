@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import fields, replace
 from typing import Iterator
 
-from .nodes import Expr, Loop, Node, Var
+from .nodes import Buffer, Expr, Load, Loop, Node, Var
 
 
 def children(node: Node) -> Iterator[Node]:
@@ -106,3 +106,13 @@ def free_vars(node: Node) -> set[str]:
 
 def loops_by_name(node: Node) -> dict[str, Loop]:
     return {loop.var.name: loop for loop in find_all(node, Loop)}
+
+
+def constant_buffers(node) -> list[Buffer]:
+    """The constant tables a tree reads, each once, in first-use order."""
+    found: dict[str, Buffer] = {}
+    for load in find_all(node, Load):
+        if load.buffer.scope == "constant":
+            found.setdefault(load.buffer.name, load.buffer)
+    return list(found.values())
+

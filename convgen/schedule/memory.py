@@ -166,6 +166,9 @@ def pad_input(func: ir.Func, buffer: str = "x") -> ir.Func:
     source = params[buffer]
     if source.pad:
         raise ScheduleError("pad_input", f"'{buffer}' is padded already")
+    if source.dtype != ir.FLOAT32:
+        # an int8 layer's padding is its input zero point, which the IR does not carry
+        raise ScheduleError("pad_input", f"'{buffer}' is {source.dtype}; only float32 inputs are padded so far")
     spatial = tuple(i for i, a in enumerate(source.axes) if a in ("H", "W"))
     walker = _IndexBounds(buffer, spatial)
     walker.visit(func.body)
