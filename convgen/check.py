@@ -22,6 +22,7 @@ from .runtime import Kernel
 from .spec import Spec
 
 _UNIT_ROUNDOFF = 2.0 ** -24
+INT8_FILLS = (-128, 127)  # what an int8 output holds before each of the two runs
 
 
 @dataclass(frozen=True)
@@ -73,20 +74,16 @@ def check(kernel: Kernel, rng: np.random.Generator | int | None = None) -> Check
     spec = kernel.spec
     inputs = random_inputs(spec, rng)
     if spec.is_quantized:
-        return check_exact(lambda out: kernel(**inputs, out=out), reference(spec, **inputs))
+        outputs = [kernel(**inputs, out=np.full(spec.output_shape, fill, dtype=np.int8)) for fill in INT8_FILLS]
+        return compare_exact(outputs, reference(spec, **inputs))
     out = np.full(spec.output_shape, np.nan, dtype=np.float32)
     kernel(**inputs, out=out)
     expected = reference(spec, **inputs)
     return compare(out, expected, tolerance(spec, inputs))
 
 
-def check_exact(run, expected: np.ndarray) -> CheckResult:
-    """Run run(out) into outputs filled with -128 and with 127; both must equal expected exactly."""
-    outputs = []
-    for fill in (-128, 127):
-        out = np.full(expected.shape, fill, dtype=expected.dtype)
-        run(out)
-        outputs.append(out)
+def compare_exact(outputs: list[np.ndarray], expected: np.ndarray) -> CheckResult:
+    """outputs: one run's result per fill of INT8_FILLS; each must equal expected exactly."""
     unwritten = int(np.sum(outputs[0] != outputs[1]))
     error = np.maximum(*(np.abs(o.astype(np.int64) - expected) for o in outputs))
     return CheckResult(max_abs_error=float(error.max(initial=0)), max_allowed=0.0, unwritten=unwritten,

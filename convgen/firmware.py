@@ -29,7 +29,10 @@ from .spec import Spec
 from .target import Target
 
 STRICT_FLAGS = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-ffreestanding")
-_CTYPES = {ir.FLOAT32: "float"}
+_CTYPES = {ir.FLOAT32: "float", ir.INT8: "int8_t", ir.INT32: "int32_t"}
+# Bytes the outputs are filled with before each run: NaN for float32; for int8,
+# where every value is a result, -128 and then 127 (check.INT8_FILLS).
+_FILLS = {ir.FLOAT32: ("0xff",), ir.INT8: ("0x80", "0x7f")}
 
 
 def require_tool(command: str) -> str:
@@ -96,20 +99,22 @@ def report(func: ir.Func, files: CFiles, target: Target, folder: Path) -> Report
 
 
 def run_on_qemu(func: ir.Func, files: CFiles, target: Target, arrays: dict[str, np.ndarray], folder: Path,
-                timeout: float = 60.0) -> dict[str, np.ndarray]:
-    """Build a program that calls the kernel once on `arrays` (each parameter
-    that is read, in the kernel's storage layout) and run it on the target's
-    emulated board; returns the outputs, flat, by name."""
+                timeout: float = 60.0) -> dict[str, list[np.ndarray]]:
+    """Build a program that calls the kernel on `arrays` (each parameter that
+    is read, in the kernel's storage layout) once per output fill, and run it
+    on the target's emulated board; returns each output's flat results, one
+    per fill, by name."""
     if not target.qemu:
         raise ConvgenError(f"target {target.name}: no `qemu` board named, so it cannot run under emulation")
     require_tool("qemu-system-arm")
     outputs = func.written_buffers()
-    inputs = [dict(name=p.name, ctype=_CTYPES[p.dtype], literals=_literals(arrays[p.name]))
+    inputs = [dict(name=p.name, ctype=_CTYPES[p.dtype], literals=_literals(arrays[p.name], p.dtype))
               for p in func.params if p.name not in outputs]
     outs = [dict(name=p.name, ctype=_CTYPES[p.dtype], count=p.size) for p in func.params if p.name in outputs]
+    fills = _FILLS[next(p.dtype for p in func.params if p.name in outputs)]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "main.c").write_text(render("firmware/main.c.j2", name=files.name, inputs=inputs, outputs=outs,
-                                          arg_names=[p.name for p in func.params]))
+                                          fills=fills, arg_names=[p.name for p in func.params]))
     compile_object(files, target, folder)
     elf = folder / "program.elf"
     _run([*target.cc, *target.cflags, "-std=c99", "--specs=rdimon.specs", "-T", str(_template_file("link.ld")),
@@ -123,33 +128,43 @@ def run_on_qemu(func: ir.Func, files: CFiles, target: Target, arrays: dict[str, 
     if result.returncode != 0 or "done" not in result.stdout:
         raise CompileError(f"{target.name}: QEMU exited with {result.returncode}: "
                            f"{(result.stdout + result.stderr)[-400:]}")
-    return _parse_outputs(result.stdout)
+    types = {p.name: p.dtype for p in func.params}
+    return _parse_outputs(result.stdout, types)
 
 
-def run_layer(spec: Spec, target: Target, inputs: dict[str, np.ndarray], folder: Path, steps=None) -> np.ndarray:
+def run_layer(spec: Spec, target: Target, inputs: dict[str, np.ndarray], folder: Path,
+              steps=None) -> list[np.ndarray]:
     """The layer's output for `inputs` (x, w, b in the caller's layouts, as for
-    a Kernel), computed by its emitted C on the target's emulated board."""
+    a Kernel), computed by its emitted C on the target's emulated board: one
+    result per output fill (float32: one, NaN; int8: check.INT8_FILLS)."""
     func = apply_schedule(lower(spec), spec.schedule if steps is None else steps)
     params, layouts = {p.name: p for p in func.params}, user_layouts(spec)
     arrays = {name: to_storage(array, layouts[name], params[name]) for name, array in inputs.items()}
     y = params["y"]
-    flat = run_on_qemu(func, emit_c(func), target, arrays, folder)["y"]
-    return from_storage(flat.reshape(y.storage_shape), y, layouts["y"])
+    runs = run_on_qemu(func, emit_c(func), target, arrays, folder)["y"]
+    return [from_storage(flat.reshape(y.storage_shape), y, layouts["y"]) for flat in runs]
 
 
-def _literals(array: np.ndarray) -> list[str]:
-    return [float_literal(v) for v in np.ascontiguousarray(array, dtype=np.float32).ravel()]
+def _literals(array: np.ndarray, dtype: str) -> list[str]:
+    flat = np.ascontiguousarray(array, dtype=dtype).ravel()
+    return [float_literal(v) for v in flat] if dtype == ir.FLOAT32 else [str(int(v)) for v in flat]
 
 
-def _parse_outputs(stdout: str) -> dict[str, np.ndarray]:
-    """The float32 arrays main.c printed: a line `output NAME COUNT`, then COUNT hex bit patterns."""
+def _parse_outputs(stdout: str, types: dict[str, str]) -> dict[str, list[np.ndarray]]:
+    """The arrays main.c printed, by name, one per run: a line `output NAME COUNT`,
+    then COUNT values (float32 as hex bit patterns, integers in decimal)."""
     lines = [line.strip() for line in stdout.replace("\r", "").splitlines() if line.strip()]
-    found, i = {}, 0
+    found: dict[str, list[np.ndarray]] = {}
+    i = 0
     while i < len(lines):
         if lines[i].startswith("output "):
             _, name, count = lines[i].split()
-            bits = np.array([int(v, 16) for v in lines[i + 1:i + 1 + int(count)]], dtype=np.uint32)
-            found[name] = bits.view(np.float32)
+            values = lines[i + 1:i + 1 + int(count)]
+            if types[name] == ir.FLOAT32:
+                array = np.array([int(v, 16) for v in values], dtype=np.uint32).view(np.float32)
+            else:
+                array = np.array([int(v) for v in values], dtype=types[name])
+            found.setdefault(name, []).append(array)
             i += 1 + int(count)
         else:
             i += 1

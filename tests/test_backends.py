@@ -14,7 +14,7 @@ import convgen
 from c_harness import SANITIZE_FLAGS, STRICT_FLAGS, build_program, run_program
 from conftest import spec_paths
 from convgen import ir
-from convgen.check import check_exact, compare, random_inputs, tolerance
+from convgen.check import INT8_FILLS, compare, compare_exact, random_inputs, tolerance
 from convgen.codegen.c import emit_c
 from convgen.codegen.llvm import emit_llvm
 from convgen.errors import CodegenError
@@ -80,16 +80,14 @@ def _run_sanitized(spec, folder, seed):
     inputs = random_inputs(spec, np.random.default_rng(seed))
     expected = reference(spec, **inputs)
 
-    def run(out):
-        arrays = {p.name: inputs.get(p.name, out) for p in func.params}
-        np.copyto(out, run_program(program, arrays, out))
+    def run(fill):
+        out = np.full(spec.output_shape, fill, dtype=spec.array_dtypes["y"])
+        return run_program(program, {p.name: inputs.get(p.name, out) for p in func.params}, out)
 
     if spec.is_quantized:
-        result = check_exact(run, expected)
+        result = compare_exact([run(fill) for fill in INT8_FILLS], expected)
     else:
-        poisoned = np.full(spec.output_shape, np.nan, dtype=np.float32)
-        run(poisoned)
-        result = compare(poisoned, expected, tolerance(spec, inputs))
+        result = compare(run(np.nan), expected, tolerance(spec, inputs))
     assert result.passed, f"max error {result.max_abs_error}, {result.unwritten} unwritten\n{spec}"
 
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from convgen import firmware, reference
-from convgen.check import compare, random_inputs, tolerance
+from convgen.check import compare, compare_exact, random_inputs, tolerance
 from convgen.codegen.c import emit_c
 from convgen.lower import lower
 from convgen.schedule import apply_schedule
-from convgen.spec import load_spec
+from convgen.spec import Spec, load_spec
 from convgen.target import load_target
 
 from conftest import spec_paths
@@ -93,12 +93,55 @@ def test_float_kernels_match_the_reference_on_other_cores(name, target, tmp_path
     _check_on_board(name, target, tmp_path)
 
 
-def _check_on_board(name, target, folder):
-    spec = load_spec(dict(SHAPES[name], name=name))
+def _quantized(shape: dict, per_channel: bool) -> dict:
+    """The shape as an int8 layer (TFLite's scheme), its output scale set from the
+    accumulator's spread so that outputs span int8 with some saturating."""
+    data = dict(shape, dtype="int8")
+    if data["op"] != "conv2d":
+        data["quantization"] = {"input": {"scale": 0.05, "zero_point": -7}}
+        return data
+    kernel = data["kernel_size"] if isinstance(data["kernel_size"], list) else [data["kernel_size"]] * 2
+    taps = kernel[0] * kernel[1] * data["in_channels"] // data.get("groups", 1)
+    scales = [0.01 + 0.002 * o for o in range(data["out_channels"])] if per_channel else 0.01
+    data["quantization"] = {"input": {"scale": 0.02, "zero_point": 5},
+                            "output": {"scale": 0.02 * 0.01 * 75 * 75 * taps ** 0.5 / 60, "zero_point": -10},
+                            "weight_scales": scales}
+    return data
+
+
+# Every kind of int8 layer, with padding, stride, groups, both layouts and per-channel scales.
+INT8_SHAPES = {f"{name}_int8": _quantized(SHAPES[name], per_channel=i % 2 == 0)
+               for i, name in enumerate(sorted(SHAPES)) if "pool" not in SHAPES[name]}
+
+
+@needs_qemu
+@pytest.mark.parametrize("name", sorted(INT8_SHAPES))
+def test_int8_kernels_match_the_reference_bit_for_bit_on_cortex_m4(name, tmp_path):
+    _check_on_board(name, "cortex-m4", tmp_path, INT8_SHAPES[name])
+
+
+@needs_qemu
+@pytest.mark.parametrize("path", [p for p in spec_paths() if load_spec(p).is_quantized], ids=lambda p: p.stem)
+def test_int8_spec_files_match_the_reference_bit_for_bit_on_cortex_m4(path, tmp_path):
+    _check_on_board(path.stem, "cortex-m4", tmp_path, load_spec(path))
+
+
+@needs_qemu
+@pytest.mark.parametrize("target", ["cortex-m7", "cortex-m55"])
+@pytest.mark.parametrize("name", ["conv3x3_s2_int8", "depthwise_int8", "maxpool_pad_int8"])
+def test_int8_kernels_match_the_reference_bit_for_bit_on_other_cores(name, target, tmp_path):
+    _check_on_board(name, target, tmp_path, INT8_SHAPES[name])
+
+
+def _check_on_board(name, target, folder, spec=None):
+    spec = spec if isinstance(spec, Spec) else load_spec(dict(spec or SHAPES[name], name=name))
     inputs = random_inputs(spec, np.random.default_rng())
-    y = firmware.run_layer(spec, load_target(target), inputs, folder)
+    runs = firmware.run_layer(spec, load_target(target), inputs, folder)
     expected = reference(spec, inputs["x"], inputs.get("w"), inputs.get("b"))
-    result = compare(y, expected, tolerance(spec, inputs))
+    if spec.is_quantized:
+        result = compare_exact(runs, expected)
+    else:
+        result = compare(runs[0], expected, tolerance(spec, inputs))
     assert result.passed, f"{name} on {target}: {result}"
 
 
