@@ -20,12 +20,12 @@ import numpy as np
 from . import firmware, ir
 from .bench import PEERS, bench
 from .check import check, random_inputs
-from .codegen.c import emit_c
+from .codegen.c import Baking, emit_c
 from .codegen.llvm import emit_llvm
 from .errors import ConvgenError, ScheduleError
 from .lower import lower
 from .peak import measure_peak
-from .runtime import BACKENDS, build, llvm_assembly, measure
+from .runtime import BACKENDS, build, llvm_assembly, measure, to_storage, user_layouts
 from .schedule import apply_schedule, load_steps, trace
 from .schedule.space import candidates
 from .spec import Spec, load_spec
@@ -78,6 +78,16 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--report", action="store_true",
                           help="c: build with the target's compiler and print code size, stack use and the "
                                "RAM the caller provides")
+    compile_.add_argument("--bake-weights", action="store_true",
+                          help="c: put the weights and bias in the .c as const arrays (flash on a "
+                               "microcontroller) instead of taking them as arguments; the values come from "
+                               "the spec or --weights")
+    compile_.add_argument("--weights", type=Path, metavar="FILE.npz",
+                          help="with --bake-weights: arrays w (OIHW) and b to bake, as numpy.savez writes them")
+    compile_.add_argument("--align", type=int, default=0, metavar="BYTES",
+                          help="with --bake-weights: align the baked arrays to BYTES (a power of two)")
+    compile_.add_argument("--section", default="", metavar="NAME",
+                          help="with --bake-weights: the linker section of the baked arrays (e.g. .rodata.weights)")
     _schedule_option(compile_)
     compile_.set_defaults(run=_compile)
 
@@ -145,6 +155,15 @@ def _info(args) -> int:
         p = spec.pool
         rows.append(("pool", f"{p.op} {p.kernel_size[0]}x{p.kernel_size[1]}, stride {list(p.stride)}, padding "
                              f"{list(p.padding)}, fused (convolution output {list(spec.conv_output_size)})"))
+    rows.append(("dtype", spec.dtype))
+    if spec.is_quantized:
+        q = spec.quantization
+        rows.append(("quantized", f"input scale {q.input_scale:g} zero point {q.input_zero_point}; output scale "
+                                  f"{q.output_scale:g} zero point {q.output_zero_point}"))
+        if spec.is_conv:
+            scales = sorted(set(q.weight_scales))
+            rows.append(("", f"weight scales {scales[0]:g}" + (f" .. {scales[-1]:g} per channel" if len(scales) > 1 else "")
+                             + f"; outputs clamped to {list(spec.activation_range())}"))
     rows += [("parameters", f"{spec.param_count:,}"),
              ("MACs", f"{spec.macs:,}")]
     for key, value in rows:
@@ -193,8 +212,9 @@ def _compile(args) -> int:
     written = []
     machine = load_target(args.target)
     if args.backend == "llvm":
-        if args.prefix or args.report:
-            raise ConvgenError("compile: --prefix and --report are for -t c (the LLVM backend is called from Python)")
+        if args.prefix or args.report or args.bake_weights:
+            raise ConvgenError("compile: --prefix, --report and --bake-weights are for -t c "
+                               "(the LLVM backend is called from Python)")
         text = emit_llvm(func, machine)
         written.append(_write(folder / f"{func.name}.ll", text))
         if args.asm:
@@ -202,7 +222,7 @@ def _compile(args) -> int:
     else:
         if args.asm:
             raise ConvgenError("compile: --asm: only for -t llvm (build the .c with your compiler's -S)")
-        files = emit_c(func)
+        files = emit_c(func, _baking(args, spec, func))
         written.append(_write(folder / f"{files.name}.h", files.header))
         written.append(_write(folder / f"{files.name}.c", files.source))
     for path in written:
@@ -211,6 +231,48 @@ def _compile(args) -> int:
         for line in firmware.report(func, files, machine, folder / "report").lines():
             print(line)
     return 0
+
+
+def _baking(args, spec: Spec, func: ir.Func) -> Baking | None:
+    """What --bake-weights asks for: the weights (from --weights or the spec) in the kernel's storage layout."""
+    if not args.bake_weights:
+        if args.weights or args.align or args.section:
+            raise ConvgenError("compile: --weights, --align and --section go with --bake-weights")
+        return None
+    if not spec.is_conv:
+        raise ConvgenError(f"compile: --bake-weights: {spec.name} is a {spec.op}, which has no weights")
+    if args.align and (args.align < 1 or args.align & (args.align - 1)):
+        raise ConvgenError(f"compile: --align: expected a power of two; got {args.align}")
+    if args.section and not re.fullmatch(r"[A-Za-z0-9_.$]+", args.section):
+        raise ConvgenError(f"compile: --section: expected a section name (letters, digits, '.', '_', '$'); "
+                           f"got {args.section!r}")
+    given = _weights_file(args.weights) if args.weights else {}
+    own = {"w": spec.weight_array(), "b": spec.bias_array() if spec.bias else None}
+    names = ["w", "b"] if spec.bias else ["w"]
+    params, layouts, dtypes = {p.name: p for p in func.params}, user_layouts(spec), spec.array_dtypes
+    shapes = {"w": spec.weight_shape, "b": (spec.out_channels,)}
+    arrays = {}
+    for name in names:
+        array = given.get(name, own[name])
+        where = f"{args.weights}: {name}" if name in given else f"{spec.source}: {'weights' if name == 'w' else 'bias'}"
+        if array is None:
+            raise ConvgenError(f"compile: --bake-weights: {spec.source} gives no values for {name}; "
+                               f"pass them with --weights FILE.npz (arrays w and b)")
+        if array.shape != shapes[name]:
+            raise ConvgenError(f"{where}: expected shape {list(shapes[name])}; got {list(array.shape)}")
+        converted = array.astype(dtypes[name])
+        if dtypes[name].kind == "i" and not np.array_equal(converted, array):
+            raise ConvgenError(f"{where}: expected whole numbers that fit {dtypes[name]}")
+        arrays[name] = to_storage(converted, layouts[name], params[name])
+    return Baking(arrays, args.align, args.section)
+
+
+def _weights_file(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (OSError, ValueError) as err:
+        raise ConvgenError(f"{path}: cannot read it as a NumPy .npz archive: {err}") from None
 
 
 def _write(path: Path, text: str) -> Path:
@@ -394,7 +456,7 @@ def _try_candidate(spec: Spec, schedule, inputs, threads: int, seed: int):
     if not result.passed:
         return None, f"wrong result: max error {result.max_abs_error:.3g}"
     call = kernel.bind(inputs["w"], inputs.get("b")) if spec.is_conv else kernel
-    out = np.empty(spec.output_shape, dtype=np.float32)
+    out = np.empty(spec.output_shape, dtype=spec.array_dtypes["y"])
     return measure(lambda: call(inputs["x"], out=out)), ""
 
 

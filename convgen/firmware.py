@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import ir
-from .codegen.c import CFiles, emit_c, float_literal
+from .codegen.c import Baking, CFiles, emit_c, float_literal
 from .codegen.render import TEMPLATE_DIRS, render
 from .errors import CompileError, ConvgenError
 from .lower import lower
@@ -53,6 +53,7 @@ def compile_object(files: CFiles, target: Target, folder: Path) -> Path:
     """Compile the kernel's .c alone with the target's compiler and the strict flags
     (and -fstack-usage, whose .su file `report` reads)."""
     require_tool(target.cc[0])
+    folder = folder.resolve()  # the compiler runs in folder; relative paths would be read from there
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{files.name}.h").write_text(files.header)
     source = folder / f"{files.name}.c"
@@ -79,12 +80,15 @@ class Report:
 
     def lines(self) -> list[str]:
         return [f"target {self.target}",
-                f"code size: text {self.text} B, data {self.data} B, bss {self.bss} B",
+                f"code size: text {self.text} B (code and const data), data {self.data} B, bss {self.bss} B",
                 f"stack: {self.stack} B ({self.stack_kind}, the kernel's own frame)",
                 f"caller RAM: {self.caller_bytes} B of argument arrays, 0 B workspace"]
 
 
 def report(func: ir.Func, files: CFiles, target: Target, folder: Path) -> Report:
+    """Compile the kernel for the target and measure it; baked arrays count in
+    text (they are const data), not in the caller's RAM."""
+    folder = folder.resolve()
     obj = compile_object(files, target, folder)
     size_tool = target.cc[0].replace("gcc", "size") if target.cc[0].endswith("gcc") else "size"
     require_tool(size_tool)
@@ -94,7 +98,7 @@ def report(func: ir.Func, files: CFiles, target: Target, folder: Path) -> Report
     match = re.search(rf":{re.escape(files.name)}\s+(\d+)\s+(\S+)", usage)
     if match is None:
         raise CompileError(f"{folder / files.name}.su: no stack figure for {files.name}: {usage.strip()!r}")
-    caller = sum(p.size * np.dtype(p.dtype).itemsize for p in func.params)
+    caller = sum(p.size * np.dtype(p.dtype).itemsize for p in func.params if p.name not in files.baked)
     return Report(target.name, text, data, bss, int(match.group(1)), match.group(2), caller)
 
 
@@ -108,13 +112,14 @@ def run_on_qemu(func: ir.Func, files: CFiles, target: Target, arrays: dict[str, 
         raise ConvgenError(f"target {target.name}: no `qemu` board named, so it cannot run under emulation")
     require_tool("qemu-system-arm")
     outputs = func.written_buffers()
+    arguments = [p for p in func.params if p.name not in files.baked]
     inputs = [dict(name=p.name, ctype=_CTYPES[p.dtype], literals=_literals(arrays[p.name], p.dtype))
-              for p in func.params if p.name not in outputs]
+              for p in arguments if p.name not in outputs]
     outs = [dict(name=p.name, ctype=_CTYPES[p.dtype], count=p.size) for p in func.params if p.name in outputs]
     fills = _FILLS[next(p.dtype for p in func.params if p.name in outputs)]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "main.c").write_text(render("firmware/main.c.j2", name=files.name, inputs=inputs, outputs=outs,
-                                          fills=fills, arg_names=[p.name for p in func.params]))
+                                          fills=fills, arg_names=[p.name for p in arguments]))
     compile_object(files, target, folder)
     elf = folder / "program.elf"
     _run([*target.cc, *target.cflags, "-std=c99", "--specs=rdimon.specs", "-T", str(_template_file("link.ld")),
@@ -133,15 +138,17 @@ def run_on_qemu(func: ir.Func, files: CFiles, target: Target, arrays: dict[str, 
 
 
 def run_layer(spec: Spec, target: Target, inputs: dict[str, np.ndarray], folder: Path,
-              steps=None) -> list[np.ndarray]:
+              steps=None, bake_weights: bool = False) -> list[np.ndarray]:
     """The layer's output for `inputs` (x, w, b in the caller's layouts, as for
     a Kernel), computed by its emitted C on the target's emulated board: one
-    result per output fill (float32: one, NaN; int8: check.INT8_FILLS)."""
+    result per output fill (float32: one, NaN; int8: check.INT8_FILLS).
+    bake_weights: w and b go into the kernel's .c as const arrays."""
     func = apply_schedule(lower(spec), spec.schedule if steps is None else steps)
     params, layouts = {p.name: p for p in func.params}, user_layouts(spec)
     arrays = {name: to_storage(array, layouts[name], params[name]) for name, array in inputs.items()}
     y = params["y"]
-    runs = run_on_qemu(func, emit_c(func), target, arrays, folder)["y"]
+    baking = Baking({k: v for k, v in arrays.items() if k in ("w", "b")}) if bake_weights else None
+    runs = run_on_qemu(func, emit_c(func, baking), target, arrays, folder)["y"]
     return [from_storage(flat.reshape(y.storage_shape), y, layouts["y"]) for flat in runs]
 
 

@@ -148,6 +148,33 @@ def test_compile_for_cortex_m4_with_prefix_and_report(tmp_path):
     assert bad.returncode == 2 and "--prefix" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_compile_bakes_weights_into_the_c_file(tmp_path):
+    import numpy as np
+    spec = SPECS / "layers" / "person_detect_conv1_int8.yaml"   # int8, no weights of its own
+    weights = tmp_path / "wb.npz"
+    np.savez(weights, w=np.arange(72).reshape(8, 1, 3, 3) - 36, b=np.arange(8) * 1000)
+    result = convgen("compile", spec, "-t", "c", "--bake-weights", "--weights", weights, "--align", "16",
+                     "--section", ".rodata.weights", "-o", tmp_path)
+    assert result.returncode == 0, result.stderr
+    header = (tmp_path / "person_detect_conv1_int8.h").read_text()
+    source = (tmp_path / "person_detect_conv1_int8.c").read_text()
+    assert "void person_detect_conv1_int8(const int8_t *CONVGEN_RESTRICT x, int8_t *CONVGEN_RESTRICT y);" in header
+    assert "w  baked  int8 [8, 1, 3, 3] OIHW, 72 bytes" in header
+    assert 'aligned(16), section(".rodata.weights")' in source
+    assert "-36, -35, -34" in source and "1000, 2000" in source
+    missing = convgen("compile", spec, "-t", "c", "--bake-weights")
+    assert missing.returncode == 2 and "gives no values for w; pass them with --weights" in missing.stderr
+    np.savez(weights, w=np.full((8, 1, 3, 3), 300), b=np.zeros(8))
+    too_big = convgen("compile", spec, "-t", "c", "--bake-weights", "--weights", weights, "-o", tmp_path)
+    assert too_big.returncode == 2 and "w: expected whole numbers that fit int8" in too_big.stderr
+    pooling = convgen("compile", SPECS / "layers" / "maxpool_2x2_int8.yaml", "-t", "c", "--bake-weights")
+    assert pooling.returncode == 2 and "has no weights" in pooling.stderr
+    alone = convgen("compile", spec, "-t", "c", "--align", "3")
+    assert alone.returncode == 2 and "go with --bake-weights" in alone.stderr
+    for result in (missing, too_big, pooling, alone):
+        assert "Traceback" not in result.stderr
+
+
 def test_bench_reports_convgen_and_peers_as_json():
     """Structure only: timing belongs to benchmarks, not tests."""
     import json

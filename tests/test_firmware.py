@@ -133,10 +133,20 @@ def test_int8_kernels_match_the_reference_bit_for_bit_on_other_cores(name, targe
     _check_on_board(name, target, tmp_path, INT8_SHAPES[name])
 
 
-def _check_on_board(name, target, folder, spec=None):
+@needs_qemu
+@pytest.mark.parametrize("name, shape", [("conv3x3_s2", SHAPES["conv3x3_s2"]),
+                                         ("depthwise_int8", INT8_SHAPES["depthwise_int8"])])
+def test_kernels_with_baked_weights_match_the_reference_on_cortex_m4(name, shape, tmp_path):
+    _check_on_board(name, "cortex-m4", tmp_path, shape, bake_weights=True)
+    source = (tmp_path / f"{name}.c").read_text()
+    assert "static const" in source and f"{name}_w[" in source
+    assert f"{name}(x_data, y_data)" in (tmp_path / "main.c").read_text()
+
+
+def _check_on_board(name, target, folder, spec=None, bake_weights=False):
     spec = spec if isinstance(spec, Spec) else load_spec(dict(spec or SHAPES[name], name=name))
     inputs = random_inputs(spec, np.random.default_rng())
-    runs = firmware.run_layer(spec, load_target(target), inputs, folder)
+    runs = firmware.run_layer(spec, load_target(target), inputs, folder, bake_weights=bake_weights)
     expected = reference(spec, inputs["x"], inputs.get("w"), inputs.get("b"))
     if spec.is_quantized:
         result = compare_exact(runs, expected)

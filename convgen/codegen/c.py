@@ -87,42 +87,78 @@ class CFiles:
     name: str
     header: str
     source: str
+    baked: tuple[str, ...] = ()   # parameters baked into the source rather than taken as arguments
 
 
-def emit_c(func: ir.Func) -> CFiles:
+@dataclass(frozen=True)
+class Baking:
+    """Parameters baked into the .c as const arrays instead of taken as
+    arguments: values in the kernel's storage layout, by parameter name, and
+    for the arrays an alignment in bytes and a linker section (GCC/Clang
+    attributes; 0 and "" leave them to the compiler: `const` puts them in
+    .rodata, which firmware links into flash)."""
+
+    arrays: dict
+    align: int = 0
+    section: str = ""
+
+
+def emit_c(func: ir.Func, baking: Baking | None = None) -> CFiles:
     """Render a kernel as a C99 header and source file."""
-    emitter = _CEmitter(func.name)
+    baked = baking.arrays if baking is not None else {}
+    emitter = _CEmitter(func.name, set(baked))
     used = {node.buffer.name for node in ir.find_all(func.body, (ir.Load, ir.Store))}
     for param in func.params:
         if param.name not in used:  # e.g. every tap lands in padding: say so, or -Wunused-parameter fails
-            emitter.emit(1, f"(void){param.name};")
+            emitter.emit(1, f"(void){emitter.c_array_name(param)};")
     emitter.stmt(func.body, 1)
     outputs = func.written_buffers()
-    params = [_c_param(p, p.name in outputs) for p in func.params]
+    arguments = [p for p in func.params if p.name not in baked]
     context = dict(
         name=func.name,
         guard=f"CONVGEN_{func.name.upper()}_H",
         doc_lines=func.doc.splitlines() or [func.name],
-        params=params,
-        arg_names=[p.name for p in func.params],
-        args=[_arg_doc(p, p.name in outputs) for p in func.params],
+        params=[_c_param(p, p.name in outputs) for p in arguments],
+        arg_names=[p.name for p in arguments],
+        args=[_arg_doc(p, p.name in outputs) for p in arguments],
+        baked=[_arg_doc(p, False) for p in func.params if p.name in baked],
     )
     header_includes = ["stddef.h"] + (["stdint.h"] if any(p.dtype in (ir.INT8, ir.INT32) for p in func.params) else [])
     header = render("c/kernel.h.j2", header_includes=header_includes, **context)
-    tables = [_c_table(emitter.table_name(b), b) for b in ir.constant_buffers(func.body)]
-    if tables or any(key[1] == ir.INT32 for key in emitter.helpers):
+    tables = [_c_table(emitter.c_array_name(b), b.dtype, b.values) for b in ir.constant_buffers(func.body)]
+    weights = [_baked_array(emitter.c_array_name(p), p, baked[p.name]) for p in func.params if p.name in baked]
+    if tables or weights or any(key[1] == ir.INT32 for key in emitter.helpers):
         emitter.includes.add("stdint.h")
-    source = render("c/kernel.c.j2", includes=sorted(emitter.includes), tables=tables,
+    source = render("c/kernel.c.j2", includes=sorted(emitter.includes), tables=tables, weights=weights,
+                    weight_attributes=_attributes(baking) if baked else "",
                     macros=[_MACROS[kind][1] for kind in sorted(emitter.macros)],
                     helpers=[_HELPERS[key][1] for key in sorted(emitter.helpers)],
                     body="\n".join(emitter.lines), **context)
-    return CFiles(func.name, header, source)
+    return CFiles(func.name, header, source, tuple(p.name for p in func.params if p.name in baked))
 
 
-def _c_table(name: str, buffer: ir.Buffer) -> str:
-    """A constant table at file scope: static const, so it lands in flash (.rodata)."""
-    values = ", ".join(_int_literal(v) for v in buffer.values)
-    return f"static const {_C_TYPES[buffer.dtype]} {name}[{buffer.size}] = {{{values}}};"
+def _c_table(name: str, dtype: str, values, attributes: str = "") -> str:
+    """A constant array at file scope: static const, so it lands in flash (.rodata)."""
+    literal = float_literal if dtype == ir.FLOAT32 else _int_literal
+    rows = [", ".join(literal(v) for v in values[i:i + 12]) for i in range(0, len(values), 12)]
+    body = "".join(f"\n    {row}," for row in rows)
+    return f"static const {_C_TYPES[dtype]} {name}[{len(values)}]{attributes} = {{{body}\n}};"
+
+
+def _baked_array(name: str, buffer: ir.Buffer, array: np.ndarray) -> str:
+    array = np.asarray(array)
+    if array.size != buffer.size or array.dtype != np.dtype(buffer.dtype):
+        raise CodegenError(f"C backend: baked {buffer.name}: expected {buffer.size} {buffer.dtype} values "
+                           f"(its storage layout {buffer.layout_name}); got {array.size} {array.dtype}")
+    values = array.ravel().tolist()
+    return _c_table(name, buffer.dtype, values, " CONVGEN_WEIGHT_ATTRIBUTES")
+
+
+def _attributes(baking: Baking) -> str:
+    """The GCC/Clang attributes for baked arrays: alignment and section, as asked."""
+    parts = ([f"aligned({baking.align})"] if baking.align else []) + (
+        [f'section("{baking.section}")'] if baking.section else [])
+    return f"__attribute__(({', '.join(parts)}))" if parts else ""
 
 
 def _int_literal(value: int) -> str:
@@ -156,8 +192,9 @@ def float_literal(value: float) -> str:
 
 
 class _CEmitter:
-    def __init__(self, name: str):
+    def __init__(self, name: str, baked: set[str] = frozenset()):
         self.name = name
+        self.baked = baked
         self.lines: list[str] = []
         self.includes: set[str] = set()
         self.helpers: set[tuple[str, str]] = set()
@@ -213,11 +250,14 @@ class _CEmitter:
 
     # -- expressions --------------------------------------------------------
     def access(self, buffer: ir.Buffer, indices) -> str:
-        name = self.table_name(buffer) if buffer.scope == "constant" else buffer.name
-        return f"{name}[{self.expr(ir.flat_index(buffer, indices))}]"
+        return f"{self.c_array_name(buffer)}[{self.expr(ir.flat_index(buffer, indices))}]"
 
-    def table_name(self, buffer: ir.Buffer) -> str:
-        return f"{self.name}_{buffer.name}"
+    def c_array_name(self, buffer: ir.Buffer) -> str:
+        """Arguments keep their names; file-scope arrays (constant tables, baked
+        weights) take the kernel's name first, so that kernels can share a file."""
+        if buffer.scope == "constant" or buffer.name in self.baked:
+            return f"{self.name}_{buffer.name}"
+        return buffer.name
 
     def expr(self, node: ir.Expr, parent: int = 0) -> str:
         if isinstance(node, ir.IntImm):
