@@ -130,7 +130,7 @@ def _serial_loops(func, kind=None):
 def _draw_step(draw, func) -> Step | None:
     primitive = draw(st.sampled_from(["split", "split", "tile", "reorder", "reorder", "fuse", "unroll",
                                       "vectorize", "vectorize", "parallel", "cache_write", "cache_write",
-                                      "pad_input", "layout"]))
+                                      "pad_input", "layout", "peel"]))
     loops = _serial_loops(func)
     if primitive == "pad_input":
         return Step("pad_input")
@@ -170,6 +170,10 @@ def _draw_step(draw, func) -> Step | None:
         innermost = [l for l in loops if not ir.find_all(l.body, ir.Loop) and 2 <= l.extent
                      and not stores_not_indexed_by(l.body, l.var.name)]
         return Step("vectorize", (draw(st.sampled_from(innermost)).var.name,)) if innermost else None
+    if primitive == "peel":
+        loop = draw(st.sampled_from(loops))
+        front, back = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+        return Step("peel", (loop.var.name, front, back))
     if primitive == "parallel":
         return Step("parallel", (draw(st.sampled_from(loops)).var.name,))
     holders = [l for l in loops if isinstance(perfect_chain(l)[-1].body, ir.Allocate)]

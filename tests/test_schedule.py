@@ -58,6 +58,23 @@ def test_split_peel_adds_a_tail_loop():
     matches_reference(CONV, s)
 
 
+def test_peel_leaves_the_middle_without_border_checks():
+    s = chain().peel("oh", 1, 1)
+    loops = ir.loops_by_name(s.func.body)
+    assert (loops["oh.f"].extent, loops["oh"].extent, loops["oh.b"].extent) == (1, 5, 1)
+    assert len(set(loop_names(s.func))) == len(loop_names(s.func))  # the copies' inner loops are renamed
+    rows_checked = [c for c in ir.find_all(loops["oh"].body, ir.Call) if c.name == "in_range"
+                    and "oh" in ir.free_vars(c.args[0])]
+    assert not rows_checked and ir.find_all(loops["oh.f"].body, ir.If)
+    matches_reference(CONV, s)
+    matches_reference(CONV, chain().peel("ow", 2, 0))
+
+
+def test_peel_refuses_to_leave_nothing_in_between():
+    refusal(lambda: chain().peel("oh", 4, 3), "7 iterations; peeling 4 + 3 leaves none")
+    refusal(lambda: chain().parallel("oh").peel("oh", 1, 1), "peel")
+
+
 def test_split_perfect_has_no_guard():
     s = chain().split("oh", 7, tail="perfect")
     assert len(ir.find_all(s.func.body, ir.If)) == len(ir.find_all(chain().func.body, ir.If))  # padding's only

@@ -22,13 +22,13 @@ from typing import Iterable
 from .. import ir
 from ..errors import ScheduleError
 from .bind import parallel, vectorize
-from .loops import TAILS, fuse, reorder, split, tile, unroll
+from .loops import TAILS, fuse, peel, reorder, split, tile, unroll
 from .memory import cache_write, layout, pad_input
 from .nest import loop_names
 from .steps import Step, load_steps, parse_steps
 
 PRIMITIVES = {
-    "split": split, "tile": tile, "reorder": reorder, "fuse": fuse, "unroll": unroll,
+    "split": split, "tile": tile, "reorder": reorder, "fuse": fuse, "unroll": unroll, "peel": peel,
     "vectorize": vectorize, "parallel": parallel,
     "cache_write": cache_write, "pad_input": pad_input, "layout": layout,
 }
@@ -122,6 +122,9 @@ class Schedule:
 
     def unroll(self, loop: str) -> "Schedule":
         return self.then("unroll", loop)
+
+    def peel(self, loop: str, front: int, back: int) -> "Schedule":
+        return self.then("peel", loop, front, back)
 
     def vectorize(self, loop: str) -> "Schedule":
         return self.then("vectorize", loop)

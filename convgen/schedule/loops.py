@@ -1,4 +1,4 @@
-"""Loop-shaping primitives: split, tile, reorder, fuse, unroll.
+"""Loop-shaping primitives: split, tile, reorder, fuse, unroll, peel.
 
 Each takes a kernel and returns a new one; it checks its requirements first
 and raises ScheduleError naming the one that failed. Loops are named; new
@@ -193,3 +193,44 @@ def unroll(func: ir.Func, loop: str) -> ir.Func:
     if any(l.kind == "parallel" for l in ir.find_all(target.body, ir.Loop)):
         raise ScheduleError("unroll", f"'{loop}' contains a parallel loop")
     return replace_loop(func, loop, lambda node: replace(node, kind="unrolled"))
+
+
+def peel(func: ir.Func, loop: str, front: int, back: int) -> ir.Func:
+    """Run the first `front` and the last `back` iterations of a loop as copies of
+    their own (`<loop>.f`, `<loop>.b`) so that the loop in between, which keeps
+    the name, meets no border: padding checks its indices settle fold away
+    there (TVM: loop partition). Apply it late: steps after it see the copies'
+    inner loops under new names (suffix .f or .b).
+
+    It requires: the loop is serial and front + back < its extent.
+
+    rewrite (ow.o: 0..4, front 1, back 1):
+        for ow.o in 0..4: S(ow.o)   ->   for ow.o.f in 0..1: S(ow.o.f)
+                                         for ow.o in 0..2: S(ow.o + 1)      (no border checks left)
+                                         for ow.o.b in 0..1: S(ow.o.b + 3)
+    """
+    target = find_loop(func, loop, "peel")
+    require_serial(target, "peel")
+    front, back = (_positive_int("peel", name, v) if v else 0 for name, v in (("front", front), ("back", back)))
+    if front + back >= target.extent:
+        raise ScheduleError("peel", f"'{loop}' has {target.extent} iterations; peeling {front} + {back} "
+                                    f"leaves none in between")
+    first, last = ir.Var(f"{loop}.f"), ir.Var(f"{loop}.b")
+    require_new_names(func, [first.name, last.name], "peel")
+    taken = set(loop_names(func)) | {first.name, last.name}
+
+    def rewrite(node: ir.Loop) -> ir.Stmt:
+        var = node.var
+        middle = replace(node, extent=node.extent - front - back,
+                         body=ir.substitute(node.body, {loop: var + front}) if front else node.body)
+        parts = []
+        if front:
+            copy = _rename_loops(ir.substitute(node.body, {loop: first}), ".f", taken)
+            parts.append(replace(node, var=first, extent=front, body=copy))
+        parts.append(middle)
+        if back:
+            copy = _rename_loops(ir.substitute(node.body, {loop: last + (node.extent - back)}), ".b", taken)
+            parts.append(replace(node, var=last, extent=back, body=copy))
+        return ir.Seq(tuple(parts))
+
+    return ir.simplify(replace_loop(func, loop, rewrite))

@@ -146,7 +146,8 @@ def _channels_last(spec: Spec, lanes: int, threads: bool) -> Schedule:
     so a vector's input channels are contiguous too), a tile of output columns is unrolled, and the channel blocks run
     innermost of the outer loops so memory is walked in order. Padding is
     left to the in-range checks: with so little arithmetic per input element,
-    a per-call padded copy of the input costs more than the checks."""
+    a per-call padded copy of the input costs more than the checks; the
+    border tiles and rows are peeled so that only they check."""
     if (spec.out_channels // spec.groups) % lanes and spec.out_channels // spec.groups != 1:
         raise ScheduleError("split", f"{spec.out_channels // spec.groups} channels per group do not fill "
                                      f"{lanes}-lane vectors")
@@ -162,4 +163,11 @@ def _channels_last(spec: Spec, lanes: int, threads: bool) -> Schedule:
     s = (s.reorder(*outer, "ow.i", "oc.i").cache_write("oc.o").reorder(*reduction, "ow.i", "oc.i")
          .unroll("ow.i").vectorize("oc.i").reorder("ow.i.init", "oc.i.init").vectorize("oc.i.init")
          .layout("w", f"OIHW{lanes}o"))
-    return s.parallel("oh") if threads else s
+    s = s.parallel("oh") if threads else s
+    # Border tiles and rows in copies of their own, so the rest runs without padding checks.
+    top, bottom, left, right = spec.padding
+    if (left or right) and -(-columns // tile) >= 3:
+        s = s.peel("ow.o", 1, 1)
+    if (top or bottom) and not threads and spec.output_size[0] >= 3:
+        s = s.peel("oh", 1, 1)
+    return s
