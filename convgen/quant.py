@@ -26,7 +26,7 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
     if real == 0:
         return 0, 0
     fraction, shift = math.frexp(real)            # real = fraction * 2**shift, fraction in [0.5, 1)
-    multiplier = _round_half_away(fraction * 2**31)
+    multiplier = round_half_away(fraction * 2**31)
     if multiplier == 2**31:                       # rounding carried into the next power of two
         multiplier //= 2
         shift += 1
@@ -35,7 +35,8 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
     return multiplier, shift
 
 
-def _round_half_away(value: float) -> int:
+def round_half_away(value: float) -> int:
+    """TFLite's TfLiteRound (std::round): halves go away from zero."""
     return int(math.floor(abs(value) + 0.5)) * (1 if value >= 0 else -1)
 
 

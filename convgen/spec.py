@@ -20,7 +20,7 @@ import yaml
 
 from .errors import SpecError
 from .filters import FILTERS
-from .quant import quantize_multiplier
+from .quant import quantize_multiplier, round_half_away
 from .schedule.steps import parse_steps
 
 OPS = ("conv2d", "maxpool2d", "avgpool2d")
@@ -197,12 +197,8 @@ class Spec:
         if self.activation in ("relu", "relu6"):
             low = max(low, q.output_zero_point)
         if self.activation == "relu6":
-            high = min(high, q.output_zero_point + _round_half_away(6.0 / q.output_scale))
+            high = min(high, q.output_zero_point + round_half_away(6.0 / q.output_scale))
         return low, high
-
-
-def _round_half_away(value: float) -> int:
-    return int(np.sign(value) * np.floor(abs(value) + 0.5))
 
 
 def layout_shape(layout: str, n: int, c: int, h: int, w: int) -> tuple[int, ...]:

@@ -136,3 +136,20 @@ def test_int8_depthwise_default_schedule_is_vectorized():
     kernel = convgen.build(spec, "llvm", schedule=default_schedule(spec, host()))
     assert "vectorized" in {loop.kind for loop in ir.find_all(kernel.func.body, ir.Loop)}
     assert "<" in kernel.source and "x i8>" in kernel.source   # int8 vector loads
+
+
+def test_a_real_multiplier_above_one_takes_the_left_shift_path(backend):
+    """input 0.05 * weight 0.0274 / output 0.001 = 1.37: shift +1, which random specs never reach."""
+    data = {"name": "gain", "op": "conv2d", "in_channels": 1, "out_channels": 1, "input_size": [9, 9],
+            "kernel_size": 1, "weights": [[1]], "bias": False, "dtype": "int8",
+            "quantization": {"input": {"scale": 0.05, "zero_point": 0}, "output": {"scale": 0.001, "zero_point": 0},
+                             "weight_scales": 0.0274}}
+    spec = load_spec(data)
+    assert spec.requantization()[1] == (1,)
+    inputs = random_inputs(spec, np.random.default_rng(7))
+    expected = reference(spec, **inputs)
+    # x * 1.37 rounded, for the values that do not saturate and are no tie (x = +-50 gives 68.5)
+    small = (np.abs(inputs["x"]) <= 90) & (np.abs(inputs["x"]) != 50)
+    assert np.array_equal(expected[small], np.round(inputs["x"][small] * 1.37))
+    result = convgen.check(convgen.build(spec, backend), 7)
+    assert result.passed, result
