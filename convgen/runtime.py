@@ -311,14 +311,20 @@ class Kernel:
         dtype = self._dtypes["y"]
         if out is not None and not (isinstance(out, np.ndarray) and out.flags.c_contiguous and out.flags.writeable):
             raise KernelCallError(f"{spec.name}: out: expected a writeable C-contiguous {dtype} array")
-        if out is None:
+        given = out is not None
+        if not given:
             out = np.empty(spec.output_shape, dtype=dtype)
         out = _checked("out", out, spec.output_shape, dtype)
         if any(np.may_share_memory(out, a) for a in arrays.values()):
             raise KernelCallError(f"{spec.name}: out: must not overlap an input array")
         y, converting = self._params["y"], self._converts["y"]
-        # a converted output starts poisoned, so an element the kernel misses cannot pass for a value
-        arrays["y"] = np.full(y.storage_shape, poison(dtype), dtype=dtype) if converting else out
+        # A converted output starts as the caller's out (which check.py poisons) or poisoned, so an
+        # element the kernel misses keeps that value rather than passing for a result.
+        if converting:
+            arrays["y"] = (np.array(to_storage(out, self._layouts["y"], y), dtype=dtype, copy=True) if given
+                           else np.full(y.storage_shape, poison(dtype), dtype=dtype))
+        else:
+            arrays["y"] = out
         pointers = [arrays[p.name].ctypes.data for p in self.func.params]
         self._launch(pointers, threads or self.threads)
         if converting:
@@ -386,8 +392,8 @@ def _plain(array, shape, dtype: np.dtype) -> bool:
 
 
 def poison(dtype: np.dtype):
-    """A fill that marks unwritten output: NaN for floats; for ints (where every
-    value is a result) the minimum, which check.py varies between two runs."""
+    """A fill that marks unwritten output: NaN for floats; for ints, where every
+    value is a result, the minimum (check.py instead fills `out` twice, -128 and 127)."""
     dtype = np.dtype(dtype)
     return np.nan if dtype.kind == "f" else np.iinfo(dtype).min
 
