@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .check import compare, compare_exact, random_inputs, tolerance
+from .check import compare_runs, random_inputs, tolerance
 from .reference import reference
 from .runtime import build, measure
 from .schedule.space import default_schedule
@@ -64,8 +64,7 @@ def bench(spec: Spec, threads: int = 1, peers=PEERS, schedule=None, seed: int = 
             entries[peer] = Entry(peer, note=f"failed: {type(err).__name__}: {str(err).splitlines()[0][:120]}")
     calls = {}
     for name, (call, to_user) in contenders.items():
-        y = to_user(call())
-        result = compare_exact([y], expected) if spec.is_quantized else compare(y, expected, allowed)
+        result = compare_runs(spec, [to_user(call())], expected, inputs, allowed)
         if result.passed:
             calls[name] = call
         else:

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from . import ir
-from .codegen.c import Baking, CFiles, emit_c, float_literal
+from .check import output_fills
+from .codegen.c import C_TYPES, Baking, CFiles, c_literals, emit_c
 from .codegen.render import TEMPLATE_DIRS, render
 from .errors import CompileError, ConvgenError
 from .lower import lower
@@ -29,10 +30,6 @@ from .spec import Spec
 from .target import Target
 
 STRICT_FLAGS = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-ffreestanding")
-_CTYPES = {ir.FLOAT32: "float", ir.INT8: "int8_t", ir.INT32: "int32_t"}
-# Bytes the outputs are filled with before each run: NaN for float32; for int8,
-# where every value is a result, -128 and then 127 (check.INT8_FILLS).
-_FILLS = {ir.FLOAT32: ("0xff",), ir.INT8: ("0x80", "0x7f")}
 
 
 def require_tool(command: str) -> str:
@@ -88,7 +85,6 @@ class Report:
 def report(func: ir.Func, files: CFiles, target: Target, folder: Path) -> Report:
     """Compile the kernel for the target and measure it; baked arrays count in
     text (they are const data), not in the caller's RAM."""
-    folder = folder.resolve()
     obj = compile_object(files, target, folder)
     size_tool = target.cc[0].replace("gcc", "size") if target.cc[0].endswith("gcc") else "size"
     require_tool(size_tool)
@@ -113,10 +109,12 @@ def run_on_qemu(func: ir.Func, files: CFiles, target: Target, arrays: dict[str, 
     require_tool("qemu-system-arm")
     outputs = func.written_buffers()
     arguments = [p for p in func.params if p.name not in files.baked]
-    inputs = [dict(name=p.name, ctype=_CTYPES[p.dtype], literals=_literals(arrays[p.name], p.dtype))
+    inputs = [dict(name=p.name, ctype=C_TYPES[p.dtype],
+                   literals=c_literals(p.dtype, np.ascontiguousarray(arrays[p.name], dtype=p.dtype).ravel().tolist()))
               for p in arguments if p.name not in outputs]
-    outs = [dict(name=p.name, ctype=_CTYPES[p.dtype], count=p.size) for p in func.params if p.name in outputs]
-    fills = _FILLS[next(p.dtype for p in func.params if p.name in outputs)]
+    outs = [dict(name=p.name, ctype=C_TYPES[p.dtype], count=p.size) for p in func.params if p.name in outputs]
+    dtype = next(p.dtype for p in func.params if p.name in outputs)
+    fills = [_fill_byte(value) for value in output_fills(dtype)]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "main.c").write_text(render("firmware/main.c.j2", name=files.name, inputs=inputs, outputs=outs,
                                           fills=fills, arg_names=[p.name for p in arguments]))
@@ -152,9 +150,10 @@ def run_layer(spec: Spec, target: Target, inputs: dict[str, np.ndarray], folder:
     return [from_storage(flat.reshape(y.storage_shape), y, layouts["y"]) for flat in runs]
 
 
-def _literals(array: np.ndarray, dtype: str) -> list[str]:
-    flat = np.ascontiguousarray(array, dtype=dtype).ravel()
-    return [float_literal(v) for v in flat] if dtype == ir.FLOAT32 else [str(int(v)) for v in flat]
+def _fill_byte(value) -> str:
+    """The byte memset repeats to fill an output: all ones is a NaN for float32;
+    an int8 fill is its own byte."""
+    return "0xff" if np.isnan(value) else f"0x{int(value) & 0xff:02x}"
 
 
 def _parse_outputs(stdout: str, types: dict[str, str]) -> dict[str, list[np.ndarray]]:

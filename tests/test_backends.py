@@ -14,7 +14,7 @@ import convgen
 from c_harness import SANITIZE_FLAGS, STRICT_FLAGS, build_program, run_program
 from conftest import spec_paths
 from convgen import ir
-from convgen.check import INT8_FILLS, compare, compare_exact, random_inputs, tolerance
+from convgen.check import compare, compare_runs, output_fills, random_inputs, tolerance
 from convgen.codegen.c import emit_c
 from convgen.codegen.llvm import emit_llvm
 from convgen.errors import CodegenError
@@ -84,10 +84,7 @@ def _run_sanitized(spec, folder, seed):
         out = np.full(spec.output_shape, fill, dtype=spec.array_dtypes["y"])
         return run_program(program, {p.name: inputs.get(p.name, out) for p in func.params}, out)
 
-    if spec.is_quantized:
-        result = compare_exact([run(fill) for fill in INT8_FILLS], expected)
-    else:
-        result = compare(run(np.nan), expected, tolerance(spec, inputs))
+    result = compare_runs(spec, [run(fill) for fill in output_fills(spec.array_dtypes["y"])], expected, inputs)
     assert result.passed, f"max error {result.max_abs_error}, {result.unwritten} unwritten\n{spec}"
 
 

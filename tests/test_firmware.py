@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from convgen import firmware, reference
-from convgen.check import compare, compare_exact, random_inputs, tolerance
+from convgen.check import compare_runs, random_inputs
 from convgen.codegen.c import emit_c
 from convgen.lower import lower
 from convgen.schedule import apply_schedule
@@ -148,10 +148,7 @@ def _check_on_board(name, target, folder, spec=None, bake_weights=False):
     inputs = random_inputs(spec, np.random.default_rng())
     runs = firmware.run_layer(spec, load_target(target), inputs, folder, bake_weights=bake_weights)
     expected = reference(spec, inputs["x"], inputs.get("w"), inputs.get("b"))
-    if spec.is_quantized:
-        result = compare_exact(runs, expected)
-    else:
-        result = compare(runs[0], expected, tolerance(spec, inputs))
+    result = compare_runs(spec, runs, expected, inputs)
     assert result.passed, f"{name} on {target}: {result}"
 
 

@@ -20,7 +20,7 @@ from .. import ir
 from ..errors import CodegenError
 from .render import render
 
-_C_TYPES = {ir.FLOAT32: "float", ir.INDEX: "ptrdiff_t", ir.BOOL: "int", ir.INT8: "int8_t", ir.INT32: "int32_t"}
+C_TYPES = {ir.FLOAT32: "float", ir.INDEX: "ptrdiff_t", ir.BOOL: "int", ir.INT8: "int8_t", ir.INT32: "int32_t"}
 
 
 def _helper(op: str, ctype: str, suffix: str) -> tuple[str, str]:
@@ -30,7 +30,7 @@ def _helper(op: str, ctype: str, suffix: str) -> tuple[str, str]:
 
 
 # min/max as tiny inline functions: C99 has no operator for them, and fmaxf would need libm.
-_HELPERS = {(op, dtype): _helper(op, _C_TYPES[dtype], suffix)
+_HELPERS = {(op, dtype): _helper(op, C_TYPES[dtype], suffix)
             for op in ("min", "max") for dtype, suffix in ((ir.FLOAT32, "f32"), (ir.INDEX, "index"), (ir.INT32, "i32"))}
 _HELPERS[("reflect", ir.INDEX)] = ("convgen_reflect", (
     "static inline ptrdiff_t convgen_reflect(ptrdiff_t i, ptrdiff_t n) "
@@ -127,8 +127,6 @@ def emit_c(func: ir.Func, baking: Baking | None = None) -> CFiles:
     header = render("c/kernel.h.j2", header_includes=header_includes, **context)
     tables = [_c_table(emitter.c_array_name(b), b.dtype, b.values) for b in ir.constant_buffers(func.body)]
     weights = [_baked_array(emitter.c_array_name(p), p, baked[p.name]) for p in func.params if p.name in baked]
-    if tables or weights or any(key[1] == ir.INT32 for key in emitter.helpers):
-        emitter.includes.add("stdint.h")
     source = render("c/kernel.c.j2", includes=sorted(emitter.includes), tables=tables, weights=weights,
                     weight_attributes=_attributes(baking) if baked else "",
                     macros=[_MACROS[kind][1] for kind in sorted(emitter.macros)],
@@ -139,10 +137,10 @@ def emit_c(func: ir.Func, baking: Baking | None = None) -> CFiles:
 
 def _c_table(name: str, dtype: str, values, attributes: str = "") -> str:
     """A constant array at file scope: static const, so it lands in flash (.rodata)."""
-    literal = float_literal if dtype == ir.FLOAT32 else _int_literal
-    rows = [", ".join(literal(v) for v in values[i:i + 12]) for i in range(0, len(values), 12)]
+    literals = c_literals(dtype, values)
+    rows = [", ".join(literals[i:i + 12]) for i in range(0, len(literals), 12)]
     body = "".join(f"\n    {row}," for row in rows)
-    return f"static const {_C_TYPES[dtype]} {name}[{len(values)}]{attributes} = {{{body}\n}};"
+    return f"static const {C_TYPES[dtype]} {name}[{len(values)}]{attributes} = {{{body}\n}};"
 
 
 def _baked_array(name: str, buffer: ir.Buffer, array: np.ndarray) -> str:
@@ -161,6 +159,12 @@ def _attributes(baking: Baking) -> str:
     return f"__attribute__(({', '.join(parts)}))" if parts else ""
 
 
+def c_literals(dtype: str, values) -> list[str]:
+    """C literals of values of an IR type, each reading back exactly."""
+    literal = float_literal if dtype == ir.FLOAT32 else _int_literal
+    return [literal(v) for v in values]
+
+
 def _int_literal(value: int) -> str:
     """A C literal of an int32 value; INT32_MIN has no literal of type int."""
     return "(-2147483647 - 1)" if value == -(2**31) else str(value)
@@ -168,7 +172,7 @@ def _int_literal(value: int) -> str:
 
 def _c_param(buffer: ir.Buffer, is_output: bool) -> str:
     const = "" if is_output else "const "
-    return f"{const}{_C_TYPES[buffer.dtype]} *CONVGEN_RESTRICT {buffer.name}"
+    return f"{const}{C_TYPES[buffer.dtype]} *CONVGEN_RESTRICT {buffer.name}"
 
 
 def _arg_doc(buffer: ir.Buffer, is_output: bool) -> dict:
@@ -245,7 +249,7 @@ class _CEmitter:
 
     def stmt_Allocate(self, node: ir.Allocate, depth: int) -> None:
         buffer = node.buffer
-        self.emit(depth, f"{_C_TYPES[buffer.dtype]} {buffer.name}[{buffer.size}];")
+        self.emit(depth, f"{C_TYPES[buffer.dtype]} {buffer.name}[{buffer.size}];")
         self.stmt(node.body, depth)
 
     # -- expressions --------------------------------------------------------
@@ -264,7 +268,7 @@ class _CEmitter:
             text = _int_literal(node.value)
             return text if node.value >= 0 or parent == 0 or text.startswith("(") else f"({text})"
         if isinstance(node, ir.Cast):
-            return f"({_C_TYPES[node.type]}){self.expr(node.value, _CAST_PRECEDENCE)}"
+            return f"({C_TYPES[node.type]}){self.expr(node.value, _CAST_PRECEDENCE)}"
         if isinstance(node, ir.BoolImm):
             return "1" if node.value else "0"
         if isinstance(node, ir.FloatImm):
