@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 import time
 import ctypes.util
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from .codegen.llvm import emit_llvm, openmp_entry_name, parallel_loop
 from .errors import CompileError, ConvgenError, KernelCallError
 from .lower import lower
 from .schedule import apply_schedule, as_steps
+from .schedule.winograd import WEIGHT_TRANSFORMS
 from .spec import Spec, load_spec
 from .target import Target, host, llvm_target_machine
 
@@ -192,7 +193,7 @@ def _storage_order(buffer: ir.Buffer) -> list[int]:
 
 
 def needs_conversion(buffer: ir.Buffer, user_layout: str) -> bool:
-    return bool(buffer.pad) or buffer.layout != ir.parse_layout(user_layout, buffer.axes)
+    return bool(buffer.transform or buffer.pad) or buffer.layout != ir.parse_layout(user_layout, buffer.axes)
 
 
 def _pad(array: np.ndarray, widths, buffer: ir.Buffer) -> np.ndarray:
@@ -209,7 +210,9 @@ def _pad(array: np.ndarray, widths, buffer: ir.Buffer) -> np.ndarray:
 def to_storage(array: np.ndarray, user_layout: str, buffer: ir.Buffer) -> np.ndarray:
     """The caller's array (axes in user_layout order) as the kernel's buffer: padded, blocked, reordered.
     The array itself when the buffer is laid out as the caller's."""
-    if not needs_conversion(buffer, user_layout):
+    if buffer.transform:  # e.g. Winograd's weights: the transform gives the buffer's logical axes
+        array, user_layout = WEIGHT_TRANSFORMS[buffer.transform](array), "".join(buffer.axes)
+    if not needs_conversion(replace(buffer, transform=""), user_layout):
         return array
     if buffer.layout == ir.parse_layout(user_layout, buffer.axes):  # same order: only padding to add
         widths = [buffer.pad[buffer.axes.index(a)] for a in user_layout]

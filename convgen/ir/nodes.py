@@ -59,6 +59,9 @@ class Buffer:
         ("constant" fills with `pad_value`; "reflect", "replicate" copy edges).
     values: for scope "constant" only, the contents in storage order: a
         table the kernel carries (e.g. per-channel requantization multipliers).
+    transform: for a parameter whose contents derive from the caller's array
+        by a named transform (e.g. Winograd-transformed weights, axes T, O,
+        I): whoever prepares the buffer applies it, once; "" for none.
     """
 
     name: str
@@ -71,6 +74,7 @@ class Buffer:
     pad_mode: str = "constant"
     pad_value: float = 0.0
     values: tuple | None = None
+    transform: str = ""
 
     def __post_init__(self):
         if len(self.axes) != len(self.shape):

@@ -51,6 +51,8 @@ def format_buffer(buffer: Buffer) -> str:
     if buffer.pad:
         fill = buffer.pad_mode if buffer.pad_mode != "constant" else format_expr(FloatImm(buffer.pad_value))
         text += f", padded ({', '.join(f'{axis} {lo}+{hi}' for axis, (lo, hi) in zip(buffer.axes, buffer.pad) if lo or hi)}; {fill})"
+    if buffer.transform:
+        text += f", {buffer.transform} of the caller's array"
     return text
 
 

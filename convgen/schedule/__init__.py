@@ -26,11 +26,12 @@ from .loops import TAILS, fuse, peel, reorder, split, tile, unroll
 from .memory import cache_write, layout, pad_input
 from .nest import loop_names
 from .steps import Step, load_steps, parse_steps
+from .winograd import winograd
 
 PRIMITIVES = {
     "split": split, "tile": tile, "reorder": reorder, "fuse": fuse, "unroll": unroll, "peel": peel,
     "vectorize": vectorize, "parallel": parallel,
-    "cache_write": cache_write, "pad_input": pad_input, "layout": layout,
+    "cache_write": cache_write, "pad_input": pad_input, "layout": layout, "winograd": winograd,
 }
 
 __all__ = ["Schedule", "Step", "PRIMITIVES", "TAILS", "apply_step", "apply_schedule", "trace", "as_steps",
@@ -140,6 +141,9 @@ class Schedule:
 
     def layout(self, buffer: str, layout: str) -> "Schedule":
         return self.then("layout", buffer, layout)
+
+    def winograd(self, tile: int = 4, rows: int = 1) -> "Schedule":
+        return self.then("winograd", tile, rows=rows)
 
     def to_data(self) -> list:
         """The steps as YAML data, e.g. for a --schedule file."""

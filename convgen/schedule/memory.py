@@ -72,7 +72,7 @@ def cache_write(func: ir.Func, at: str) -> ir.Func:
     init, reduce, finish = allocation.body.body
     for loop in tile_loops:
         if loop.role != "spatial" or not any(loop.var.name in ir.free_vars(ir.flat_index(s.buffer, s.indices))
-                   for s in ir.find_all(finish, ir.Store) if s.buffer.scope == "global"):
+                   for s in ir.find_all(finish, ir.Store) if s.buffer.name != acc.name):
             raise ScheduleError("cache_write", f"'{loop.var.name}' is not an output loop: the output store "
                                                f"does not depend on it")
     names = tuple(loop.var.name for loop in tile_loops)

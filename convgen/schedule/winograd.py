@@ -1,0 +1,324 @@
+"""Winograd convolution: F(m x m, 3 x 3) as three stages of the same IR.
+
+For a 3x3 kernel, stride 1, each m x m tile of outputs is (Lavin & Gray, 2016)
+
+    Y = A^T [ (G g G^T) (.) (B^T d B) ] A
+
+with d the (m + 2) x (m + 2) input tile, g the 3x3 kernel and (.) the
+element-wise product. Over the channels the products become a matrix
+product per transform point t: M[t] = U[t] V[t] with U[t] = (G g G^T)[t]
+(output x input channels) and V[t] = (B^T d B)[t] (input channels x tiles).
+F(2x2) multiplies 16 times per tile where direct convolution multiplies 36;
+F(4x4) 36 times where direct multiplies 144, at the cost of larger rounding
+error (its transforms hold 4, 5 and 8).
+
+The `winograd` primitive rewrites the lowered direct convolution into:
+
+    for tb (blocks of `rows` tile rows):            # the outer loop: parallel here
+      local V[t, th, tw, c], M[t, th, tw, oc]
+      for in_th, in_tw, in_c:   V[:, th, tw, c] = B^T d B        (input transform)
+      for mm_t, mm_th, mm_tw, mm_oc:
+        M[t, th, tw, oc] = sum over mm_ic of w[t, oc, ic] V[t, th, tw, ic]
+      for out_th, out_tw, out_oc:  y tile = act(b + A^T M A)     (output transform)
+
+The weights become the parameter w[T, O, I] = G g G^T, which whoever binds
+them computes once (`transform_weights`; the runtime at bind time, firmware
+baking into the .c): the buffer's `transform` names it. The transforms are
+written out term by term with their zero coefficients dropped; a row
+transform shared by several points is the same expression each time, so
+LLVM computes it once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from fractions import Fraction as F
+
+import numpy as np
+
+from .. import ir
+from ..errors import ScheduleError
+
+# Lavin & Gray's matrices, points 0, 1, -1 (F(2, 3)) and 0, 1, -1, 2, -2 (F(4, 3)), plus infinity.
+MATRICES = {
+    2: {
+        "BT": [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
+        "G": [[1, 0, 0], [F(1, 2), F(1, 2), F(1, 2)], [F(1, 2), F(-1, 2), F(1, 2)], [0, 0, 1]],
+        "AT": [[1, 1, 1, 0], [0, 1, -1, -1]],
+    },
+    4: {
+        "BT": [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+               [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]],
+        "G": [[F(1, 4), 0, 0], [F(-1, 6), F(-1, 6), F(-1, 6)], [F(-1, 6), F(1, 6), F(-1, 6)],
+              [F(1, 24), F(1, 12), F(1, 6)], [F(1, 24), F(-1, 12), F(1, 6)], [0, 0, 1]],
+        "AT": [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+    },
+}
+TILES = tuple(MATRICES)
+
+
+def transform_name(tile: int) -> str:
+    return f"winograd F({tile}x{tile},3x3)"
+
+
+def transform_weights(w: np.ndarray, tile: int) -> np.ndarray:
+    """OIHW 3x3 weights as U[t, o, i] = (G g G^T)[t], computed in float64, returned in float32."""
+    g = np.array(MATRICES[tile]["G"], dtype=np.float64)
+    u = np.einsum("ak,oikl,bl->aboi", g, w.astype(np.float64), g)
+    points = g.shape[0]
+    return u.reshape(points * points, *w.shape[:2]).astype(np.float32)
+
+
+WEIGHT_TRANSFORMS = {transform_name(t): (lambda w, t=t: transform_weights(w, t)) for t in TILES}
+
+
+@dataclass(frozen=True)
+class _DirectConv:
+    """What the rewrite needs from the lowered direct convolution."""
+
+    x: ir.Buffer
+    w: ir.Buffer
+    y: ir.Buffer
+    batch: ir.Expr           # the batch index of the output store: Var n, or 0
+    pad_top: int
+    pad_left: int
+    init: ir.Expr            # the accumulator's first value, in terms of Var oc
+    finish: ir.Expr          # the stored value, in terms of the accumulator load
+    acc: ir.Load
+
+
+def winograd(func: ir.Func, tile: int = 4, rows: int = 1) -> ir.Func:
+    """Compute a 3x3 stride-1 convolution by Winograd's F(tile x tile, 3x3) (oneDNN, TVM: winograd).
+
+    The stages run per block of `rows` tile rows, so the transformed input
+    and products of one block (local buffers V and M) stay in cache between
+    the stages; the block loop `tb` is the one to parallelize. The weights
+    parameter becomes w[T, O, I], transformed once when bound.
+
+    It requires: the first step of the schedule (the lowered direct loop
+    nest); float32; a 3x3 kernel, stride 1, dilation 1, one group, zero or
+    no padding, no fused pool; tile 2 or 4; rows dividing the tile rows.
+
+    rewrite winograd(4, 2) of a 56x56 layer (14 x 14 tiles of 4x4):
+        for oc, oh, ow: y = act(b + sum x * w)   ->   for tb in 0..7: (input transform,
+                                                        products, output transform) of 2 tile rows
+    """
+    if tile not in TILES:
+        raise ScheduleError("winograd", f"tile: expected one of {', '.join(map(str, TILES))} "
+                                        f"(F(2x2,3x3) or F(4x4,3x3)); got {tile!r}")
+    conv = _match_direct_conv(func)
+    out_rows, out_cols = conv.y.shape[2], conv.y.shape[3]
+    tile_rows, tile_cols = -(-out_rows // tile), -(-out_cols // tile)
+    if not isinstance(rows, int) or isinstance(rows, bool) or rows < 1 or tile_rows % rows:
+        divisors = [d for d in range(1, tile_rows + 1) if tile_rows % d == 0]
+        raise ScheduleError("winograd", f"rows: expected a number of tile rows dividing {tile_rows}; got {rows!r}",
+                            f"use one of {divisors}")
+    points = tile + 2
+    channels, out_channels = conv.x.shape[1], conv.y.shape[1]
+    v = _local("V", ("T", "TH", "TW", "C"), (points * points, rows, tile_cols, channels))
+    m = _local("M", ("T", "TH", "TW", "O"), (points * points, rows, tile_cols, out_channels))
+    u = replace(conv.w, axes=("T", "O", "I"), shape=(points * points, out_channels, channels),
+                layout=ir.plain_layout(("T", "O", "I")), transform=transform_name(tile))
+    block = ir.Var("tb")
+    stages = ir.Seq((
+        _input_transform(conv, v, block, tile, rows),
+        _products(u, v, m),
+        _output_transform(conv, m, block, tile, rows),
+    ))
+    body: ir.Stmt = ir.Loop(block, tile_rows // rows, ir.Allocate(v, ir.Allocate(m, stages)))
+    if isinstance(conv.batch, ir.Var):
+        body = ir.Loop(conv.batch, conv.x.shape[0], body)
+    params = tuple(u if p.name == conv.w.name else p for p in func.params)
+    return ir.simplify(replace(func, params=params, body=body))
+
+
+def _local(name: str, axes: tuple[str, ...], shape: tuple[int, ...]) -> ir.Buffer:
+    return ir.Buffer(name, ir.FLOAT32, axes, shape, ir.plain_layout(axes), scope="local")
+
+
+# ---------------------------------------------------------------------------
+# Recognising the direct convolution
+# ---------------------------------------------------------------------------
+
+def _refuse(reason: str, hint: str = "") -> ScheduleError:
+    return ScheduleError("winograd", reason, hint)
+
+
+def _match_direct_conv(func: ir.Func) -> _DirectConv:
+    params = {p.name: p for p in func.params}
+    if "w" not in params or params["w"].transform:
+        raise _refuse("the kernel has no untransformed weights w: winograd is for a convolution, once")
+    x, w, y = params["x"], params["w"], params["y"]
+    if x.dtype != ir.FLOAT32:
+        raise _refuse(f"the layer is {x.dtype}; Winograd's transforms are for float32 layers")
+    if w.shape[2:] != (3, 3):
+        raise _refuse(f"the kernel is {w.shape[2]}x{w.shape[3]}; Winograd F(m, 3x3) needs 3x3")
+    if w.shape[1] != x.shape[1]:
+        raise _refuse(f"the layer has groups ({w.shape[1]} of {x.shape[1]} input channels per output channel); "
+                      f"expected one group")
+    if x.pad or any(p.layout != ir.plain_layout(p.axes) for p in (x, w, y)):
+        raise _refuse("the kernel has been scheduled already", "write winograd as the schedule's first step")
+    loops = []
+    node = func.body
+    while isinstance(node, ir.Loop):
+        loops.append(node)
+        node = node.body
+    names = [loop.var.name for loop in loops]
+    if not isinstance(node, ir.Allocate) or names not in (["oc", "oh", "ow"], ["n", "oc", "oh", "ow"]):
+        raise _refuse(f"expected the lowered direct convolution (loops oc, oh, ow around an accumulator); "
+                      f"found loops {', '.join(names) or 'none'}",
+                      "write winograd as the schedule's first step; a fused pool is not supported")
+    acc = node.buffer
+    parts = node.body.body if isinstance(node.body, ir.Seq) else ()
+    if len(parts) != 3 or not isinstance(parts[0], ir.Store) or not isinstance(parts[2], ir.Store):
+        raise _refuse("expected an accumulator set, summed over ic, kh, kw and stored")
+    init, reduction, store = parts
+    update, guard = _innermost_update(reduction)
+    pixel = next((l for l in ir.find_all(update.value, ir.Load) if l.buffer.name == "x"), None)
+    if pixel is None or pixel.indices[1] != ir.Var("ic"):
+        raise _refuse("the input is not read at channel ic", "expected one group")
+    pad_top = _unit_offset(pixel.indices[2], "oh", "kh")
+    pad_left = _unit_offset(pixel.indices[3], "ow", "kw")
+    expected_guard = ir.all_of(ir.Call("in_range", (pixel.indices[2], ir.IntImm(x.shape[2]))),
+                               ir.Call("in_range", (pixel.indices[3], ir.IntImm(x.shape[3]))))
+    if guard is not None and guard != expected_guard:
+        raise _refuse("the input is read under a guard other than zero padding's")
+    if guard is None and (pad_top or pad_left):
+        raise _refuse("the padded input is read without zero padding's guard (reflect or replicate padding)",
+                      "Winograd here supports zero padding")
+    if store.buffer.name != "y" or store.indices[1:] != (ir.Var("oc"), ir.Var("oh"), ir.Var("ow")):
+        raise _refuse("expected the output stored at [n, oc, oh, ow]")
+    return _DirectConv(x, w, y, store.indices[0], pad_top, pad_left, init.value, store.value,
+                       ir.Load(acc, (ir.IntImm(0),)))
+
+
+def _innermost_update(reduction: ir.Stmt) -> tuple[ir.Store, ir.Expr | None]:
+    names = []
+    node = reduction
+    while isinstance(node, ir.Loop):
+        names.append(node.var.name)
+        node = node.body
+    if names != ["ic", "kh", "kw"]:
+        raise _refuse(f"expected the reduction loops ic, kh, kw; found {', '.join(names)}")
+    guard = None
+    if isinstance(node, ir.If) and node.orelse is None:
+        guard, node = node.cond, node.then
+    if not isinstance(node, ir.Store):
+        raise _refuse("expected one accumulating store inside the reduction")
+    return node, guard
+
+
+def _unit_offset(index: ir.Expr, out: str, tap: str) -> int:
+    """p for an index out + tap - p (stride 1, dilation 1); refuses anything else."""
+    if not ir.free_vars(index) <= {out, tap}:
+        raise _refuse(f"the input index {ir.format_expr(index)} depends on more than {out} and {tap}")
+
+    def at(o: int, t: int):
+        value = ir.simplify(ir.substitute(index, {out: ir.IntImm(o), tap: ir.IntImm(t)}))
+        return value.value if isinstance(value, ir.IntImm) else None
+
+    base = at(0, 0)
+    probes = [(1, 0), (0, 1), (3, 2), (7, 1)]
+    if base is None or any(at(o, t) != base + o + t for o, t in probes):
+        raise _refuse(f"the input index {ir.format_expr(index)} is not {out} + {tap} - padding",
+                      "Winograd needs stride 1 and dilation 1")
+    return -base
+
+
+# ---------------------------------------------------------------------------
+# The three stages
+# ---------------------------------------------------------------------------
+
+def _weighted_sum(terms: list[tuple[F, ir.Expr]]) -> ir.Expr:
+    """sum of c * e over the terms with c != 0; coefficients +-1 add or subtract."""
+    total: ir.Expr | None = None
+    for coefficient, expr in terms:
+        if coefficient == 0:
+            continue
+        scaled = expr if abs(coefficient) == 1 else ir.FloatImm(float(abs(coefficient))) * expr
+        if total is None:
+            total = scaled if coefficient > 0 else ir.FloatImm(0.0) - scaled
+        else:
+            total = total + scaled if coefficient > 0 else total - scaled
+    return total if total is not None else ir.FloatImm(0.0)
+
+
+def _two_sided(matrix, tile_values) -> list[list[ir.Expr]]:
+    """matrix . D . matrix^T for a square grid of expressions, by rows then columns."""
+    size = len(tile_values)
+    rows = [[_weighted_sum([(matrix[j][q], tile_values[p][q]) for q in range(size)]) for j in range(len(matrix))]
+            for p in range(size)]
+    return [[_weighted_sum([(matrix[i][p], rows[p][j]) for p in range(size)]) for j in range(len(matrix))]
+            for i in range(len(matrix))]
+
+
+def _input_transform(conv: _DirectConv, v: ir.Buffer, block: ir.Var, tile: int, rows: int) -> ir.Stmt:
+    th, tw, c = ir.Var("in_th"), ir.Var("in_tw"), ir.Var("in_c")
+    height, width = conv.x.shape[2], conv.x.shape[3]
+    points = tile + 2
+    top = (block * rows + th) * tile - conv.pad_top
+    left = tw * tile - conv.pad_left
+
+    def pixel(p: int, q: int) -> ir.Expr:
+        row, col = top + p, left + q
+        inside = ir.all_of(ir.Call("in_range", (row, ir.IntImm(height))), ir.Call("in_range", (col, ir.IntImm(width))))
+        # clamped so the address is always valid; the select gives padding's zero
+        load = ir.Load(conv.x, (conv.batch, c, ir.Call("clamp", (row, ir.IntImm(height))),
+                                ir.Call("clamp", (col, ir.IntImm(width)))))
+        return ir.Select(inside, load, ir.FloatImm(0.0))
+
+    d = [[pixel(p, q) for q in range(points)] for p in range(points)]
+    transformed = _two_sided(MATRICES[tile]["BT"], d)
+    stores = tuple(ir.Store(v, (ir.IntImm(i * points + j), th, tw, c), transformed[i][j])
+                   for i in range(points) for j in range(points))
+    return _loops([(th, rows), (tw, v.shape[2]), (c, v.shape[3])], ir.Seq(stores))
+
+
+def _products(u: ir.Buffer, v: ir.Buffer, m: ir.Buffer) -> ir.Stmt:
+    t, th, tw, oc, ic = (ir.Var(n) for n in ("mm_t", "mm_th", "mm_tw", "mm_oc", "mm_ic"))
+    acc = _local("mm_acc", ("i",), (1,))
+    zero = (ir.IntImm(0),)
+    total = ir.Load(acc, zero)
+    update = ir.Store(acc, zero, total + ir.Load(u, (t, oc, ic)) * ir.Load(v, (t, th, tw, ic)))
+    body = ir.Allocate(acc, ir.Seq((
+        ir.Store(acc, zero, ir.FloatImm(0.0)),
+        ir.Loop(ic, u.shape[2], update, role="reduction"),
+        ir.Store(m, (t, th, tw, oc), total),
+    )))
+    return _loops([(t, m.shape[0]), (th, m.shape[1]), (tw, m.shape[2]), (oc, m.shape[3])], body)
+
+
+def _output_transform(conv: _DirectConv, m: ir.Buffer, block: ir.Var, tile: int, rows: int) -> ir.Stmt:
+    th, tw, oc = ir.Var("out_th"), ir.Var("out_tw"), ir.Var("out_oc")
+    points = tile + 2
+    products = [[ir.Load(m, (ir.IntImm(i * points + j), th, tw, oc)) for j in range(points)] for i in range(points)]
+    result = _two_sided(MATRICES[tile]["AT"], products)
+    init = ir.substitute(conv.init, {"oc": oc})
+    height, width = conv.y.shape[2], conv.y.shape[3]
+    stores = []
+    for r in range(tile):
+        for s in range(tile):
+            row, col = (block * rows + th) * tile + r, tw * tile + s
+            value = ir.substitute(conv.finish, {"oc": oc, "oh": row, "ow": col})
+            value = _replace_expr(value, conv.acc, init + result[r][s])
+            store = ir.Store(conv.y, (conv.batch, oc, row, col), value)
+            stores.append(ir.If(ir.all_of(ir.lt(row, height), ir.lt(col, width)), store))
+    return _loops([(th, rows), (tw, m.shape[2]), (oc, m.shape[3])], ir.Seq(tuple(stores)))
+
+
+class _ReplaceExpr(ir.Rewriter):
+    def __init__(self, old: ir.Expr, new: ir.Expr):
+        self.old, self.new = old, new
+
+    def visit(self, node):
+        return self.new if node == self.old else super().visit(node)
+
+
+def _replace_expr(expr: ir.Expr, old: ir.Expr, new: ir.Expr) -> ir.Expr:
+    return _ReplaceExpr(old, new).visit(expr)
+
+
+def _loops(loops: list[tuple[ir.Var, int]], body: ir.Stmt) -> ir.Stmt:
+    for var, extent in reversed(loops):
+        body = ir.Loop(var, extent, body)
+    return body
