@@ -19,6 +19,7 @@ import numpy as np
 
 from .reference import reference
 from .runtime import Kernel
+from .schedule.winograd import MATRICES, TILE_OF
 from .spec import Spec
 
 _UNIT_ROUNDOFF = 2.0 ** -24
@@ -66,12 +67,48 @@ _int8_draws = {
 }
 
 
-def tolerance(spec: Spec, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    """Per-output bound on float32 rounding error of any summation order."""
+def tolerance(spec: Spec, inputs: dict[str, np.ndarray], transform: str = "") -> np.ndarray:
+    """Per-output bound on float32 rounding error of any summation order; with
+    a Winograd weight transform (a kernel's w.transform), of that algorithm."""
     magnitudes = {name: np.abs(value) for name, value in inputs.items()}
+    if transform:
+        tile = TILE_OF[transform]
+        terms = spec.in_channels + 4 * (tile + 2) + 6
+        return terms * _UNIT_ROUNDOFF * _winograd_magnitude(spec, magnitudes, tile) + 1e-30
     magnitude = reference(replace(spec, activation="none"), **magnitudes)
     terms = spec.kernel_size[0] * spec.kernel_size[1] * (spec.in_channels // spec.groups) + 2
     return terms * _UNIT_ROUNDOFF * magnitude + 1e-30
+
+
+def _winograd_magnitude(spec: Spec, magnitudes: dict[str, np.ndarray], tile: int) -> np.ndarray:
+    """Winograd's F(tile, 3x3) run on |x|, |w| with the transforms' absolute values:
+    each output's bound on the magnitudes of everything summed on its way (each
+    rounding step adds at most a unit roundoff of that, as in the direct bound)."""
+    bt, g, at = (np.abs(np.array(MATRICES[tile][k], dtype=np.float64)) for k in ("BT", "G", "AT"))
+    points = tile + 2
+    x = magnitudes["x"].astype(np.float64)
+    if spec.input_layout == "NHWC":
+        x = x.transpose(0, 3, 1, 2)
+    rows, cols = spec.output_size
+    tile_rows, tile_cols = -(-rows // tile), -(-cols // tile)
+    top, _, left, _ = spec.padding
+    padded = np.zeros(x.shape[:2] + (tile_rows * tile + 2, tile_cols * tile + 2))
+    h, w = min(x.shape[2], padded.shape[2] - top), min(x.shape[3], padded.shape[3] - left)
+    padded[:, :, top:top + h, left:left + w] = x[:, :, :h, :w]
+    tiles = np.lib.stride_tricks.sliding_window_view(padded, (points, points), axis=(2, 3))[:, :, ::tile, ::tile]
+    v = np.einsum("ip,nchwpq,jq->nchwij", bt, tiles, bt)
+    u = np.einsum("ak,oikl,bl->oiab", g, magnitudes["w"].astype(np.float64), g)
+    m = np.einsum("oiab,nihwab->nohwab", u, v)
+    y = np.einsum("ri,nohwij,sj->nohrws", at, m, at).reshape(m.shape[:2] + (tile_rows * tile, tile_cols * tile))
+    y = y[:, :, :rows, :cols]
+    if spec.bias:
+        y = y + magnitudes["b"].astype(np.float64)[None, :, None, None]
+    return y.transpose(0, 2, 3, 1) if spec.output_layout == "NHWC" else y
+
+
+def weight_transform(func) -> str:
+    """The transform of a kernel's weights ("" for none), which decides its error bound."""
+    return next((p.transform for p in func.params if p.name == "w"), "")
 
 
 def check(kernel: Kernel, rng: np.random.Generator | int | None = None) -> CheckResult:
@@ -81,7 +118,8 @@ def check(kernel: Kernel, rng: np.random.Generator | int | None = None) -> Check
     inputs = random_inputs(spec, rng)
     dtype = spec.array_dtypes["y"]
     outputs = [kernel(**inputs, out=np.full(spec.output_shape, fill, dtype=dtype)) for fill in output_fills(dtype)]
-    return compare_runs(spec, outputs, reference(spec, **inputs), inputs)
+    allowed = None if spec.is_quantized else tolerance(spec, inputs, weight_transform(kernel.func))
+    return compare_runs(spec, outputs, reference(spec, **inputs), inputs, allowed)
 
 
 def compare_runs(spec: Spec, outputs: list[np.ndarray], expected: np.ndarray, inputs: dict[str, np.ndarray],

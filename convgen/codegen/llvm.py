@@ -237,8 +237,7 @@ class _LLVMEmitter:
 
     def contiguous(self, offset: ir.Expr) -> bool:
         """Whether consecutive lanes address consecutive elements."""
-        base = ir.substitute(offset, {self.lane_var: ir.IntImm(0)})
-        return ir.simplify(offset - base, self.ranges) == ir.Var(self.lane_var)
+        return self.lane_stride(offset) == 1
 
     def load(self, node: ir.Load) -> ll.Value:
         offset = ir.flat_index(node.buffer, node.indices)
@@ -258,15 +257,25 @@ class _LLVMEmitter:
         return self.gather(node.buffer, offset, element)
 
     def gather(self, buffer: ir.Buffer, offset: ir.Expr, element: ll.Type) -> ll.Value:
-        """Load lane by lane; a masked-off lane reads element 0, which always exists."""
+        """Load lane by lane; a masked-off lane reads element 0, which always exists.
+        An offset linear in the lane (a channel vector of NCHW) is computed once."""
         b = self.builder
         vector = ll.Constant(ll.VectorType(element, self.lanes), ll.Undefined)
+        stride = self.lane_stride(offset)
+        base = self.expr(ir.substitute(offset, {self.lane_var: ir.IntImm(0)})) if stride is not None else None
         for k in range(self.lanes):
-            index = self.expr(ir.simplify(ir.substitute(offset, {self.lane_var: ir.IntImm(k)}), self.ranges))
+            if base is not None:
+                index = b.add(base, ll.Constant(I64, k * stride)) if k else base
+            else:
+                index = self.expr(ir.simplify(ir.substitute(offset, {self.lane_var: ir.IntImm(k)}), self.ranges))
             if self.mask is not None:
                 index = b.select(b.extract_element(self.mask, ll.Constant(I32, k)), index, ll.Constant(I64, 0))
             vector = b.insert_element(vector, b.load(self.pointer(buffer, index), typ=element), ll.Constant(I32, k))
         return vector
+
+    def lane_stride(self, offset: ir.Expr) -> int | None:
+        """s when the offset is (its value at lane 0) + lane * s, else None."""
+        return _coefficient(offset, self.lane_var)
 
     # -- expressions --------------------------------------------------------
     def expr(self, node: ir.Expr) -> ll.Value:
@@ -421,3 +430,22 @@ class _LLVMEmitter:
         if not ir.truncation_is_floor(node, self.ranges):
             raise CodegenError(f"LLVM backend: cannot prove {ir.format_expr(node)} has a non-negative "
                                f"dividend and a positive divisor")
+
+
+def _coefficient(expr: ir.Expr, var: str) -> int | None:
+    """k when expr = (expr at var = 0) + k * var through sums and constant products; else None."""
+    if var not in ir.free_vars(expr):
+        return 0
+    if expr == ir.Var(var):
+        return 1
+    if isinstance(expr, ir.BinOp) and expr.op in ("+", "-"):
+        a, b = _coefficient(expr.a, var), _coefficient(expr.b, var)
+        if a is None or b is None:
+            return None
+        return a + b if expr.op == "+" else a - b
+    if isinstance(expr, ir.BinOp) and expr.op == "*":
+        for factor, constant in ((expr.a, expr.b), (expr.b, expr.a)):
+            if isinstance(constant, ir.IntImm):
+                k = _coefficient(factor, var)
+                return None if k is None else k * constant.value
+    return None

@@ -142,8 +142,8 @@ class Schedule:
     def layout(self, buffer: str, layout: str) -> "Schedule":
         return self.then("layout", buffer, layout)
 
-    def winograd(self, tile: int = 4, rows: int = 1) -> "Schedule":
-        return self.then("winograd", tile, rows=rows)
+    def winograd(self, tile: int = 4, rows: int = 1, channels: int = 0) -> "Schedule":
+        return self.then("winograd", tile, rows=rows, channels=channels)
 
     def to_data(self) -> list:
         """The steps as YAML data, e.g. for a --schedule file."""

@@ -70,6 +70,13 @@ def _direct(spec: Spec, axis: str, lanes: int, tile: int, order: str, threads: b
     return s
 
 
+def _tile_across(extent: int, limit: int) -> int:
+    """A register tile's width along a loop: the largest divisor of its extent
+    from limit down to half of it, else limit (with a guarded tail)."""
+    limit = max(1, min(extent, limit))
+    return next((d for d in range(limit, (limit + 1) // 2 - 1, -1) if extent % d == 0), limit)
+
+
 def _tail(extent: int, factor: int) -> str:
     return "perfect" if extent % factor == 0 else "guard"
 
@@ -170,4 +177,49 @@ def _channels_last(spec: Spec, lanes: int, threads: bool) -> Schedule:
         s = s.peel("ow.o", 1, 1)
     if (top or bottom) and not threads and spec.output_size[0] >= 3:
         s = s.peel("oh", 1, 1)
+    return s
+
+
+def winograd_schedule(spec: Spec, target: Target, threads: int = 1, tile: int = 4) -> Schedule:
+    """Winograd's F(tile x tile, 3x3) for a 3x3 stride-1 layer (refused otherwise,
+    with the reason). The input transform runs on input-channel vectors; the
+    products are a GEMM per transform point with a register tile of output-
+    channel vectors by tiles (as `_pointwise`), weights laid out T, I, O so a
+    vector of output channels loads contiguously; the output transform runs on
+    output-channel vectors.
+
+    Blocks: when the transformed weights outweigh the transformed input and
+    products of the whole layer (deep layers at small sizes), one block of all
+    tile rows, so the weights are read once; else blocks of one tile row,
+    which stay in cache between the stages. With threads, the blocks of rows
+    run in parallel, or, where there are fewer of them than threads, blocks of
+    output channels (each recomputing the cheap input transform)."""
+    lanes = target.vector_lanes
+    points = (tile + 2) ** 2
+    rows, cols = spec.output_size
+    tile_rows, tile_cols = -(-rows // tile), -(-cols // tile)
+    weights = points * spec.out_channels * spec.in_channels
+    transformed = points * tile_rows * tile_cols * (spec.in_channels + spec.out_channels)
+    row_block = tile_rows if weights > transformed else 1
+    channel_block = spec.out_channels
+    if threads > 1 and tile_rows // row_block < threads and spec.out_channels % (threads * lanes) == 0:
+        channel_block = spec.out_channels // threads
+    s = Schedule.for_spec(spec).winograd(tile, rows=row_block, channels=channel_block)
+    s = s.split("in_c", lanes, tail=_tail(spec.in_channels, lanes)).vectorize("in_c.i")
+    if channel_block % lanes:
+        raise ScheduleError("split", f"{channel_block} output channels per block do not fill {lanes}-lane vectors")
+    # half the vector registers hold accumulators; the rest weight vectors, broadcasts and spills
+    budget = max(2, target.vector_registers // 2)
+    vectors, across = max(((v, _tile_across(tile_cols, budget // v)) for v in (4, 2, 1)
+                           if (channel_block // lanes) % v == 0), key=lambda va: va[0] * va[1])
+    s = (s.split("mm_oc", lanes * vectors, tail="perfect").split("mm_oc.i", lanes, tail="perfect")
+         .split("mm_tw", across, tail=_tail(tile_cols, across))
+         .reorder("mm_t", "mm_th", "mm_tw.o", "mm_oc.o", "mm_oc.i.o", "mm_tw.i", "mm_oc.i.i").cache_write("mm_oc.o")
+         .reorder("mm_ic", "mm_oc.i.o", "mm_tw.i", "mm_oc.i.i").unroll("mm_oc.i.o").unroll("mm_tw.i")
+         .vectorize("mm_oc.i.i")
+         .reorder("mm_oc.i.o.init", "mm_tw.i.init", "mm_oc.i.i.init").vectorize("mm_oc.i.i.init")
+         .layout("w", "TIO")
+         .split("out_oc", lanes, tail="perfect").vectorize("out_oc.i"))
+    if threads > 1:
+        s = s.fuse("ob", "tb").parallel("ob_tb")
     return s

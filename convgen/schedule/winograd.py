@@ -16,17 +16,17 @@ The `winograd` primitive rewrites the lowered direct convolution into:
 
     for tb (blocks of `rows` tile rows):            # the outer loop: parallel here
       local V[t, th, tw, c], M[t, th, tw, oc]
-      for in_th, in_tw, in_c:   V[:, th, tw, c] = B^T d B        (input transform)
+      for in_th, in_tw, in_c:   V[:, th, tw, c] = B^T d B        (input transform, via D, R)
       for mm_t, mm_th, mm_tw, mm_oc:
         M[t, th, tw, oc] = sum over mm_ic of w[t, oc, ic] V[t, th, tw, ic]
-      for out_th, out_tw, out_oc:  y tile = act(b + A^T M A)     (output transform)
+      for out_th, out_tw, out_oc:  y tile = act(b + A^T M A)     (output transform, via Q)
 
 The weights become the parameter w[T, O, I] = G g G^T, which whoever binds
 them computes once (`transform_weights`; the runtime at bind time, firmware
 baking into the .c): the buffer's `transform` names it. The transforms are
-written out term by term with their zero coefficients dropped; a row
-transform shared by several points is the same expression each time, so
-LLVM computes it once.
+written out term by term with their zero coefficients dropped, rows first
+into a small local buffer, then columns (2 x 6 x 6 x 6 products at most
+instead of 6^4).
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ def transform_weights(w: np.ndarray, tile: int) -> np.ndarray:
 
 
 WEIGHT_TRANSFORMS = {transform_name(t): (lambda w, t=t: transform_weights(w, t)) for t in TILES}
+TILE_OF = {transform_name(t): t for t in TILES}
 
 
 @dataclass(frozen=True)
@@ -87,21 +88,27 @@ class _DirectConv:
     acc: ir.Load
 
 
-def winograd(func: ir.Func, tile: int = 4, rows: int = 1) -> ir.Func:
+def winograd(func: ir.Func, tile: int = 4, rows: int = 1, channels: int = 0) -> ir.Func:
     """Compute a 3x3 stride-1 convolution by Winograd's F(tile x tile, 3x3) (oneDNN, TVM: winograd).
 
-    The stages run per block of `rows` tile rows, so the transformed input
-    and products of one block (local buffers V and M) stay in cache between
-    the stages; the block loop `tb` is the one to parallelize. The weights
-    parameter becomes w[T, O, I], transformed once when bound.
+    The stages run per block of `rows` tile rows and `channels` output
+    channels (0: all), so that the transformed input and products of one
+    block (local buffers V and M) stay in cache between the stages. The
+    block loops `ob` (output channels) and `tb` (tile rows) are the ones to
+    parallelize: few large blocks of rows suit layers of many channels and
+    few pixels, where each block of rows reads all the weights, while
+    blocks of channels split the weights (each recomputes the input
+    transform, which is cheap there). The weights parameter becomes
+    w[T, O, I], transformed once when bound.
 
     It requires: the first step of the schedule (the lowered direct loop
     nest); float32; a 3x3 kernel, stride 1, dilation 1, one group, zero or
-    no padding, no fused pool; tile 2 or 4; rows dividing the tile rows.
+    no padding, no fused pool; tile 2 or 4; rows dividing the tile rows and
+    channels dividing the output channels.
 
     rewrite winograd(4, 2) of a 56x56 layer (14 x 14 tiles of 4x4):
-        for oc, oh, ow: y = act(b + sum x * w)   ->   for tb in 0..7: (input transform,
-                                                        products, output transform) of 2 tile rows
+        for oc, oh, ow: y = act(b + sum x * w)   ->   for ob in 0..1: for tb in 0..7: (input
+                                                        transform, products, output transform) of 2 tile rows
     """
     if tile not in TILES:
         raise ScheduleError("winograd", f"tile: expected one of {', '.join(map(str, TILES))} "
@@ -113,19 +120,25 @@ def winograd(func: ir.Func, tile: int = 4, rows: int = 1) -> ir.Func:
         divisors = [d for d in range(1, tile_rows + 1) if tile_rows % d == 0]
         raise ScheduleError("winograd", f"rows: expected a number of tile rows dividing {tile_rows}; got {rows!r}",
                             f"use one of {divisors}")
+    in_channels, out_channels = conv.x.shape[1], conv.y.shape[1]
+    channels = channels or out_channels
+    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1 or out_channels % channels:
+        divisors = [d for d in range(1, out_channels + 1) if out_channels % d == 0]
+        raise ScheduleError("winograd", f"channels: expected a number of output channels dividing "
+                                        f"{out_channels} (0 for all); got {channels!r}", f"use one of {divisors}")
     points = tile + 2
-    channels, out_channels = conv.x.shape[1], conv.y.shape[1]
-    v = _local("V", ("T", "TH", "TW", "C"), (points * points, rows, tile_cols, channels))
-    m = _local("M", ("T", "TH", "TW", "O"), (points * points, rows, tile_cols, out_channels))
-    u = replace(conv.w, axes=("T", "O", "I"), shape=(points * points, out_channels, channels),
+    v = _local("V", ("T", "TH", "TW", "C"), (points * points, rows, tile_cols, in_channels))
+    m = _local("M", ("T", "TH", "TW", "O"), (points * points, rows, tile_cols, channels))
+    u = replace(conv.w, axes=("T", "O", "I"), shape=(points * points, out_channels, in_channels),
                 layout=ir.plain_layout(("T", "O", "I")), transform=transform_name(tile))
-    block = ir.Var("tb")
+    channel_block, row_block = ir.Var("ob"), ir.Var("tb")
     stages = ir.Seq((
-        _input_transform(conv, v, block, tile, rows),
-        _products(u, v, m),
-        _output_transform(conv, m, block, tile, rows),
+        _input_transform(conv, v, row_block, tile, rows),
+        _products(u, v, m, channel_block * channels),
+        _output_transform(conv, m, row_block, tile, rows, channel_block * channels),
     ))
-    body: ir.Stmt = ir.Loop(block, tile_rows // rows, ir.Allocate(v, ir.Allocate(m, stages)))
+    body: ir.Stmt = ir.Loop(channel_block, out_channels // channels, ir.Loop(
+        row_block, tile_rows // rows, ir.Allocate(v, ir.Allocate(m, stages))))
     if isinstance(conv.batch, ir.Var):
         body = ir.Loop(conv.batch, conv.x.shape[0], body)
     params = tuple(u if p.name == conv.w.name else p for p in func.params)
@@ -156,7 +169,7 @@ def _match_direct_conv(func: ir.Func) -> _DirectConv:
     if w.shape[1] != x.shape[1]:
         raise _refuse(f"the layer has groups ({w.shape[1]} of {x.shape[1]} input channels per output channel); "
                       f"expected one group")
-    if x.pad or any(p.layout != ir.plain_layout(p.axes) for p in (x, w, y)):
+    if x.pad or w.layout != ir.plain_layout(w.axes):
         raise _refuse("the kernel has been scheduled already", "write winograd as the schedule's first step")
     loops = []
     node = func.body
@@ -164,7 +177,8 @@ def _match_direct_conv(func: ir.Func) -> _DirectConv:
         loops.append(node)
         node = node.body
     names = [loop.var.name for loop in loops]
-    if not isinstance(node, ir.Allocate) or names not in (["oc", "oh", "ow"], ["n", "oc", "oh", "ow"]):
+    # lowering drops loops of one iteration, putting 0 for their variables
+    if not isinstance(node, ir.Allocate) or names != [n for n in ("n", "oc", "oh", "ow") if n in names]:
         raise _refuse(f"expected the lowered direct convolution (loops oc, oh, ow around an accumulator); "
                       f"found loops {', '.join(names) or 'none'}",
                       "write winograd as the schedule's first step; a fused pool is not supported")
@@ -175,21 +189,28 @@ def _match_direct_conv(func: ir.Func) -> _DirectConv:
     init, reduction, store = parts
     update, guard = _innermost_update(reduction)
     pixel = next((l for l in ir.find_all(update.value, ir.Load) if l.buffer.name == "x"), None)
-    if pixel is None or pixel.indices[1] != ir.Var("ic"):
+    if pixel is None or pixel.indices[1] != (ir.Var("ic") if x.shape[1] > 1 else ir.IntImm(0)):
         raise _refuse("the input is not read at channel ic", "expected one group")
     pad_top = _unit_offset(pixel.indices[2], "oh", "kh")
     pad_left = _unit_offset(pixel.indices[3], "ow", "kw")
-    expected_guard = ir.all_of(ir.Call("in_range", (pixel.indices[2], ir.IntImm(x.shape[2]))),
-                               ir.Call("in_range", (pixel.indices[3], ir.IntImm(x.shape[3]))))
-    if guard is not None and guard != expected_guard:
+    padding_checks = {ir.Call("in_range", (pixel.indices[2], ir.IntImm(x.shape[2]))),
+                      ir.Call("in_range", (pixel.indices[3], ir.IntImm(x.shape[3])))}
+    if guard is not None and not set(_conjuncts(guard)) <= padding_checks:
         raise _refuse("the input is read under a guard other than zero padding's")
     if guard is None and (pad_top or pad_left):
         raise _refuse("the padded input is read without zero padding's guard (reflect or replicate padding)",
                       "Winograd here supports zero padding")
-    if store.buffer.name != "y" or store.indices[1:] != (ir.Var("oc"), ir.Var("oh"), ir.Var("ow")):
+    outputs = tuple(ir.Var(n) if n in names else ir.IntImm(0) for n in ("oc", "oh", "ow"))
+    if store.buffer.name != "y" or store.indices[1:] != outputs:
         raise _refuse("expected the output stored at [n, oc, oh, ow]")
     return _DirectConv(x, w, y, store.indices[0], pad_top, pad_left, init.value, store.value,
                        ir.Load(acc, (ir.IntImm(0),)))
+
+
+def _conjuncts(cond: ir.Expr) -> list[ir.Expr]:
+    if isinstance(cond, ir.BinOp) and cond.op == "&&":
+        return _conjuncts(cond.a) + _conjuncts(cond.b)
+    return [cond]
 
 
 def _innermost_update(reduction: ir.Stmt) -> tuple[ir.Store, ir.Expr | None]:
@@ -198,7 +219,7 @@ def _innermost_update(reduction: ir.Stmt) -> tuple[ir.Store, ir.Expr | None]:
     while isinstance(node, ir.Loop):
         names.append(node.var.name)
         node = node.body
-    if names != ["ic", "kh", "kw"]:
+    if names not in (["ic", "kh", "kw"], ["kh", "kw"]):
         raise _refuse(f"expected the reduction loops ic, kh, kw; found {', '.join(names)}")
     guard = None
     if isinstance(node, ir.If) and node.orelse is None:
@@ -218,7 +239,8 @@ def _unit_offset(index: ir.Expr, out: str, tap: str) -> int:
         return value.value if isinstance(value, ir.IntImm) else None
 
     base = at(0, 0)
-    probes = [(1, 0), (0, 1), (3, 2), (7, 1)]
+    # an output loop of one iteration was dropped in lowering: then only the tap varies
+    probes = [(1, 0), (0, 1), (3, 2), (7, 1)] if out in ir.free_vars(index) else [(0, 1), (0, 2)]
     if base is None or any(at(o, t) != base + o + t for o, t in probes):
         raise _refuse(f"the input index {ir.format_expr(index)} is not {out} + {tap} - padding",
                       "Winograd needs stride 1 and dilation 1")
@@ -243,43 +265,44 @@ def _weighted_sum(terms: list[tuple[F, ir.Expr]]) -> ir.Expr:
     return total if total is not None else ir.FloatImm(0.0)
 
 
-def _two_sided(matrix, tile_values) -> list[list[ir.Expr]]:
-    """matrix . D . matrix^T for a square grid of expressions, by rows then columns."""
-    size = len(tile_values)
-    rows = [[_weighted_sum([(matrix[j][q], tile_values[p][q]) for q in range(size)]) for j in range(len(matrix))]
-            for p in range(size)]
-    return [[_weighted_sum([(matrix[i][p], rows[p][j]) for p in range(size)]) for j in range(len(matrix))]
-            for i in range(len(matrix))]
-
-
 def _input_transform(conv: _DirectConv, v: ir.Buffer, block: ir.Var, tile: int, rows: int) -> ir.Stmt:
+    """V[:, th, tw, c] = B^T d B: the tile d gathered into D (zero outside the
+    input), its rows transformed into R, then its columns into V."""
     th, tw, c = ir.Var("in_th"), ir.Var("in_tw"), ir.Var("in_c")
     height, width = conv.x.shape[2], conv.x.shape[3]
-    points = tile + 2
+    points, channels = tile + 2, v.shape[3]
+    bt = MATRICES[tile]["BT"]
+    d = _local("D", ("K", "C"), (points * points, channels))
+    r = _local("R", ("K", "C"), (points * points, channels))
     top = (block * rows + th) * tile - conv.pad_top
     left = tw * tile - conv.pad_left
 
     def pixel(p: int, q: int) -> ir.Expr:
         row, col = top + p, left + q
         inside = ir.all_of(ir.Call("in_range", (row, ir.IntImm(height))), ir.Call("in_range", (col, ir.IntImm(width))))
-        # clamped so the address is always valid; the select gives padding's zero
+        # clamped so that the address is valid; the select gives padding's zero
         load = ir.Load(conv.x, (conv.batch, c, ir.Call("clamp", (row, ir.IntImm(height))),
                                 ir.Call("clamp", (col, ir.IntImm(width)))))
         return ir.Select(inside, load, ir.FloatImm(0.0))
 
-    d = [[pixel(p, q) for q in range(points)] for p in range(points)]
-    transformed = _two_sided(MATRICES[tile]["BT"], d)
-    stores = tuple(ir.Store(v, (ir.IntImm(i * points + j), th, tw, c), transformed[i][j])
-                   for i in range(points) for j in range(points))
-    return _loops([(th, rows), (tw, v.shape[2]), (c, v.shape[3])], ir.Seq(stores))
+    at = lambda buffer, i, j: ir.Load(buffer, (ir.IntImm(i * points + j), c))
+    gather = [ir.Store(d, (ir.IntImm(p * points + q), c), pixel(p, q)) for p in range(points) for q in range(points)]
+    by_rows = [ir.Store(r, (ir.IntImm(p * points + j), c), _weighted_sum([(bt[j][q], at(d, p, q)) for q in range(points)]))
+               for p in range(points) for j in range(points)]
+    by_columns = [ir.Store(v, (ir.IntImm(i * points + j), th, tw, c),
+                           _weighted_sum([(bt[i][p], at(r, p, j)) for p in range(points)]))
+                  for i in range(points) for j in range(points)]
+    body = ir.Seq(tuple(gather + by_rows + by_columns))
+    return ir.Allocate(d, ir.Allocate(r, _loops([(th, rows), (tw, v.shape[2]), (c, channels)], body)))
 
 
-def _products(u: ir.Buffer, v: ir.Buffer, m: ir.Buffer) -> ir.Stmt:
+def _products(u: ir.Buffer, v: ir.Buffer, m: ir.Buffer, first_channel: ir.Expr) -> ir.Stmt:
+    """M[t, th, tw, oc] = sum over ic of w[t, first_channel + oc, ic] V[t, th, tw, ic]."""
     t, th, tw, oc, ic = (ir.Var(n) for n in ("mm_t", "mm_th", "mm_tw", "mm_oc", "mm_ic"))
     acc = _local("mm_acc", ("i",), (1,))
     zero = (ir.IntImm(0),)
     total = ir.Load(acc, zero)
-    update = ir.Store(acc, zero, total + ir.Load(u, (t, oc, ic)) * ir.Load(v, (t, th, tw, ic)))
+    update = ir.Store(acc, zero, total + ir.Load(u, (t, first_channel + oc, ic)) * ir.Load(v, (t, th, tw, ic)))
     body = ir.Allocate(acc, ir.Seq((
         ir.Store(acc, zero, ir.FloatImm(0.0)),
         ir.Loop(ic, u.shape[2], update, role="reduction"),
@@ -288,22 +311,32 @@ def _products(u: ir.Buffer, v: ir.Buffer, m: ir.Buffer) -> ir.Stmt:
     return _loops([(t, m.shape[0]), (th, m.shape[1]), (tw, m.shape[2]), (oc, m.shape[3])], body)
 
 
-def _output_transform(conv: _DirectConv, m: ir.Buffer, block: ir.Var, tile: int, rows: int) -> ir.Stmt:
+def _output_transform(conv: _DirectConv, m: ir.Buffer, block: ir.Var, tile: int, rows: int,
+                      first_channel: ir.Expr) -> ir.Stmt:
+    """y tile = act(b + A^T M A): M's rows transformed into Q, then Q's columns
+    into the outputs, each finished as the direct kernel finished its sum."""
     th, tw, oc = ir.Var("out_th"), ir.Var("out_tw"), ir.Var("out_oc")
-    points = tile + 2
-    products = [[ir.Load(m, (ir.IntImm(i * points + j), th, tw, oc)) for j in range(points)] for i in range(points)]
-    result = _two_sided(MATRICES[tile]["AT"], products)
-    init = ir.substitute(conv.init, {"oc": oc})
+    points, channels = tile + 2, m.shape[3]
+    at_matrix = MATRICES[tile]["AT"]
+    q = _local("Q", ("K", "O"), (points * tile, channels))
+    by_rows = [ir.Store(q, (ir.IntImm(i * tile + s), oc),
+                        _weighted_sum([(at_matrix[s][j], ir.Load(m, (ir.IntImm(i * points + j), th, tw, oc)))
+                                       for j in range(points)]))
+               for i in range(points) for s in range(tile)]
+    channel = first_channel + oc
+    init = ir.substitute(conv.init, {"oc": channel})
     height, width = conv.y.shape[2], conv.y.shape[3]
     stores = []
     for r in range(tile):
         for s in range(tile):
             row, col = (block * rows + th) * tile + r, tw * tile + s
-            value = ir.substitute(conv.finish, {"oc": oc, "oh": row, "ow": col})
-            value = _replace_expr(value, conv.acc, init + result[r][s])
-            store = ir.Store(conv.y, (conv.batch, oc, row, col), value)
+            total = _weighted_sum([(at_matrix[r][i], ir.Load(q, (ir.IntImm(i * tile + s), oc))) for i in range(points)])
+            value = _replace_expr(ir.substitute(conv.finish, {"oc": channel, "oh": row, "ow": col}), conv.acc,
+                                  init + total)
+            store = ir.Store(conv.y, (conv.batch, channel, row, col), value)
             stores.append(ir.If(ir.all_of(ir.lt(row, height), ir.lt(col, width)), store))
-    return _loops([(th, rows), (tw, m.shape[2]), (oc, m.shape[3])], ir.Seq(tuple(stores)))
+    body = ir.Seq(tuple(by_rows + stores))
+    return ir.Allocate(q, _loops([(th, rows), (tw, m.shape[2]), (oc, channels)], body))
 
 
 class _ReplaceExpr(ir.Rewriter):
