@@ -18,10 +18,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .check import compare_runs, random_inputs, tolerance
+from .check import compare_runs, random_inputs, tolerance, weight_transform
+from .errors import ScheduleError
 from .reference import reference
 from .runtime import build, measure
-from .schedule.space import default_schedule
+from .schedule.space import default_schedule, winograd_schedule
 from .spec import Spec
 from .target import host
 
@@ -33,6 +34,7 @@ class Entry:
     name: str
     seconds: float | None = None   # median seconds per call; None when not timed
     note: str = ""                 # why not timed, or what was measured
+    error: float | None = None     # max |result - reference| / max |reference| (float64 reference)
 
     def gflops(self, spec: Spec) -> float | None:
         return None if self.seconds is None else 2 * spec.macs / self.seconds / 1e9
@@ -42,14 +44,20 @@ class Entry:
 
 
 def bench(spec: Spec, threads: int = 1, peers=PEERS, schedule=None, seed: int = 0,
-          rounds: int = 3, min_seconds: float = 0.2) -> list[Entry]:
-    """convgen's kernel (the spec's schedule, else the default for the target) and the peers."""
+          rounds: int = 3, min_seconds: float = 0.2, winograd=()) -> list[Entry]:
+    """convgen's kernel (the spec's schedule, else the default for the target),
+    for each tile size in `winograd` (2, 4) its Winograd kernel, and the peers."""
     inputs = random_inputs(spec, np.random.default_rng(seed))
     expected = reference(spec, **inputs)
-    allowed = None if spec.is_quantized else tolerance(spec, inputs)
     steps = schedule if schedule is not None else (spec.schedule or default_schedule(spec, host(), threads))
     contenders = {"convgen": _convgen(spec, inputs, steps, threads)}
     entries = {}
+    for tile in winograd:
+        name = winograd_name(tile)
+        try:
+            contenders[name] = _convgen(spec, inputs, winograd_schedule(spec, host(), threads, tile).steps, threads)
+        except ScheduleError as err:
+            entries[name] = Entry(name, note=f"not applicable: {err.message}")
     for peer in peers:
         if spec.is_quantized:
             entries[peer] = Entry(peer, note="not timed: the peers here run float32 layers, not int8")
@@ -62,11 +70,13 @@ def bench(spec: Spec, threads: int = 1, peers=PEERS, schedule=None, seed: int = 
             entries[peer] = Entry(peer, note=f"cannot express this layer: {err}")
         except Exception as err:  # a peer that fails is reported, never fatal to the benchmark
             entries[peer] = Entry(peer, note=f"failed: {type(err).__name__}: {str(err).splitlines()[0][:120]}")
-    calls = {}
-    for name, (call, to_user) in contenders.items():
+    calls, errors = {}, {}
+    for name, (call, to_user, *transform) in contenders.items():
+        allowed = None if spec.is_quantized else tolerance(spec, inputs, *transform)
         result = compare_runs(spec, [to_user(call())], expected, inputs, allowed)
         if result.passed:
             calls[name] = call
+            errors[name] = result.max_abs_error / max(float(np.abs(expected).max()), 1e-30)
         else:
             entries[name] = Entry(name, note=f"does not match the reference (max error {result.max_abs_error:.3g})")
     times = {name: [] for name in calls}
@@ -74,16 +84,22 @@ def bench(spec: Spec, threads: int = 1, peers=PEERS, schedule=None, seed: int = 
         for name, call in calls.items():
             times[name].append(measure(call, min_seconds=min_seconds))
     for name in calls:
-        entries[name] = Entry(name, float(np.median(times[name])))
-    order = ["convgen"] + [n for n in entries if n != "convgen"]
-    return [entries[n] for n in order if n in entries]
+        entries[name] = Entry(name, float(np.median(times[name])), error=errors[name])
+    mine = [n for n in entries if n.startswith("convgen")]
+    order = sorted(mine, key=lambda n: n != "convgen") + [n for n in entries if n not in mine]
+    return [entries[n] for n in order]
+
+
+def winograd_name(tile: int) -> str:
+    return f"convgen winograd F({tile}x{tile})"
 
 
 def _convgen(spec: Spec, inputs, steps, threads: int):
+    """(call, to user's layout, weight transform): the transform decides the error bound."""
     kernel = build(spec, "llvm", schedule=steps, threads=threads)
     call = kernel.bind(inputs["w"], inputs.get("b")) if spec.is_conv else kernel
     out = np.empty(spec.output_shape, dtype=spec.array_dtypes["y"])
-    return lambda: call(inputs["x"], out=out), lambda y: y
+    return lambda: call(inputs["x"], out=out), lambda y: y, weight_transform(kernel.func)
 
 
 def _nchw(x: np.ndarray, layout: str) -> np.ndarray:

@@ -105,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--vs", default=",".join(PEERS), help=f"peers, comma-separated (default: {','.join(PEERS)})")
     bench.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default: 3)")
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    bench.add_argument("--winograd", action="store_true",
+                       help="also time Winograd kernels, F(4x4,3x3) and F(2x2,3x3), for 3x3 stride-1 layers")
     bench.set_defaults(run=_bench)
 
     peak = commands.add_parser("peak", help="measure the machine's FMA peak with a generated kernel")
@@ -368,7 +370,7 @@ def _bench(args) -> int:
     report = []
     for path in paths:
         spec = load_spec(path)
-        entries = bench(spec, args.threads, peers, rounds=args.rounds)
+        entries = bench(spec, args.threads, peers, rounds=args.rounds, winograd=(4, 2) if args.winograd else ())
         report.append({"spec": spec.name, "macs": spec.macs, "threads": args.threads, "peak_gflops": peak,
                        "results": [e.as_dict(spec) for e in entries]})
         if not args.json:
@@ -380,7 +382,7 @@ def _bench(args) -> int:
 
 def _print_bench(spec: Spec, entries, peak: float, threads: int) -> None:
     timed = [e for e in entries if e.seconds is not None]
-    peers = [e for e in timed if e.name != "convgen"]
+    peers = [e for e in timed if not e.name.startswith("convgen")]
     best_peer = min(peers, key=lambda e: e.seconds) if peers else None
     print(f"\n{spec.name}: {2 * spec.macs / 1e6:.1f} MFLOP, {threads} thread(s), peak {peak:.0f} GFLOP/s")
     for entry in entries:
@@ -388,8 +390,12 @@ def _print_bench(spec: Spec, entries, peak: float, threads: int) -> None:
             print(f"  {entry.name:<24} {entry.note}")
             continue
         gflops = entry.gflops(spec)
-        line = f"  {entry.name:<24} {_duration(entry.seconds)} {gflops:8.1f} GFLOP/s {100 * gflops / peak:5.1f}% of peak"
-        if entry.name == "convgen" and best_peer is not None:
+        # Winograd multiplies less: its figure is the direct convolution's FLOPs over its time
+        share = "direct-equiv." if "winograd" in entry.name else f"{100 * gflops / peak:5.1f}% of peak"
+        line = f"  {entry.name:<24} {_duration(entry.seconds)} {gflops:8.1f} GFLOP/s {share}"
+        if entry.error is not None:
+            line += f"  rel. error {entry.error:.1e}"
+        if entry.name.startswith("convgen") and best_peer is not None:
             line += f"   {best_peer.seconds / entry.seconds:.2f}x the fastest peer ({best_peer.name})"
         print(line)
 
