@@ -5,7 +5,10 @@
 Runs `convgen bench` (the Python API) on every spec in specs/bench/ for each
 thread count and prints one row per layer: convgen and each peer in
 GFLOP/s (or microseconds for the call-overhead layer), convgen's share of
-the measured FMA peak, and convgen's ratio to the fastest peer.
+the measured FMA peak, and convgen's ratio to the fastest peer; for 3x3
+stride-1 layers also the Winograd kernels' ratios (F(4x4,3x3), F(2x2,3x3))
+with their relative error against the float64 reference, next to the
+direct kernel's.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import argparse
 from pathlib import Path
 
 import convgen
-from convgen.bench import PEERS, bench
+from convgen.bench import PEERS, bench, winograd_name
 from convgen.peak import measure_peak
 from convgen.target import host
 
@@ -31,10 +34,12 @@ def main() -> None:
         peak = measure_peak(threads).gflops
         print(f"\n{threads} thread(s), host {host().cpu}, measured FMA peak {peak:.0f} GFLOP/s\n")
         peers = ["torch (NCHW)", "torch (channels_last)", "onnxruntime", "numpy"]
-        print("| layer | convgen | " + " | ".join(peers) + " | convgen % of peak | convgen / fastest peer |")
-        print("|---" * (len(peers) + 4) + "|")
+        tiles = (4, 2)
+        print("| layer | convgen | " + " | ".join(peers) + " | convgen % of peak | convgen / fastest peer (rel. error) | "
+              + " | ".join(f"Winograd F({t}x{t}) / fastest peer (rel. error)" for t in tiles) + " |")
+        print("|---" * (len(peers) + 4 + len(tiles)) + "|")
         for spec in specs:
-            entries = {e.name: e for e in bench(spec, threads, PEERS, rounds=args.rounds)}
+            entries = {e.name: e for e in bench(spec, threads, PEERS, rounds=args.rounds, winograd=tiles)}
             tiny = spec.macs < 1000
             def cell(name):
                 entry = entries.get(name)
@@ -45,9 +50,15 @@ def main() -> None:
             timed = [entries[p] for p in peers if p in entries and entries[p].seconds is not None]
             best = min(timed, key=lambda e: e.seconds) if timed else None
             share = "-" if tiny else f"{100 * mine.gflops(spec) / peak:.0f}%"
-            ratio = f"{best.seconds / mine.seconds:.2f}x" if best and mine.seconds else "-"
+
+            def ratio(entry):
+                if entry is None or entry.seconds is None or best is None:
+                    return "-"
+                return f"{best.seconds / entry.seconds:.2f}x ({entry.error:.0e})"
+
             print(f"| {spec.name.removeprefix('bench_')} | {cell('convgen')} | "
-                  + " | ".join(cell(p) for p in peers) + f" | {share} | {ratio} |")
+                  + " | ".join(cell(p) for p in peers) + f" | {share} | {ratio(mine)} | "
+                  + " | ".join(ratio(entries.get(winograd_name(t))) for t in tiles) + " |")
 
 
 if __name__ == "__main__":

@@ -181,6 +181,8 @@ def _arg_doc(buffer: ir.Buffer, is_output: bool) -> dict:
         fill = buffer.pad_mode if buffer.pad_mode != "constant" else f"filled with {float_literal(buffer.pad_value)}"
         pads = ", ".join(f"{a} {lo}+{hi}" for a, (lo, hi) in zip(buffer.axes, buffer.pad) if lo or hi)
         layout += f" (padded {pads}, {fill})"
+    if buffer.transform:  # the caller passes transformed weights (convgen's Python API computes them)
+        layout += f" ({buffer.transform} of the OIHW weights: [t][o][i] = (G g G^T)[t])"
     return dict(name=buffer.name, role="output" if is_output else "input", dtype=buffer.dtype, shape=buffer.storage_shape,
                 layout=layout, bytes=buffer.size * np.dtype(buffer.dtype).itemsize)
 

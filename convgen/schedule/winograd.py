@@ -191,6 +191,8 @@ def _match_direct_conv(func: ir.Func) -> _DirectConv:
     pixel = next((l for l in ir.find_all(update.value, ir.Load) if l.buffer.name == "x"), None)
     if pixel is None or pixel.indices[1] != (ir.Var("ic") if x.shape[1] > 1 else ir.IntImm(0)):
         raise _refuse("the input is not read at channel ic", "expected one group")
+    if any(isinstance(i, ir.Call) for i in pixel.indices):
+        raise _refuse("the input is read through reflect or replicate padding", "Winograd here supports zero padding")
     pad_top = _unit_offset(pixel.indices[2], "oh", "kh")
     pad_left = _unit_offset(pixel.indices[3], "ow", "kw")
     padding_checks = {ir.Call("in_range", (pixel.indices[2], ir.IntImm(x.shape[2]))),
