@@ -14,7 +14,7 @@ from convgen import ir
 from convgen.errors import ScheduleError, SpecError
 from convgen.lower import lower
 from convgen.runtime import BACKENDS
-from convgen.schedule import Schedule, Step, apply_schedule, load_steps, loop_names, trace
+from convgen.schedule import Schedule, apply_schedule, load_steps, loop_names, trace
 from strategies import quantized_specs, scheduled
 
 CONV = {"name": "sched", "op": "conv2d", "in_channels": 4, "out_channels": 6, "input_size": [7, 9],
