@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from convgen import firmware, reference
-from convgen.check import compare_runs, random_inputs
+from convgen.check import compare_runs, random_inputs, tolerance, weight_transform
 from convgen.codegen.c import emit_c
 from convgen.lower import lower
 from convgen.schedule import apply_schedule
@@ -143,12 +143,23 @@ def test_kernels_with_baked_weights_match_the_reference_on_cortex_m4(name, shape
     assert f"{name}(x_data, y_data)" in (tmp_path / "main.c").read_text()
 
 
+@needs_qemu
+@pytest.mark.parametrize("bake_weights", [False, True])
+def test_winograd_kernels_match_the_reference_on_cortex_m4(bake_weights, tmp_path):
+    """The Winograd rewrite's C, its weights transformed by the caller's side (or baked transformed)."""
+    shape = dict(SHAPES["conv3x3_pad"], activation="relu", schedule=[{"winograd": [2, {"rows": 5}]}])
+    _check_on_board("winograd", "cortex-m4", tmp_path, shape, bake_weights=bake_weights)
+    assert "winograd F(2x2,3x3)" in (tmp_path / "winograd.h").read_text()
+
+
 def _check_on_board(name, target, folder, spec=None, bake_weights=False):
     spec = spec if isinstance(spec, Spec) else load_spec(dict(spec or SHAPES[name], name=name))
     inputs = random_inputs(spec, np.random.default_rng())
     runs = firmware.run_layer(spec, load_target(target), inputs, folder, bake_weights=bake_weights)
     expected = reference(spec, inputs["x"], inputs.get("w"), inputs.get("b"))
-    result = compare_runs(spec, runs, expected, inputs)
+    transform = weight_transform(apply_schedule(lower(spec), spec.schedule))
+    allowed = None if spec.is_quantized else tolerance(spec, inputs, transform)
+    result = compare_runs(spec, runs, expected, inputs, allowed)
     assert result.passed, f"{name} on {target}: {result}"
 
 
