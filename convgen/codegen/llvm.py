@@ -237,7 +237,7 @@ class _LLVMEmitter:
 
     def contiguous(self, offset: ir.Expr) -> bool:
         """Whether consecutive lanes address consecutive elements."""
-        return self.lane_stride(offset) == 1
+        return _coefficient(offset, self.lane_var) == 1
 
     def load(self, node: ir.Load) -> ll.Value:
         offset = ir.flat_index(node.buffer, node.indices)
@@ -261,7 +261,7 @@ class _LLVMEmitter:
         An offset linear in the lane (a channel vector of NCHW) is computed once."""
         b = self.builder
         vector = ll.Constant(ll.VectorType(element, self.lanes), ll.Undefined)
-        stride = self.lane_stride(offset)
+        stride = _coefficient(offset, self.lane_var)
         base = self.expr(ir.substitute(offset, {self.lane_var: ir.IntImm(0)})) if stride is not None else None
         for k in range(self.lanes):
             if base is not None:
@@ -272,10 +272,6 @@ class _LLVMEmitter:
                 index = b.select(b.extract_element(self.mask, ll.Constant(I32, k)), index, ll.Constant(I64, 0))
             vector = b.insert_element(vector, b.load(self.pointer(buffer, index), typ=element), ll.Constant(I32, k))
         return vector
-
-    def lane_stride(self, offset: ir.Expr) -> int | None:
-        """s when the offset is (its value at lane 0) + lane * s, else None."""
-        return _coefficient(offset, self.lane_var)
 
     # -- expressions --------------------------------------------------------
     def expr(self, node: ir.Expr) -> ll.Value:

@@ -205,9 +205,9 @@ def winograd_schedule(spec: Spec, target: Target, threads: int = 1, tile: int = 
     if threads > 1 and tile_rows // row_block < threads and spec.out_channels % (threads * lanes) == 0:
         channel_block = spec.out_channels // threads
     s = Schedule.for_spec(spec).winograd(tile, rows=row_block, channels=channel_block)
-    s = s.split("in_c", lanes, tail=_tail(spec.in_channels, lanes)).vectorize("in_c.i")
     if channel_block % lanes:
         raise ScheduleError("split", f"{channel_block} output channels per block do not fill {lanes}-lane vectors")
+    s = s.split("in_c", lanes, tail=_tail(spec.in_channels, lanes)).vectorize("in_c.i")
     # half the vector registers hold accumulators; the rest weight vectors, broadcasts and spills
     budget = max(2, target.vector_registers // 2)
     vectors, across = max(((v, _tile_across(tile_cols, budget // v)) for v in (4, 2, 1)

@@ -14,7 +14,7 @@ error (its transforms hold 4, 5 and 8).
 
 The `winograd` primitive rewrites the lowered direct convolution into:
 
-    for tb (blocks of `rows` tile rows):            # the outer loop: parallel here
+    for ob (blocks of `channels` output channels), tb (blocks of `rows` tile rows):   # parallel here
       local V[t, th, tw, c], M[t, th, tw, oc]
       for in_th, in_tw, in_c:   V[:, th, tw, c] = B^T d B        (input transform, via D, R)
       for mm_t, mm_th, mm_tw, mm_oc:
