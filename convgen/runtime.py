@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import ctypes.util
 from dataclasses import dataclass, field, replace
@@ -277,6 +278,14 @@ class Kernel:
         self._params = {p.name: p for p in self.func.params}
         self._converts = {p.name: needs_conversion(p, self._layouts[p.name]) for p in self.func.params}
         self._dtypes = self.spec.array_dtypes
+        # an input that differs from the caller's only by constant padding is copied into a kept buffer
+        x = self._params["x"]
+        self._pads_only_x = (self._converts["x"] and not x.transform and x.pad_mode == "constant"
+                             and x.layout == ir.parse_layout(self._layouts["x"], x.axes))
+        if self._pads_only_x:
+            pads = [x.pad[x.axes.index(a)] for a in self._layouts["x"]]
+            self._x_interior = tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, self.spec.input_shape))
+        self._scratch = threading.local()
 
     def __call__(self, x: np.ndarray, w: np.ndarray | None = None, b: np.ndarray | None = None,
                  out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
@@ -307,7 +316,21 @@ class Kernel:
         spec = self.spec
         shape = {"x": spec.input_shape, "w": spec.weight_shape, "b": (spec.out_channels,)}[name]
         array = _checked(name, array, shape, self._dtypes[name])
+        if name == "x" and self._pads_only_x:
+            return self._padded_x(array)
         return to_storage(array, self._layouts[name], self._params[name]) if self._converts[name] else array
+
+    def _padded_x(self, x: np.ndarray) -> np.ndarray:
+        """x copied into this thread's padded input buffer, made (and its border
+        filled) on the thread's first call: a fresh array per call would cost
+        an allocation, page faults and a fill of the whole buffer every time.
+        One buffer per thread, since a call runs outside the GIL."""
+        padded = getattr(self._scratch, "x", None)
+        if padded is None:
+            padded = self._scratch.x = to_storage(x, self._layouts["x"], self._params["x"])
+            return padded
+        np.copyto(padded[self._x_interior], x)
+        return padded
 
     def _run(self, arrays: dict[str, np.ndarray], out: np.ndarray | None, threads: int | None) -> np.ndarray:
         spec = self.spec
@@ -349,10 +372,11 @@ class Kernel:
 class BoundKernel:
     """A kernel with its weights fixed and converted once: call it with x alone.
 
-    When x and the output are the kernel's own buffers (no layout change, no
-    padding) and out= is given, a call checks type, dtype, shape and
-    contiguity, reads the two data addresses and calls the kernel: nothing
-    is allocated or converted. Anything else takes the general path."""
+    When x and the output are the kernel's own buffers (no layout change;
+    x at most padded, into the kernel's kept buffer) and out= is given, a call
+    checks type, dtype, shape and contiguity, reads the two data addresses and
+    calls the kernel: nothing is allocated or converted. Anything else takes
+    the general path."""
 
     kernel: Kernel
     weights: dict[str, np.ndarray]
@@ -362,7 +386,7 @@ class BoundKernel:
         # owned copies, so no caller's array can alias them (out= is checked against x only)
         self.weights = {name: np.array(array, copy=True) for name, array in self.weights.items()}
         names = [p.name for p in k.func.params]
-        self._direct = (k._parallel is None and not k._converts["x"] and not k._converts["y"]
+        self._direct = (k._parallel is None and (k._pads_only_x or not k._converts["x"]) and not k._converts["y"]
                         and _DATA_OFFSET is not None)
         self._template = [self.weights[n].ctypes.data if n in self.weights else 0 for n in names]
         self._x_slot, self._y_slot = names.index("x"), names.index("y")
@@ -377,6 +401,8 @@ class BoundKernel:
                 and out.flags.writeable):
             x_at, y_at = _data_address(id(x) + _DATA_OFFSET).value, _data_address(id(out) + _DATA_OFFSET).value
             if not (x_at < y_at + self._y_bytes and y_at < x_at + self._x_bytes):
+                if self.kernel._pads_only_x:
+                    x_at = self.kernel._padded_x(x).ctypes.data
                 args = self._template.copy()
                 args[self._x_slot], args[self._y_slot] = x_at, y_at
                 self.kernel._function(*args)
