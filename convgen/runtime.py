@@ -386,7 +386,7 @@ class BoundKernel:
         # owned copies, so no caller's array can alias them (out= is checked against x only)
         self.weights = {name: np.array(array, copy=True) for name, array in self.weights.items()}
         names = [p.name for p in k.func.params]
-        self._direct = (k._parallel is None and (k._pads_only_x or not k._converts["x"]) and not k._converts["y"]
+        self._direct = ((k._pads_only_x or not k._converts["x"]) and not k._converts["y"]
                         and _DATA_OFFSET is not None)
         self._template = [self.weights[n].ctypes.data if n in self.weights else 0 for n in names]
         self._x_slot, self._y_slot = names.index("x"), names.index("y")
@@ -405,7 +405,7 @@ class BoundKernel:
                     x_at = self.kernel._padded_x(x).ctypes.data
                 args = self._template.copy()
                 args[self._x_slot], args[self._y_slot] = x_at, y_at
-                self.kernel._function(*args)
+                self.kernel._launch(args, threads or self.kernel.threads)
                 return out
         arrays = dict(self.weights, x=self.kernel._convert("x", x))
         return self.kernel._run(arrays, out, threads)

@@ -1,10 +1,14 @@
 """The Python API: building, calling, and refusing bad arguments."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
 import convgen
 from convgen.errors import ConvgenError, KernelCallError
+from convgen.schedule.space import default_schedule
+from convgen.target import host
 
 CONV = {"name": "api", "op": "conv2d", "in_channels": 2, "out_channels": 4, "input_size": [6, 5],
         "kernel_size": 3, "padding": 1, "layout": {"input": "NHWC", "output": "NCHW"}}
@@ -118,6 +122,53 @@ def test_bound_kernel_direct_path_writes_every_output(backend):
         assert bound(x, out=out) is out
         expected = convgen.reference(kernel.spec, x, original, b)
         np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+PADDED = {**DIRECT, "name": "padded", "in_channels": 4, "out_channels": 32, "input_size": [9, 30], "padding": 1}
+
+
+@pytest.mark.parametrize("backend, threads", [("llvm", 1), ("llvm", 2), ("c", 2)])
+def test_bound_kernel_direct_path_with_padded_input_and_threads(backend, threads):
+    """The kept padded input buffer takes each call's x (its border staying zero),
+    also for parallel kernels."""
+    steps = default_schedule(convgen.load_spec(PADDED), host(), threads)
+    assert any(step.primitive == "pad_input" for step in steps)
+    kernel = convgen.build(PADDED, backend, schedule=steps, threads=threads)
+    rng = np.random.default_rng(8)
+    w, b = rng.uniform(-1, 1, (32, 4, 3, 3)).astype(np.float32), rng.uniform(-1, 1, 32).astype(np.float32)
+    bound = kernel.bind(w, b)
+    assert bound._direct and kernel._pads_only_x
+    out = np.empty((1, 32, 9, 30), np.float32)
+    for _ in range(3):
+        x = rng.uniform(-1, 1, (1, 4, 9, 30)).astype(np.float32)
+        out[:] = np.nan
+        assert bound(x, out=out) is out
+        np.testing.assert_allclose(out, convgen.reference(kernel.spec, x, w, b), rtol=1e-5, atol=1e-5)
+
+
+def test_padded_input_buffer_is_per_thread():
+    """Calls from several Python threads at once each read their own x (a kernel
+    runs outside the GIL, so a shared buffer would be overwritten mid-call)."""
+    spec = convgen.load_spec({**PADDED, "in_channels": 16, "input_size": [40, 40]})
+    rng = np.random.default_rng(9)
+    kernel = convgen.build(spec, "llvm", schedule=default_schedule(spec, host()))
+    assert kernel._pads_only_x
+    bound = kernel.bind(rng.uniform(-1, 1, (32, 16, 3, 3)).astype(np.float32),
+                                             rng.uniform(-1, 1, 32).astype(np.float32))
+    xs = [rng.uniform(-1, 1, (1, 16, 40, 40)).astype(np.float32) for _ in range(4)]
+    expected = [bound(x) for x in xs]
+
+    def repeat(i):
+        out = np.empty_like(expected[i])
+        for _ in range(30):
+            out[:] = np.nan
+            bound(xs[i], out=out)
+            if not np.array_equal(out, expected[i]):
+                return False
+        return True
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(repeat, range(4)))
 
 
 @pytest.mark.parametrize("bad, message", [
