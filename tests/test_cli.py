@@ -119,7 +119,7 @@ def test_explore_ranks_candidates():
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["rank", "schedule", "time", "GFLOP/s"]
     assert lines[1].startswith("1 ")
-    assert any(" naive " in f" {line} " for line in lines)
+    assert any(" naive " in f" {line} " for line in lines) and any(" default " in f" {line} " for line in lines)
     assert "best:" in result.stdout and "candidates" in result.stderr
 
 

@@ -20,9 +20,13 @@ from .nest import loop_names
 
 
 def candidates(spec: Spec, target: Target) -> list[tuple[str, Schedule | ScheduleError]]:
-    """(label, schedule) pairs; a candidate a primitive refused comes back as its error."""
+    """(label, schedule) pairs; a candidate a primitive refused comes back as its error.
+    The default schedules (serial and parallel) come first, so a search starts from them."""
     lanes = target.vector_lanes
-    found: list[tuple[str, Schedule | ScheduleError]] = [("naive", Schedule.for_spec(spec))]
+    found: list[tuple[str, Schedule | ScheduleError]] = [
+        ("default", Schedule(default_schedule(spec, target))),
+        ("default, parallel", Schedule(default_schedule(spec, target, max(target.cores, 2)))),
+        ("naive", Schedule.for_spec(spec))]
     axes = ["channels", "columns"] if spec.is_conv else ["columns"]
     tiles = [4, 6, 8] if spec.is_conv else [1]
     for axis, vector, tile, order, threads in product(axes, (lanes, lanes // 2), tiles, ("ic-outer", "kernel-outer"),
