@@ -197,6 +197,16 @@ def needs_conversion(buffer: ir.Buffer, user_layout: str) -> bool:
     return bool(buffer.transform or buffer.pad) or buffer.layout != ir.parse_layout(user_layout, buffer.axes)
 
 
+def _pads_only(buffer: ir.Buffer, user_layout: str) -> bool:
+    """The buffer holds the caller's axes in the caller's order: at most padding differs."""
+    return buffer.layout == ir.parse_layout(user_layout, buffer.axes)
+
+
+def _user_pad_widths(buffer: ir.Buffer, user_layout: str) -> list[tuple[int, int]]:
+    """The buffer's padding per axis of the caller's array."""
+    return [buffer.pad[buffer.axes.index(a)] for a in user_layout]
+
+
 def _pad(array: np.ndarray, widths, buffer: ir.Buffer) -> np.ndarray:
     """array padded as the buffer says; constant padding by filling a new array
     and copying the interior, which is several times faster than np.pad."""
@@ -215,9 +225,8 @@ def to_storage(array: np.ndarray, user_layout: str, buffer: ir.Buffer) -> np.nda
         array, user_layout = WEIGHT_TRANSFORMS[buffer.transform](array), "".join(buffer.axes)
     if not needs_conversion(replace(buffer, transform=""), user_layout):
         return array
-    if buffer.layout == ir.parse_layout(user_layout, buffer.axes):  # same order: only padding to add
-        widths = [buffer.pad[buffer.axes.index(a)] for a in user_layout]
-        return _pad(array, widths, buffer)
+    if _pads_only(buffer, user_layout):
+        return _pad(array, _user_pad_widths(buffer, user_layout), buffer)
     logical = np.transpose(array, [user_layout.index(a) for a in buffer.axes])
     if buffer.pad:
         logical = _pad(logical, buffer.pad, buffer)
@@ -279,12 +288,12 @@ class Kernel:
         self._converts = {p.name: needs_conversion(p, self._layouts[p.name]) for p in self.func.params}
         self._dtypes = self.spec.array_dtypes
         # an input that differs from the caller's only by constant padding is copied into a kept buffer
-        x = self._params["x"]
+        x, x_layout = self._params["x"], self._layouts["x"]
         self._pads_only_x = (self._converts["x"] and not x.transform and x.pad_mode == "constant"
-                             and x.layout == ir.parse_layout(self._layouts["x"], x.axes))
+                             and _pads_only(x, x_layout))
         if self._pads_only_x:
-            pads = [x.pad[x.axes.index(a)] for a in self._layouts["x"]]
-            self._x_interior = tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, self.spec.input_shape))
+            self._x_interior = tuple(slice(lo, lo + n) for (lo, _), n in
+                                     zip(_user_pad_widths(x, x_layout), self.spec.input_shape))
         self._scratch = threading.local()
 
     def __call__(self, x: np.ndarray, w: np.ndarray | None = None, b: np.ndarray | None = None,

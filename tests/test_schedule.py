@@ -419,3 +419,15 @@ def test_default_schedule_applies_and_matches_for_every_spec_file():
             apply_schedule(lower(spec), steps)
             continue
         assert convgen.check(convgen.build(spec, "llvm", schedule=steps), 0).passed, path.name
+
+
+@pytest.mark.parametrize("size, threads", [([4, 4], 2), ([4, 8], 2), ([16, 16], 1), ([16, 16], 2)])
+def test_pointwise_default_schedule_with_few_pixel_blocks(size, threads):
+    """1x1 layers whose pixels make fewer vector blocks than threads still get the GEMM schedule, and right."""
+    from convgen.schedule.space import default_schedule
+    from convgen.target import host
+    spec = convgen.load_spec({"name": "pw_small", "op": "conv2d", "in_channels": 8, "out_channels": 8,
+                              "input_size": size, "kernel_size": 1})
+    steps = default_schedule(spec, host(), threads=threads)
+    assert steps and steps[0].primitive == "fuse"
+    assert convgen.check(convgen.build(spec, "llvm", schedule=steps, threads=threads), 0).passed

@@ -174,9 +174,11 @@ def _pointwise(spec: Spec, target: Target, threads: int) -> Schedule:
         raise ScheduleError("split", f"no register tile divides {spec.out_channels} channels and {pixels} pixels")
     rows, vectors = max(shapes, key=lambda shape: (shape[0] * shape[1], shape[0]))
     blocks = pixels // (vectors * lanes)
-    block_bytes = vectors * lanes * spec.in_channels * 4
+    block_bytes = vectors * lanes * spec.in_channels * spec.array_dtypes["x"].itemsize
     fits = max(1, (target.cache("L2") or 256 * 1024) // 4 // block_bytes)
-    group = max(d for d in range(1, blocks // max(threads, 1) + 1) if blocks % d == 0 and d <= fits)
+    # at least one group per thread where there are blocks enough
+    most = max(1, min(fits, blocks // threads))
+    group = max(d for d in range(1, most + 1) if blocks % d == 0)
     s = (Schedule.for_spec(spec).fuse("oh", "ow").split("oh_ow", vectors * lanes, tail="perfect")
          .split("oh_ow.i", lanes, tail="perfect").split("oc", rows, tail="perfect")
          .split("oh_ow.o", group, tail="perfect"))
