@@ -187,3 +187,23 @@ def test_llvm_keeps_a_fused_max_pooling_window_right():
     x = np.arange(12, dtype=np.float32).reshape(2, 1, 3, 2)
     y = convgen.build(spec, "llvm", schedule=Schedule.for_spec(spec).fuse("kh", "kw"))(x)
     np.testing.assert_array_equal(y, convgen.reference(spec, x))
+
+
+@pytest.mark.parametrize("columns, channels, activation", [(5, 16, "relu"), (14, 32, "none"), (3, 8, "none")])
+def test_tile_written_back_by_transpose_matches_reference(columns, channels, activation):
+    """A register tile of channel vectors written to NCHW columns: the LLVM backend
+    transposes the block with shuffles; odd sizes pad to a power of two with poison."""
+    from convgen.schedule import Schedule
+    spec = convgen.load_spec({"name": "wb", "op": "conv2d", "in_channels": 3, "out_channels": channels,
+                              "input_size": [4, 2 * columns], "kernel_size": 3, "padding": 1,
+                              "activation": activation})
+    lanes = min(channels, 16)
+    schedule = (Schedule.for_spec(spec).split("oc", lanes, tail="perfect").split("ow", columns, tail="perfect")
+                .reorder("oc.o", "oh", "ow.o", "ow.i", "oc.i").cache_write("ow.o")
+                .reorder("ic", "kh", "kw", "ow.i", "oc.i").unroll("ow.i").vectorize("oc.i")
+                .reorder("ow.i.init", "oc.i.init").vectorize("oc.i.init")
+                .reorder("oc.i.out", "ow.i.out").vectorize("ow.i.out"))
+    kernel = convgen.build(spec, "llvm", schedule=schedule)
+    assert "shufflevector" in kernel.source
+    for seed in range(3):
+        _assert_matches(kernel, seed)

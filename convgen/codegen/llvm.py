@@ -9,6 +9,11 @@ SROA turns them into registers). Loop kinds:
   accesses become vector loads and stores, others are gathered lane by lane,
   `a + b * c` becomes llvm.fma, and a condition that differs between lanes
   becomes a lane mask (masked lanes read a safe address and store nothing);
+  a loop whose body is a vectorized copy reading across rows of a block
+  (a register tile written back from channel vectors to columns) becomes a
+  transpose: the block's rows are loaded as vectors and transposed with
+  log2(P) rounds of two-vector shuffles (`transposed_copy`) instead of
+  being gathered element by element;
 - parallel: the function takes two more arguments, `lo` and `hi`, and runs
   that loop from lo to hi. A second function, `<name>.omp(ptr args)`, is
   the body of an OpenMP parallel region (libgomp's GOMP_parallel calls it
@@ -102,6 +107,7 @@ class _LLVMEmitter:
         self.lane_var: str | None = None   # the vectorized loop's variable, while inside it
         self.lanes = 0
         self.mask: ll.Value | None = None  # lanes enabled by enclosing lane-dependent conditions
+        self.transposed: tuple[str, ll.Value] | None = None  # (buffer, this iteration's column) in a transpose
         self.stmt(func.body)
         self.builder.ret_void()
 
@@ -130,7 +136,10 @@ class _LLVMEmitter:
             raise CodegenError(f"LLVM backend: loop {node.var.name} inside vectorized loop {self.lane_var}")
         name = node.var.name
         self.ranges[name] = (0, node.extent - 1)
-        if node.kind == "unrolled":
+        read = _transposable_read(node) if node.kind in ("serial", "unrolled") else None
+        if read is not None:
+            self.transposed_copy(node, read)
+        elif node.kind == "unrolled":
             for k in range(node.extent):
                 self.stmt(ir.simplify(ir.substitute(node.body, {name: ir.IntImm(k)}), self.ranges))
         elif node.kind == "vectorized":
@@ -163,6 +172,49 @@ class _LLVMEmitter:
         index.add_incoming(b.add(index, ll.Constant(I64, 1), name=f"{name}.next", flags=("nsw",)), b.block)
         b.branch(header)
         b.position_at_end(done)
+
+    def transposed_copy(self, node: ir.Loop, read: ir.Load) -> None:
+        """Emit `node` (iterations l) over a vectorized copy (lanes c) that reads
+        read.buffer[base + c * stride + l]: load the block's rows (fixed c) as
+        vectors, transpose them, and hand column l to the copy's l-th emission."""
+        inner: ir.Loop = node.body
+        name, lane = node.var.name, inner.var.name
+        offset = ir.flat_index(read.buffer, read.indices)
+        element = _TYPES[read.dtype]
+        size = _next_power_of_two(max(node.extent, inner.extent))
+        rows = []
+        for c in range(inner.extent):
+            start = ir.simplify(ir.substitute(offset, {name: ir.IntImm(0), lane: ir.IntImm(c)}), self.ranges)
+            row = self.builder.load(self.pointer(read.buffer, self.expr(start)),
+                                    typ=ll.VectorType(element, node.extent))
+            row.align = _BYTES[read.dtype]
+            rows.append(self.resize(row, node.extent, size))
+        poison = ll.Constant(ll.VectorType(element, size), ll.Undefined)
+        columns = self.transpose(rows + [poison] * (size - inner.extent), size)
+        for k in range(node.extent):
+            self.transposed = (read.buffer.name, self.resize(columns[k], size, inner.extent))
+            self.stmt(ir.simplify(ir.substitute(inner, {name: ir.IntImm(k)}), self.ranges))
+        self.transposed = None
+
+    def resize(self, vector: ll.Value, lanes: int, new_lanes: int) -> ll.Value:
+        """The first new_lanes lanes of a vector of `lanes`, poison past its end."""
+        mask = [k if k < lanes else lanes for k in range(new_lanes)]
+        return self.builder.shuffle_vector(vector, ll.Constant(vector.type, ll.Undefined),
+                                           ll.Constant(ll.VectorType(I32, new_lanes), mask))
+
+    def transpose(self, rows: list[ll.Value], size: int) -> list[ll.Value]:
+        """size x size transpose of `size` vectors: in each round, rows p and p + h
+        swap their h-wide off-diagonal blocks; after rounds h = size/2 .. 1 row i is column i."""
+        h = size // 2
+        while h >= 1:
+            swapped = list(rows)
+            for p in (p for p in range(size) if not p & h):
+                for out, mask in ((p, [j if not j & h else size + j - h for j in range(size)]),
+                                  (p + h, [j + h if not j & h else size + j for j in range(size)])):
+                    swapped[out] = self.builder.shuffle_vector(rows[p], rows[p + h],
+                                                               ll.Constant(ll.VectorType(I32, size), mask))
+            rows, h = swapped, h // 2
+        return rows
 
     def stmt_Store(self, node: ir.Store) -> None:
         offset = ir.flat_index(node.buffer, node.indices)
@@ -242,6 +294,9 @@ class _LLVMEmitter:
     def load(self, node: ir.Load) -> ll.Value:
         offset = ir.flat_index(node.buffer, node.indices)
         element = _TYPES[node.dtype]
+        if self.transposed is not None and self.transposed[0] == node.buffer.name \
+                and self.lane_var in ir.free_vars(offset):
+            return self.transposed[1]
         if self.lane_var is None or self.lane_var not in ir.free_vars(offset):
             index = self.expr(offset)
             if self.mask is not None:  # no lane may need it: read a safe address instead
@@ -426,6 +481,34 @@ class _LLVMEmitter:
         if not ir.truncation_is_floor(node, self.ranges):
             raise CodegenError(f"LLVM backend: cannot prove {ir.format_expr(node)} has a non-negative "
                                f"dividend and a positive divisor")
+
+
+def _transposable_read(node: ir.Loop) -> ir.Load | None:
+    """The one lane-dependent read of a copy that `transposed_copy` can emit, else None:
+    node's body is a vectorized loop (lanes c) whose body is a single unmasked store,
+    contiguous in c, of a value with one read that depends on c, at
+    base + c * stride + node's index (a row of the block per lane, a column per iteration)."""
+    inner = node.body
+    if not isinstance(inner, ir.Loop) or inner.kind != "vectorized" or not isinstance(inner.body, ir.Store):
+        return None
+    if min(node.extent, inner.extent) < 2 or _next_power_of_two(max(node.extent, inner.extent)) > 16:
+        return None
+    store, lane, name = inner.body, inner.var.name, node.var.name
+    if _coefficient(ir.flat_index(store.buffer, store.indices), lane) != 1:
+        return None
+    reads = [load for load in ir.find_all(store.value, ir.Load)
+             if lane in ir.free_vars(ir.flat_index(load.buffer, load.indices))]
+    if len(reads) != 1:
+        return None
+    offset = ir.flat_index(reads[0].buffer, reads[0].indices)
+    stride = _coefficient(offset, lane)
+    if _coefficient(offset, name) != 1 or stride is None:
+        return None
+    return reads[0]
+
+
+def _next_power_of_two(n: int) -> int:
+    return 1 << (n - 1).bit_length()
 
 
 def _coefficient(expr: ir.Expr, var: str) -> int | None:
