@@ -431,3 +431,26 @@ def test_pointwise_default_schedule_with_few_pixel_blocks(size, threads):
     steps = default_schedule(spec, host(), threads=threads)
     assert steps and steps[0].primitive == "fuse"
     assert convgen.check(convgen.build(spec, "llvm", schedule=steps, threads=threads), 0).passed
+
+
+@pytest.mark.parametrize("layer", [
+    {"in_channels": 3, "out_channels": 32, "input_size": [23, 60], "kernel_size": 7, "stride": 2, "padding": 3},
+    {"in_channels": 16, "out_channels": 64, "input_size": [12, 30], "kernel_size": 3, "padding": 2, "dilation": 2},
+    {"in_channels": 64, "out_channels": 128, "input_size": [7, 28], "kernel_size": 3, "padding": 1, "groups": 4},
+    {"in_channels": 8, "out_channels": 32, "input_size": [5, 40], "kernel_size": 3, "padding": [2, 0, 1, 3]},
+])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_direct_default_peels_padded_borders_instead_of_copying(layer, threads):
+    """Zero-padded direct layers read x in place: the border tiles (and rows, serial) run
+    as copies of their own that keep the in-range checks; every output is still right."""
+    from convgen.schedule.space import default_schedule
+    from convgen.target import host
+    spec = convgen.load_spec({"name": "peeled", "op": "conv2d", "activation": "relu", **layer})
+    steps = default_schedule(spec, host(), threads=threads)
+    primitives = [step.primitive for step in steps]
+    assert "pad_input" not in primitives and "peel" in primitives
+    for backend in ("llvm", "c"):
+        kernel = convgen.build(spec, backend, schedule=steps, threads=threads)
+        assert not kernel._converts["x"]
+        for seed in range(2):
+            assert convgen.check(kernel, seed).passed
