@@ -23,20 +23,21 @@ def candidates(spec: Spec, target: Target) -> list[tuple[str, Schedule | Schedul
     """(label, schedule) pairs; a candidate a primitive refused comes back as its error.
     The default schedules (serial and parallel) come first, so a search starts from them."""
     lanes = target.vector_lanes
+    threads = max(target.cores, 2)
     found: list[tuple[str, Schedule | ScheduleError]] = [
         ("default", Schedule(default_schedule(spec, target))),
-        ("default, parallel", Schedule(default_schedule(spec, target, max(target.cores, 2)))),
+        ("default, parallel", Schedule(default_schedule(spec, target, threads))),
         ("naive", Schedule.for_spec(spec))]
     axes = ["channels", "columns"] if spec.is_conv else ["columns"]
     tiles = [4, 6, 8] if spec.is_conv else [1]
-    for axis, vector, tile, order, threads in product(axes, (lanes, lanes // 2), tiles, ("ic-outer", "kernel-outer"),
+    for axis, vector, tile, order, parallel in product(axes, (lanes, lanes // 2), tiles, ("ic-outer", "kernel-outer"),
                                                       (True, False)):
         if not spec.is_conv and order == "kernel-outer":
             continue
-        label = (f"vector {axis} x{vector}, tile {tile}, {order}" + (", parallel" if threads else "")
-                 if spec.is_conv else f"vector {axis} x{vector}" + (", parallel" if threads else ""))
+        label = (f"vector {axis} x{vector}, tile {tile}, {order}" + (", parallel" if parallel else "")
+                 if spec.is_conv else f"vector {axis} x{vector}" + (", parallel" if parallel else ""))
         try:
-            found.append((label, _direct(spec, axis, vector, tile, order, max(target.cores, 2) if threads else 1)))
+            found.append((label, _direct(spec, axis, vector, tile, order, threads if parallel else 1)))
         except ScheduleError as err:
             found.append((label, err))
     return found
@@ -255,12 +256,8 @@ def _channels_last(spec: Spec, lanes: int, threads: bool) -> Schedule:
          .layout("w", f"OIHW{lanes}o"))
     s = s.parallel("oh") if threads else s
     # Border tiles and rows in copies of their own, so the rest runs without padding checks.
-    top, bottom, left, right = spec.padding
-    if (left or right) and -(-columns // tile) >= 3:
-        s = s.peel("ow.o", 1, 1)
-    if (top or bottom) and not threads and spec.output_size[0] >= 3:
-        s = s.peel("oh", 1, 1)
-    return s
+    s = _peel_border(s, spec, "ow.o", tile, axis=1)
+    return s if threads else _peel_border(s, spec, "oh", 1, axis=0)
 
 
 def winograd_schedule(spec: Spec, target: Target, threads: int = 1, tile: int = 4) -> Schedule:
