@@ -4,6 +4,7 @@
     spec = convgen.load_spec("specs/resnet_3x3_64.yaml")
     kernel = convgen.build(spec, target="llvm")     # or "c"
     y = kernel(x, w, b)                              # float32 NumPy arrays
+    x = convgen.empty(spec.input_shape)              # a 64-byte-aligned array: faster kernels
     s = convgen.Schedule.for_spec(spec).split("ow", 8)  # schedules: see docs/schedules.md
     convgen.reference(spec, x, w, b)                 # float64 NumPy meaning of the layer
 """
@@ -12,12 +13,12 @@ from .check import CheckResult, check
 from .errors import CodegenError, CompileError, ConvgenError, KernelCallError, ScheduleError, SpecError
 from .lower import lower
 from .reference import reference
-from .runtime import Kernel, build
+from .runtime import Kernel, build, empty
 from .schedule import Schedule
 from .spec import Spec, load_spec
 
 __all__ = [
-    "load_spec", "build", "reference", "check", "lower",
+    "load_spec", "build", "empty", "reference", "check", "lower",
     "Spec", "Kernel", "CheckResult", "Schedule",
     "ConvgenError", "SpecError", "CodegenError", "CompileError", "KernelCallError", "ScheduleError",
 ]

@@ -21,7 +21,7 @@ import numpy as np
 from .check import compare_runs, random_inputs, tolerance, weight_transform
 from .errors import ScheduleError
 from .reference import reference
-from .runtime import build, measure
+from .runtime import aligned_copy, build, empty, measure
 from .schedule.space import default_schedule, winograd_schedule
 from .spec import Spec
 from .target import host
@@ -47,7 +47,8 @@ def bench(spec: Spec, threads: int = 1, peers=PEERS, schedule=None, seed: int = 
           rounds: int = 3, min_seconds: float = 0.2, winograd=()) -> list[Entry]:
     """convgen's kernel (the spec's schedule, else the default for the target),
     for each tile size in `winograd` (2, 4) its Winograd kernel, and the peers."""
-    inputs = random_inputs(spec, np.random.default_rng(seed))
+    # every contender reads the same cache-line-aligned arrays, as its own allocator would give it
+    inputs = {name: aligned_copy(array) for name, array in random_inputs(spec, np.random.default_rng(seed)).items()}
     expected = reference(spec, **inputs)
     steps = schedule if schedule is not None else (spec.schedule or default_schedule(spec, host(), threads))
     contenders = {"convgen": _convgen(spec, inputs, steps, threads)}
@@ -98,12 +99,12 @@ def _convgen(spec: Spec, inputs, steps, threads: int):
     """(call, to user's layout, weight transform): the transform decides the error bound."""
     kernel = build(spec, "llvm", schedule=steps, threads=threads)
     call = kernel.bind(inputs["w"], inputs.get("b")) if spec.is_conv else kernel
-    out = np.empty(spec.output_shape, dtype=spec.array_dtypes["y"])
+    out = empty(spec.output_shape, spec.array_dtypes["y"])
     return lambda: call(inputs["x"], out=out), lambda y: y, weight_transform(kernel.func)
 
 
 def _nchw(x: np.ndarray, layout: str) -> np.ndarray:
-    return np.ascontiguousarray(x if layout == "NCHW" else x.transpose(0, 3, 1, 2))
+    return x if layout == "NCHW" else aligned_copy(x.transpose(0, 3, 1, 2))
 
 
 def _from_nchw(y: np.ndarray, layout: str) -> np.ndarray:

@@ -42,6 +42,36 @@ from .target import Target, host, llvm_target_machine
 
 BACKENDS = ("llvm", "c")
 
+# Arrays the runtime allocates start on a cache line: a 64-byte vector load or store
+# from a misaligned address touches two lines (NumPy's large arrays start 16 bytes
+# past one), which costs 5-10% on memory-bound layers such as depthwise ones.
+ALIGNMENT = 64
+
+
+def empty(shape, dtype=np.float32) -> np.ndarray:
+    """Like np.empty, with the data starting on a 64-byte boundary. Kernels take
+    any C-contiguous array; x and out allocated here make them faster."""
+    dtype = np.dtype(dtype)
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    size = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(size + ALIGNMENT, dtype=np.uint8)
+    start = -raw.ctypes.data % ALIGNMENT
+    return raw[start:start + size].view(dtype).reshape(shape)
+
+
+def full(shape, value, dtype=np.float32) -> np.ndarray:
+    """Like np.full, in storage from `empty`."""
+    array = empty(shape, dtype)
+    array.fill(value)
+    return array
+
+
+def aligned_copy(array: np.ndarray, dtype=None) -> np.ndarray:
+    """A C-contiguous copy of array in storage from `empty`."""
+    copy = empty(array.shape, dtype or array.dtype)
+    np.copyto(copy, array, casting="unsafe" if dtype else "no")
+    return copy
+
 
 def build(spec: Spec | str | os.PathLike | dict, target: str = "llvm", schedule=None,
           workdir: str | os.PathLike | None = None, threads: int | None = None) -> "Kernel":
@@ -213,7 +243,7 @@ def _pad(array: np.ndarray, widths, buffer: ir.Buffer) -> np.ndarray:
     if buffer.pad_mode != "constant":
         return np.pad(array, widths, mode=_NUMPY_PAD[buffer.pad_mode])
     shape = tuple(n + lo + hi for n, (lo, hi) in zip(array.shape, widths))
-    padded = np.full(shape, buffer.pad_value, dtype=array.dtype)
+    padded = full(shape, buffer.pad_value, array.dtype)
     padded[tuple(slice(lo, lo + n) for n, (lo, _) in zip(array.shape, widths))] = array
     return padded
 
@@ -238,7 +268,7 @@ def to_storage(array: np.ndarray, user_layout: str, buffer: ir.Buffer) -> np.nda
     if any(r for _, r in rounded):
         logical = np.pad(logical, rounded)  # blocks past the last channel hold zeros
     split = logical.reshape(shape)
-    return np.ascontiguousarray(np.transpose(split, _storage_order(buffer)), dtype=buffer.dtype)
+    return aligned_copy(np.transpose(split, _storage_order(buffer)), buffer.dtype)
 
 
 def from_storage(storage: np.ndarray, buffer: ir.Buffer, user_layout: str) -> np.ndarray:
@@ -348,7 +378,7 @@ class Kernel:
             raise KernelCallError(f"{spec.name}: out: expected a writeable C-contiguous {dtype} array")
         given = out is not None
         if not given:
-            out = np.empty(spec.output_shape, dtype=dtype)
+            out = empty(spec.output_shape, dtype)
         out = _checked("out", out, spec.output_shape, dtype)
         if any(np.may_share_memory(out, a) for a in arrays.values()):
             raise KernelCallError(f"{spec.name}: out: must not overlap an input array")
@@ -356,8 +386,8 @@ class Kernel:
         # A converted output starts as the caller's out (which check.py poisons) or poisoned, so an
         # element the kernel misses keeps that value rather than passing for a result.
         if converting:
-            arrays["y"] = (np.array(to_storage(out, self._layouts["y"], y), dtype=dtype, copy=True) if given
-                           else np.full(y.storage_shape, poison(dtype), dtype=dtype))
+            arrays["y"] = (aligned_copy(to_storage(out, self._layouts["y"], y), dtype) if given
+                           else full(y.storage_shape, poison(dtype), dtype))
         else:
             arrays["y"] = out
         pointers = [arrays[p.name].ctypes.data for p in self.func.params]
@@ -393,7 +423,7 @@ class BoundKernel:
     def __post_init__(self):
         k = self.kernel
         # owned copies, so no caller's array can alias them (out= is checked against x only)
-        self.weights = {name: np.array(array, copy=True) for name, array in self.weights.items()}
+        self.weights = {name: aligned_copy(array) for name, array in self.weights.items()}
         names = [p.name for p in k.func.params]
         self._direct = ((k._pads_only_x or not k._converts["x"]) and not k._converts["y"]
                         and _DATA_OFFSET is not None)

@@ -197,3 +197,30 @@ def test_bound_kernel_direct_path_refuses_overlapping_out():
     assert bound._direct
     with pytest.raises(KernelCallError, match="overlap"):
         bound(x, out=x)
+
+
+@pytest.mark.parametrize("shape, dtype", [((1, 3, 7, 7), np.float32), (5, np.int8), ((2, 33), np.int32)])
+def test_empty_starts_on_a_cache_line(shape, dtype):
+    array = convgen.empty(shape, dtype)
+    assert array.ctypes.data % 64 == 0 and array.flags.c_contiguous and array.flags.writeable
+    assert array.shape == (shape if isinstance(shape, tuple) else (shape,)) and array.dtype == dtype
+
+
+def test_buffers_the_runtime_makes_start_on_a_cache_line():
+    """Packed weights, the kept padded input and an allocated output are aligned
+    (a 64-byte vector access from a misaligned address touches two cache lines);
+    the kernel reads and writes aligned arrays from convgen.empty correctly."""
+    spec = convgen.load_spec(PADDED)
+    kernel = convgen.build(spec, "llvm", schedule=_padded_schedule(spec, 1).layout("w", "OIHW8o"))
+    rng = np.random.default_rng(10)
+    w, b = rng.uniform(-1, 1, (32, 4, 3, 3)).astype(np.float32), rng.uniform(-1, 1, 32).astype(np.float32)
+    bound = kernel.bind(w, b)
+    assert all(array.ctypes.data % 64 == 0 for array in bound.weights.values())
+    x = convgen.empty(spec.input_shape)
+    x[...] = rng.uniform(-1, 1, spec.input_shape)
+    out = convgen.empty(spec.output_shape)
+    out.fill(np.nan)
+    assert bound(x, out=out) is out
+    assert kernel._padded_x(x).ctypes.data % 64 == 0
+    np.testing.assert_allclose(out, convgen.reference(spec, x, w, b), rtol=1e-5, atol=1e-5)
+    assert kernel(x, w, b).ctypes.data % 64 == 0
