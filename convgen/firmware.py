@@ -115,6 +115,7 @@ def run_on_qemu(func: ir.Func, files: CFiles, target: Target, arrays: dict[str, 
     outs = [dict(name=p.name, ctype=C_TYPES[p.dtype], count=p.size) for p in func.params if p.name in outputs]
     dtype = next(p.dtype for p in func.params if p.name in outputs)
     fills = [_fill_byte(value) for value in output_fills(dtype)]
+    folder = Path(folder).resolve()  # the link step runs inside it, so a relative path would point elsewhere
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "main.c").write_text(render("firmware/main.c.j2", name=files.name, inputs=inputs, outputs=outs,
                                           fills=fills, arg_names=[p.name for p in arguments]))

@@ -8,6 +8,7 @@ machine without them these tests skip and say which tool is missing.
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,6 +151,14 @@ def test_winograd_kernels_match_the_reference_on_cortex_m4(bake_weights, tmp_pat
     shape = dict(SHAPES["conv3x3_pad"], activation="relu", schedule=[{"winograd": [2, {"rows": 5}]}])
     _check_on_board("winograd", "cortex-m4", tmp_path, shape, bake_weights=bake_weights)
     assert "winograd F(2x2,3x3)" in (tmp_path / "winograd.h").read_text()
+
+
+@needs_qemu
+def test_a_relative_folder_is_taken_from_the_working_directory(tmp_path, monkeypatch):
+    """The link step runs inside the folder; a relative folder once sent the ELF to folder/folder."""
+    monkeypatch.chdir(tmp_path)
+    _check_on_board("depthwise", "cortex-m4", Path("relative") / "build")
+    assert (tmp_path / "relative" / "build" / "program.elf").is_file()
 
 
 def _check_on_board(name, target, folder, spec=None, bake_weights=False):
