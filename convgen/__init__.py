@@ -3,8 +3,8 @@
     import convgen
     spec = convgen.load_spec("specs/resnet_3x3_64.yaml")
     kernel = convgen.build(spec, target="llvm")     # or "c"
-    y = kernel(x, w, b)                              # float32 NumPy arrays
-    x = convgen.empty(spec.input_shape)              # a 64-byte-aligned array: faster kernels
+    x = convgen.empty(spec.input_shape)              # like np.empty, 64-byte aligned: faster kernels
+    y = kernel(x, w, b)                              # float32 NumPy arrays (any alignment)
     s = convgen.Schedule.for_spec(spec).split("ow", 8)  # schedules: see docs/schedules.md
     convgen.reference(spec, x, w, b)                 # float64 NumPy meaning of the layer
 """
