@@ -1,7 +1,8 @@
 """Measuring convgen against other libraries on one layer, in one process.
 
-Each contender gets the same random inputs in its own preferred layout
-(converted before timing) and its result is compared with the float64
+Each contender gets the same random inputs, on 64-byte boundaries as every
+framework's allocator gives them, in its own preferred layout (converted
+before timing) and its result is compared with the float64
 reference before it is timed; a contender that does not match is reported,
 not timed. Timing is interleaved (a round measures every contender once,
 median of many calls after warm-up) and the median over rounds is kept, so
