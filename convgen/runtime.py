@@ -53,7 +53,7 @@ def empty(shape, dtype=np.float32) -> np.ndarray:
     """Like np.empty, with the data starting on a 64-byte boundary. Kernels take
     any C-contiguous array; x and out allocated here make them faster."""
     dtype = np.dtype(dtype)
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    shape = (int(shape),) if np.ndim(shape) == 0 else tuple(shape)
     size = int(np.prod(shape)) * dtype.itemsize
     raw = np.empty(size + ALIGNMENT, dtype=np.uint8)
     start = -raw.ctypes.data % ALIGNMENT
@@ -387,7 +387,7 @@ class Kernel:
         # A converted output starts as the caller's out (which check.py poisons) or poisoned, so an
         # element the kernel misses keeps that value rather than passing for a result.
         if converting:
-            arrays["y"] = (aligned_copy(to_storage(out, self._layouts["y"], y), dtype) if given
+            arrays["y"] = (to_storage(out, self._layouts["y"], y) if given   # a converted copy, aligned
                            else full(y.storage_shape, poison(dtype), dtype))
         else:
             arrays["y"] = out

@@ -8,8 +8,6 @@ import pytest
 import convgen
 from convgen.errors import ConvgenError, KernelCallError
 from convgen.schedule import Schedule
-from convgen.schedule.space import default_schedule
-from convgen.target import host
 
 CONV = {"name": "api", "op": "conv2d", "in_channels": 2, "out_channels": 4, "input_size": [6, 5],
         "kernel_size": 3, "padding": 1, "layout": {"input": "NHWC", "output": "NCHW"}}
