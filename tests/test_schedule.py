@@ -433,6 +433,42 @@ def test_pointwise_default_schedule_with_few_pixel_blocks(size, threads):
     assert convgen.check(convgen.build(spec, "llvm", schedule=steps, threads=threads), 0).passed
 
 
+@pytest.mark.parametrize("channels, size", [((24, 64), [9, 14]), ((40, 48), [6, 11]), ((16, 32), [1, 3])])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_pointwise_layers_whose_channels_fill_vectors_take_the_direct_tile(channels, size, threads):
+    """1x1 layers with whole output-channel vectors get the channel-vector register
+    tile (not the GEMM over pixels), with column tails and both thread splits
+    (even channel blocks, or blocks fused with rows), and stay right."""
+    from convgen.schedule.space import default_schedule
+    from convgen.target import host
+    lanes = host().vector_lanes
+    spec = convgen.load_spec({"name": "pw_direct", "op": "conv2d", "in_channels": channels[0],
+                              "out_channels": channels[1] * lanes // 16, "input_size": size, "kernel_size": 1})
+    steps = default_schedule(spec, host(), threads=threads)
+    assert steps[0].primitive == "split" and steps[0].args[0] == "oc"
+    for seed in range(2):
+        assert convgen.check(convgen.build(spec, "llvm", schedule=steps, threads=threads), seed).passed
+
+
+@pytest.mark.parametrize("layer", [
+    {"in_channels": 8, "out_channels": 32, "input_size": [1, 40], "kernel_size": [1, 5], "padding": [0, 0, 2, 2]},
+    {"in_channels": 8, "out_channels": 32, "input_size": [1, 40], "kernel_size": 3, "padding": 1},
+    {"in_channels": 32, "out_channels": 32, "groups": 32, "input_size": [1, 20], "kernel_size": 3, "padding": 1,
+     "layout": "NHWC"},
+])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_one_row_layers_get_the_default_schedule(layer, threads):
+    """A layer with one output row (a 1-D signal as a 2-D layer) has no row loop after
+    lowering; the default recipes work without it instead of falling back to the naive nest."""
+    from convgen.schedule.space import default_schedule
+    from convgen.target import host
+    spec = convgen.load_spec({"name": "one_row", "op": "conv2d", **layer})
+    steps = default_schedule(spec, host(), threads=threads)
+    assert "vectorize" in [step.primitive for step in steps]
+    for seed in range(2):
+        assert convgen.check(convgen.build(spec, "llvm", schedule=steps, threads=threads), seed).passed
+
+
 @pytest.mark.parametrize("layer", [
     {"in_channels": 3, "out_channels": 32, "input_size": [23, 60], "kernel_size": 7, "stride": 2, "padding": 3},
     {"in_channels": 16, "out_channels": 64, "input_size": [12, 30], "kernel_size": 3, "padding": 2, "dilation": 2},

@@ -54,13 +54,14 @@ def _direct(spec: Spec, axis: str, lanes: int, tile: int, order: str, threads: i
         s = (s.split(channel, lanes * vectors, tail=_tail(spec.out_channels, lanes * vectors))
              .split(f"{channel}.i", lanes, tail="perfect")
              .split("ow", tile, tail=_tail(spec.output_size[1], tile)))
-        outer, vector_loop = [f"{channel}.o", "oh", "ow.o"], f"{channel}.i.i"
+        blocks, vector_loop = f"{channel}.o", f"{channel}.i.i"
         tile_loops, extents = ["ow.i", f"{channel}.i.o"], [tile, vectors]
     else:
         s = s.split("ow", lanes * tile).split("ow.i", lanes, tail=_tail(lanes * tile, lanes))
-        outer, vector_loop, tile_loops, extents = [channel, "oh", "ow.o"], "ow.i.i", ["ow.i.o"], [tile]
-    if "n" in names:
-        outer = ["n"] + outer
+        blocks, vector_loop, tile_loops, extents = channel, "ow.i.i", ["ow.i.o"], [tile]
+    # lowering leaves out loops of one iteration: batch 1, and a single output row
+    has_rows = "oh" in names
+    outer = [loop for loop in ("n", blocks, "oh", "ow.o") if loop in names or loop in (blocks, "ow.o")]
     s = s.reorder(*outer, *tile_loops, vector_loop).cache_write("ow.o")
     reduction = [n for n in ("ic", "kh", "kw") if n in names]
     if order == "kernel-outer" and "ic" in reduction:
@@ -88,16 +89,16 @@ def _direct(spec: Spec, axis: str, lanes: int, tile: int, order: str, threads: i
     # channels first, so rows are peeled too, which needs them serial (3x3 256 at two threads with
     # checks in every row: 0.52 -> 0.82 ms); with the kernel loops outside (conv1) the row check is
     # hoisted and peeling rows only adds code (conv1: 1.01 ms tiles peeled, 1.24 ms rows too, 1.11 padded).
-    peel_rows = order != "kernel-outer"
+    peel_rows = order != "kernel-outer" and has_rows
     peel_borders = (axis == "channels" and spec.is_conv and spec.padding_mode == "zeros"
                     and (by_channel_block or not parallel or not peel_rows))
     if any(spec.padding) and not peel_borders:
         s = s.pad_input()
-    if by_channel_block:
+    if by_channel_block or (parallel and not has_rows):
         # (also: fusing would hide from the simplifier that a grouped channel vector stays in one group)
-        s = s.parallel(outer[-3])
+        s = s.parallel(blocks)
     elif parallel:
-        s = s.fuse(outer[-3], outer[-2]).parallel(f"{outer[-3]}_{outer[-2]}")
+        s = s.fuse(blocks, "oh").parallel(f"{blocks}_oh")
     if any(spec.padding) and peel_borders:
         s = _peel_border(s, spec, "ow.o", tile, axis=1)
         s = _peel_border(s, spec, "oh", 1, axis=0) if peel_rows else s
@@ -157,19 +158,24 @@ def default_schedule(spec: Spec, target: Target, threads: int = 1) -> tuple:
     of the layer's family that applies, else none (the naive loop nest).
 
     Families, tried in this order:
-    - pointwise (1x1, stride 1, no padding, NCHW, one group): a GEMM over
-      output pixels, `_pointwise`;
     - channels-last grouped and depthwise: channel vectors innermost, `_channels_last`;
-    - direct: a register tile of output columns by one or two vectors of
-      output channels (when each group's channels fill whole vectors,
-      `_channel_tile`), else of output columns.
+    - direct over channel vectors: a register tile of output columns by one
+      or two vectors of output channels, when each group's channels fill
+      whole vectors (`_channel_tile`);
+    - pointwise (1x1, stride 1, no padding, NCHW, one group) whose channels
+      do not fill vectors: a GEMM over output pixels, `_pointwise`. Where
+      they do, the direct tile above is faster (kernel alone, 64-byte-aligned
+      arrays, 1 / 2 threads: 256->64 at 56x56 0.43 / 0.24 ms as a GEMM,
+      0.41 / 0.21 direct; 128->512 at 28x28 0.48 / 0.42 against 0.42 / 0.22;
+      32->192 at 56x56 0.26 / 0.14 against 0.20 / 0.10): each broadcast
+      input feeds two FMAs and 28 accumulators fit, where the GEMM's tile
+      has 16, and threads split channel blocks, not a few pixel groups;
+    - direct over output columns.
     The register tile leaves room for weight vectors and broadcast inputs
     among the target's vector registers.
     """
     lanes = target.vector_lanes
     recipes = []
-    if _is_pointwise(spec):
-        recipes.append(lambda: _pointwise(spec, target, threads))
     if spec.is_conv and spec.groups > 1 and spec.input_layout == spec.output_layout == "NHWC":
         recipes.append(lambda: _channels_last(spec, lanes, threads))
     columns = spec.output_size[1]
@@ -179,6 +185,8 @@ def default_schedule(spec: Spec, target: Target, threads: int = 1) -> tuple:
         # with few input channels the kernel loops outside them run faster (measured on ResNet's conv1)
         order = "kernel-outer" if spec.in_channels // spec.groups < lanes else "ic-outer"
         recipes.append(lambda: _direct(spec, "channels", lanes, across, order, threads, vectors))
+    if _is_pointwise(spec):
+        recipes.append(lambda: _pointwise(spec, target, threads))
     for vector in (lanes, max(lanes // 2, 2)):
         rows = max(1, min(tile if spec.is_conv else 1, columns // vector))
         recipes.append(lambda vector=vector, rows=rows: _direct(spec, "columns", vector, rows, "ic-outer", threads))
@@ -253,14 +261,16 @@ def _channels_last(spec: Spec, lanes: int, threads: int) -> Schedule:
     s = (Schedule.for_spec(spec).split("oc", lanes, tail="perfect")
          .split("ow", tile, tail="perfect" if columns % tile == 0 else "guard"))
     names = loop_names(s.func)
-    outer = (["n"] if "n" in names else []) + ["oc.o", "oh", "ow.o"]
+    # lowering leaves out loops of one iteration: batch 1, and a single output row
+    outer = [loop for loop in ("n", "oc.o", "oh", "ow.o") if loop in names]
     reduction = [n for n in ("ic", "kh", "kw") if n in names]
     s = (s.reorder(*outer, "ow.i", "oc.i").cache_write("ow.o").reorder(*reduction, "ow.i", "oc.i")
          .unroll("ow.i").vectorize("oc.i").reorder("ow.i.init", "oc.i.init").vectorize("oc.i.init")
          .layout("w", f"OIHW{lanes}o"))
     s = s.parallel("oc.o") if threads > 1 else s
     # Border tiles and rows in copies of their own, so the rest runs without padding checks.
-    return _peel_border(_peel_border(s, spec, "ow.o", tile, axis=1), spec, "oh", 1, axis=0)
+    s = _peel_border(s, spec, "ow.o", tile, axis=1)
+    return _peel_border(s, spec, "oh", 1, axis=0) if "oh" in names else s
 
 
 def winograd_schedule(spec: Spec, target: Target, threads: int = 1, tile: int = 4) -> Schedule:
