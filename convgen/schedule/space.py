@@ -61,7 +61,7 @@ def _direct(spec: Spec, axis: str, lanes: int, tile: int, order: str, threads: i
         blocks, vector_loop, tile_loops, extents = channel, "ow.i.i", ["ow.i.o"], [tile]
     # lowering leaves out loops of one iteration: batch 1, and a single output row
     has_rows = "oh" in names
-    outer = [loop for loop in ("n", blocks, "oh", "ow.o") if loop in names or loop in (blocks, "ow.o")]
+    outer = (["n"] if "n" in names else []) + [blocks] + (["oh"] if has_rows else []) + ["ow.o"]
     s = s.reorder(*outer, *tile_loops, vector_loop).cache_write("ow.o")
     reduction = [n for n in ("ic", "kh", "kw") if n in names]
     if order == "kernel-outer" and "ic" in reduction:
