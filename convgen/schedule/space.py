@@ -277,7 +277,7 @@ def winograd_schedule(spec: Spec, target: Target, threads: int = 1, tile: int = 
     """Winograd's F(tile x tile, 3x3) for a 3x3 stride-1 layer (refused otherwise,
     with the reason). The input transform runs on input-channel vectors; the
     products are a GEMM per transform point with a register tile of output-
-    channel vectors by tiles (as `_pointwise`), weights laid out T, I, O so a
+    channel vectors by tiles (as the direct channel tile), weights laid out T, I, O so a
     vector of output channels loads contiguously; the output transform runs on
     output-channel vectors.
 
