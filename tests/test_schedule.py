@@ -72,7 +72,26 @@ def test_peel_leaves_the_middle_without_border_checks():
 
 def test_peel_refuses_to_leave_nothing_in_between():
     refusal(lambda: chain().peel("oh", 4, 3), "7 iterations; peeling 4 + 3 leaves none")
-    refusal(lambda: chain().parallel("oh").peel("oh", 1, 1), "peel")
+    refusal(lambda: chain().unroll("oh").peel("oh", 1, 1), "peel", "already unrolled")
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 8])
+def test_peeling_a_parallel_loop_keeps_one_loop_for_the_threads(threads):
+    """A peeled parallel loop stays one loop whose body branches to the copies; the
+    middle branch drops the row checks as a serial peel's middle loop does. Right
+    with 3 threads (shares end inside the branches) and 8 (some get none of the 7 rows)."""
+    s = chain().parallel("oh").peel("oh", 1, 2)
+    assert [loop.var.name for loop in ir.find_all(s.func.body, ir.Loop) if loop.kind == "parallel"] == ["oh"]
+    branches = ir.find_all(ir.loops_by_name(s.func.body)["oh"].body, ir.If)
+    first, rest = branches[0], branches[0].orelse
+    assert ir.format_expr(first.cond) == "oh < 1" and ir.format_expr(rest.cond) == "oh < 5"
+    rows_checked = [c for c in ir.find_all(rest.then, ir.Call) if c.name == "in_range"
+                    and "oh" in ir.free_vars(c.args[0])]
+    assert not rows_checked and ir.find_all(first.then, ir.Call) and ir.find_all(rest.orelse, ir.Call)
+    for target in BACKENDS:
+        kernel = convgen.build(CONV, target, schedule=s, threads=threads)
+        for seed in range(2):
+            assert convgen.check(kernel, seed).passed, target
 
 
 def test_split_perfect_has_no_guard():

@@ -111,7 +111,31 @@ class _Simplifier(Rewriter):
         if isinstance(cond, BoolImm):
             chosen = node.then if cond.value else node.orelse
             return Seq(()) if chosen is None else self.visit(chosen)
-        return self.generic_visit(replace(node, cond=cond))
+        split = self.split_range(cond)
+        if split is None:
+            return self.generic_visit(replace(node, cond=cond))
+        name, below, above = split
+        then = self.visit_within(node.then, name, below)
+        orelse = None if node.orelse is None else self.visit_within(node.orelse, name, above)
+        return replace(node, cond=cond, then=then, orelse=orelse)
+
+    def split_range(self, cond: Expr) -> tuple[str, tuple[int, int], tuple[int, int]] | None:
+        """For `v < c` on a loop variable v with a known range: (v, its range
+        where it holds, its range where it does not); else None."""
+        if not (isinstance(cond, BinOp) and cond.op == "<" and isinstance(cond.a, Var)
+                and isinstance(cond.b, IntImm) and cond.a.name in self.ranges):
+            return None
+        low, high = self.ranges[cond.a.name]
+        return cond.a.name, (low, min(high, cond.b.value - 1)), (max(low, cond.b.value), high)
+
+    def visit_within(self, stmt: Stmt, name: str, span: tuple[int, int]) -> Stmt:
+        """Visit stmt with a loop variable's range narrowed to span."""
+        saved = self.ranges[name]
+        self.ranges[name] = span
+        try:
+            return self.visit(stmt)
+        finally:
+            self.ranges[name] = saved
 
     def visit_Select(self, node: Select) -> Expr:
         node = self.generic_visit(node)

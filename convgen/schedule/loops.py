@@ -200,17 +200,25 @@ def peel(func: ir.Func, loop: str, front: int, back: int) -> ir.Func:
     their own (`<loop>.f`, `<loop>.b`) so that the loop in between, which keeps
     the name, meets no border: padding checks its indices settle fold away
     there (TVM: loop partition). Apply it late: steps after it see the copies'
-    inner loops under new names (suffix .f or .b).
+    inner loops under new names (suffix .f or .b). A parallel loop stays one
+    loop, so threads share its range as before: its body branches to the
+    copies, and each branch knows its part of the range, so checks fold
+    away in the middle one just the same.
 
-    It requires: the loop is serial and front + back < its extent.
+    It requires: the loop is serial or parallel, and front + back < its extent.
 
     rewrite (ow.o: 0..4, front 1, back 1):
         for ow.o in 0..4: S(ow.o)   ->   for ow.o.f in 0..1: S(ow.o.f)
                                          for ow.o in 0..2: S(ow.o + 1)      (no border checks left)
                                          for ow.o.b in 0..1: S(ow.o.b + 3)
+        parallel for oh in 0..4: S(oh)   ->   parallel for oh in 0..4:
+                                                if oh < 1: S.f(oh)
+                                                else if oh < 3: S(oh)       (no border checks left)
+                                                else: S.b(oh)
     """
     target = find_loop(func, loop, "peel")
-    require_serial(target, "peel")
+    if target.kind != "parallel":
+        require_serial(target, "peel")
     front, back = (_positive_int("peel", name, v) if v else 0 for name, v in (("front", front), ("back", back)))
     if front + back >= target.extent:
         raise ScheduleError("peel", f"'{loop}' has {target.extent} iterations; peeling {front} + {back} "
@@ -218,6 +226,18 @@ def peel(func: ir.Func, loop: str, front: int, back: int) -> ir.Func:
     first, last = ir.Var(f"{loop}.f"), ir.Var(f"{loop}.b")
     require_new_names(func, [first.name, last.name], "peel")
     taken = set(loop_names(func)) | {first.name, last.name}
+
+    def branches(node: ir.Loop) -> ir.Stmt:
+        var, body = node.var, node.body
+        if back:
+            body = ir.If(ir.BinOp("<", var, ir.IntImm(node.extent - back)), body,
+                         _rename_loops(node.body, ".b", taken))
+        if front:
+            body = ir.If(ir.BinOp("<", var, ir.IntImm(front)), _rename_loops(node.body, ".f", taken), body)
+        return replace(node, body=body)
+
+    if target.kind == "parallel":
+        return ir.simplify(replace_loop(func, loop, branches))
 
     def rewrite(node: ir.Loop) -> ir.Stmt:
         var = node.var
