@@ -32,7 +32,7 @@ import numpy as np
 
 from . import ir
 from .codegen.c import CFiles, emit_c
-from .codegen.llvm import emit_llvm, openmp_entry_name, parallel_loop
+from .codegen.llvm import SHARE_COUNTER_SLOTS, emit_llvm, openmp_entry_name, parallel_loop
 from .errors import CompileError, ConvgenError, KernelCallError
 from .lower import lower
 from .schedule import apply_schedule, as_steps
@@ -404,7 +404,8 @@ class Kernel:
             openmp().omp_set_num_threads(threads)
             self._function(*pointers)
         else:
-            arguments = (ctypes.c_void_p * len(pointers))(*pointers)
+            # the kernel's pointers, then a zeroed counter for each thread's share
+            arguments = (ctypes.c_uint64 * (len(pointers) + SHARE_COUNTER_SLOTS * threads))(*pointers)
             openmp().GOMP_parallel(ctypes.cast(self._function, ctypes.c_void_p), arguments, threads, 0)
 
 

@@ -17,8 +17,9 @@ SROA turns them into registers). Loop kinds:
 - parallel: the function takes two more arguments, `lo` and `hi`, and runs
   that loop from lo to hi. A second function, `<name>.omp(ptr args)`, is
   the body of an OpenMP parallel region (libgomp's GOMP_parallel calls it
-  on every thread): it takes the thread's share of the range and calls the
-  kernel with the pointers in `args`.
+  on every thread): it runs the thread's contiguous share of the range, then
+  takes what is left of the others' shares, one iteration at a time
+  (`_emit_openmp_entry`).
 
 Optimisation and JIT compilation are the runtime's job; this module only emits IR text.
 """
@@ -41,6 +42,7 @@ _BYTES = {ir.FLOAT32: 4, ir.INT8: 1, ir.INT32: 4, ir.INDEX: 8}
 _INT_OPS = {"+": "add", "-": "sub", "*": "mul"}
 _FLOAT_OPS = {"+": "fadd", "-": "fsub", "*": "fmul", "/": "fdiv"}
 PARALLEL_BOUNDS = ("lo", "hi")
+SHARE_COUNTER_SLOTS = 8   # 64-bit slots from one share's counter to the next: a cache line
 
 
 def emit_llvm(func: ir.Func, target: Target) -> str:
@@ -58,19 +60,55 @@ def openmp_entry_name(func: ir.Func) -> str:
 
 
 def _emit_openmp_entry(module: ll.Module, kernel: ll.Function, params: int, extent: int) -> None:
-    """void <name>.omp(ptr args): this thread's share of 0..extent, then the kernel on it."""
-    entry = ll.Function(module, ll.FunctionType(ll.VoidType(), [ll.PointerType()]), name=f"{kernel.name}.omp")
-    b = ll.IRBuilder(entry.append_basic_block("entry"))
+    """void <name>.omp(ptr args): this thread's share of 0..extent, then what
+    is left of the others' shares, one iteration at a time, calling the kernel
+    on each with the pointers in args[0..params).
+
+    Shares are contiguous, as a static split's (each thread's rows and the
+    input they read stay its own), but taken through a counter per share
+    (args[params + SHARE_COUNTER_SLOTS * share], zeroed by the caller): a
+    thread that finishes early takes iterations from the others' shares, so
+    one that loses its CPU for a while does less, not the whole layer late."""
+    ptr = ll.PointerType()
+    entry = ll.Function(module, ll.FunctionType(ll.VoidType(), [ptr]), name=f"{kernel.name}.omp")
     ask = {name: ll.Function(module, ll.FunctionType(I32, []), name=name)
            for name in ("omp_get_thread_num", "omp_get_num_threads")}
+    start = entry.append_basic_block("entry")
+    share_block, take_block, run_block, next_block, done_block = (
+        entry.append_basic_block(name) for name in ("share", "take", "run", "next", "done"))
+    b = ll.IRBuilder(start)
     thread = b.sext(b.call(ask["omp_get_thread_num"], []), I64)
     threads = b.sext(b.call(ask["omp_get_num_threads"], []), I64)
-    total = ll.Constant(I64, extent)
-    lo = b.sdiv(b.mul(total, thread), threads)
-    hi = b.sdiv(b.mul(total, b.add(thread, ll.Constant(I64, 1))), threads)
-    pointers = [b.load(b.gep(entry.args[0], [ll.Constant(I64, i)], source_etype=ll.PointerType()),
-                       typ=ll.PointerType()) for i in range(params)]
-    b.call(kernel, pointers + [lo, hi])
+    pointers = [b.load(b.gep(entry.args[0], [ll.Constant(I64, i)], source_etype=ptr), typ=ptr)
+                for i in range(params)]
+    total, one = ll.Constant(I64, extent), ll.Constant(I64, 1)
+    b.branch(share_block)
+
+    b.position_at_end(share_block)   # visit share (thread + k) % threads, k = 0, 1, ...
+    k = b.phi(I64, name="k")
+    k.add_incoming(ll.Constant(I64, 0), start)
+    share = b.urem(b.add(thread, k), threads)
+    first = b.udiv(b.mul(total, share), threads)
+    size = b.sub(b.udiv(b.mul(total, b.add(share, one)), threads), first)
+    slot = b.add(ll.Constant(I64, params), b.mul(share, ll.Constant(I64, SHARE_COUNTER_SLOTS)))
+    counter = b.gep(entry.args[0], [slot], source_etype=I64)
+    b.branch(take_block)
+
+    b.position_at_end(take_block)
+    taken = b.atomic_rmw("add", counter, one, "monotonic")
+    b.cbranch(b.icmp_unsigned("<", taken, size), run_block, next_block)
+
+    b.position_at_end(run_block)
+    lo = b.add(first, taken)
+    b.call(kernel, pointers + [lo, b.add(lo, one)])
+    b.branch(take_block)
+
+    b.position_at_end(next_block)
+    k_next = b.add(k, one)
+    k.add_incoming(k_next, next_block)
+    b.cbranch(b.icmp_unsigned("<", k_next, threads), share_block, done_block)
+
+    b.position_at_end(done_block)
     b.ret_void()
 
 
