@@ -457,8 +457,8 @@ def test_pointwise_default_schedule_with_few_pixel_blocks(size, threads):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_pointwise_layers_whose_channels_fill_vectors_take_the_direct_tile(channels, size, threads):
     """1x1 layers with whole output-channel vectors get the channel-vector register
-    tile (not the GEMM over pixels), with column tails and both thread splits
-    (even channel blocks, or blocks fused with rows), and stay right."""
+    tile (not the GEMM over pixels), with column tails and the thread splits
+    (channel blocks, or rows where blocks are few), and stay right."""
     from convgen.schedule.space import default_schedule
     from convgen.target import host
     lanes = host().vector_lanes
@@ -489,6 +489,32 @@ def test_one_row_layers_get_the_default_schedule(layer, threads):
         assert convgen.check(convgen.build(spec, "llvm", schedule=steps, threads=threads), seed).passed
 
 
+# Blocks are two channel vectors: 64 channels make 2 or 4 blocks (16 or 8 lanes), 96 make 3 or 6,
+# 256 make 8 or 16; the 512-channel input makes the weights (1.7 MB) outgrow half of any L2 cache.
+@pytest.mark.parametrize("layer, parallel", [
+    ({"in_channels": 16, "out_channels": 64, "input_size": [9, 28], "kernel_size": 3, "padding": 1}, "oh"),
+    ({"in_channels": 16, "out_channels": 96, "input_size": [9, 14], "kernel_size": 3, "padding": 1}, "oh"),
+    ({"in_channels": 16, "out_channels": 256, "input_size": [6, 14], "kernel_size": 3, "padding": 1}, "oc.o"),
+    ({"in_channels": 512, "out_channels": 96, "input_size": [4, 14], "kernel_size": 3, "padding": 1}, "oc.o_oh"),
+])
+def test_direct_default_gives_threads_rows_where_channel_blocks_are_few(layer, parallel):
+    """At two threads the direct recipe shares rows (each over every channel block) where
+    blocks are fewer than four per thread or uneven and the weights fit in cache, peeling
+    the border rows as parallel copies; whole blocks where there are enough; else the
+    blocks' rows fused (padded). Right at 2 and 3 threads (3: shares end mid-block)."""
+    from convgen.schedule.space import default_schedule
+    from convgen.target import host
+    if host().vector_lanes not in (8, 16) or host().vector_registers < 32:
+        pytest.skip("the cases are sized for 8- or 16-lane vectors and 32 registers (two-vector blocks)")
+    spec = convgen.load_spec({"name": "split", "op": "conv2d", **layer})
+    steps = default_schedule(spec, host(), threads=2)
+    assert [step.args[0] for step in steps if step.primitive == "parallel"] == [parallel]
+    peeled = [step.args[0] for step in steps if step.primitive == "peel"]
+    assert ("oh" in peeled) == (parallel != "oc.o_oh")
+    for threads in (2, 3):
+        assert convgen.check(convgen.build(spec, "llvm", schedule=steps, threads=threads), threads).passed
+
+
 @pytest.mark.parametrize("layer", [
     {"in_channels": 3, "out_channels": 32, "input_size": [23, 60], "kernel_size": 7, "stride": 2, "padding": 3},
     {"in_channels": 16, "out_channels": 64, "input_size": [12, 30], "kernel_size": 3, "padding": 2, "dilation": 2},
@@ -497,7 +523,7 @@ def test_one_row_layers_get_the_default_schedule(layer, threads):
 ])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_direct_default_peels_padded_borders_instead_of_copying(layer, threads):
-    """Zero-padded direct layers read x in place: the border tiles (and rows, serial) run
+    """Zero-padded direct layers read x in place: the border tiles (and rows) run
     as copies of their own that keep the in-range checks; every output is still right."""
     from convgen.schedule.space import default_schedule
     from convgen.target import host

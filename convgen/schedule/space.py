@@ -37,16 +37,18 @@ def candidates(spec: Spec, target: Target) -> list[tuple[str, Schedule | Schedul
         label = (f"vector {axis} x{vector}, tile {tile}, {order}" + (", parallel" if parallel else "")
                  if spec.is_conv else f"vector {axis} x{vector}" + (", parallel" if parallel else ""))
         try:
-            found.append((label, _direct(spec, axis, vector, tile, order, threads if parallel else 1)))
+            found.append((label, _direct(spec, target, axis, vector, tile, order, threads if parallel else 1)))
         except ScheduleError as err:
             found.append((label, err))
     return found
 
 
-def _direct(spec: Spec, axis: str, lanes: int, tile: int, order: str, threads: int, vectors: int = 1) -> Schedule:
+def _direct(spec: Spec, target: Target, axis: str, lanes: int, tile: int, order: str, threads: int,
+            vectors: int = 1) -> Schedule:
     """A register tile of `tile` output columns by `vectors` vectors of output
     channels (axis "channels"), or by one vector of output columns per tile
-    step (axis "columns"), the reduction outside the tile; on `threads` threads."""
+    step (axis "columns"), the reduction outside the tile; on `threads` threads
+    (`_thread_split`)."""
     s = Schedule.for_spec(spec)
     names = set(loop_names(s.func))
     channel = "oc" if spec.is_conv else "c"
@@ -61,7 +63,10 @@ def _direct(spec: Spec, axis: str, lanes: int, tile: int, order: str, threads: i
         blocks, vector_loop, tile_loops, extents = channel, "ow.i.i", ["ow.i.o"], [tile]
     # lowering leaves out loops of one iteration: batch 1, and a single output row
     has_rows = "oh" in names
-    outer = (["n"] if "n" in names else []) + [blocks] + (["oh"] if has_rows else []) + ["ow.o"]
+    block_count = -(-spec.out_channels // (lanes * vectors)) if axis == "channels" else spec.out_channels
+    split = _thread_split(spec, target, has_rows, threads, block_count)
+    rows = ["oh"] if has_rows else []
+    outer = (["n"] if "n" in names else []) + (rows + [blocks] if split == "rows" else [blocks] + rows) + ["ow.o"]
     s = s.reorder(*outer, *tile_loops, vector_loop).cache_write("ow.o")
     reduction = [n for n in ("ic", "kh", "kw") if n in names]
     if order == "kernel-outer" and "ic" in reduction:
@@ -78,31 +83,59 @@ def _direct(spec: Spec, axis: str, lanes: int, tile: int, order: str, threads: i
             # write the tile back a vector of columns at a time: each channel's row is contiguous in y
             s = (s.reorder(*(f"{loop}.out" for loop in tile_loops[1:]), f"{vector_loop}.out", "ow.i.out")
                  .vectorize("ow.i.out"))
-    parallel = threads > 1
-    channel_blocks = -(-spec.out_channels // (lanes * vectors)) if axis == "channels" else 0
-    # threads on whole channel blocks where they share them evenly, so each thread's rows stay serial
-    by_channel_block = parallel and ((spec.is_conv and spec.groups > 1)
-                                     or (channel_blocks and channel_blocks % threads == 0))
     # Zero padding left to in-range checks, with the border tiles (and rows) peeled so the rest runs
     # without them: no padded copy of x per call (3x3 64: 0.96 -> 0.90 ms at one thread, 0.64 -> 0.47 ms
     # at two, where the copy was serial). Row checks sit inside the reduction when it runs over input
-    # channels first, so rows are peeled too, which needs them serial (3x3 256 at two threads with
-    # checks in every row: 0.52 -> 0.82 ms); with the kernel loops outside (conv1) the row check is
-    # hoisted and peeling rows only adds code (conv1: 1.01 ms tiles peeled, 1.24 ms rows too, 1.11 padded).
+    # channels first, so rows are peeled too, which needs them in order within a thread's share
+    # (3x3 256 at two threads with checks in every row: 0.52 -> 0.82 ms); with the kernel loops outside
+    # (conv1) the row check is hoisted and peeling rows only adds code (conv1: 1.01 ms tiles peeled,
+    # 1.24 ms rows too, 1.11 padded).
     peel_rows = order != "kernel-outer" and has_rows
     peel_borders = (axis == "channels" and spec.is_conv and spec.padding_mode == "zeros"
-                    and (by_channel_block or not parallel or not peel_rows))
+                    and (split != "fused" or not peel_rows))
     if any(spec.padding) and not peel_borders:
         s = s.pad_input()
-    if by_channel_block or (parallel and not has_rows):
-        # (also: fusing would hide from the simplifier that a grouped channel vector stays in one group)
+    if split == "rows":
+        s = s.parallel("oh")
+    elif split == "blocks":
         s = s.parallel(blocks)
-    elif parallel:
+    elif split == "fused":
         s = s.fuse(blocks, "oh").parallel(f"{blocks}_oh")
     if any(spec.padding) and peel_borders:
         s = _peel_border(s, spec, "ow.o", tile, axis=1)
         s = _peel_border(s, spec, "oh", 1, axis=0) if peel_rows else s
     return s
+
+
+def _thread_split(spec: Spec, target: Target, has_rows: bool, threads: int, count: int) -> str:
+    """How the direct recipe shares its work among threads: "" (one thread),
+    "blocks" (the `count` output-channel blocks), "rows" (output rows, each
+    over every block) or "fused" (rows of each block, fused into one loop).
+
+    A thread runs its own share, then takes what is left of the others'
+    (the runtime's OpenMP entry), so a thread that loses its CPU for a while
+    hands work on, if there is work in small enough pieces: rows where the
+    blocks are fewer than four per thread or do not share evenly, as long as
+    all the weights, which each row reads, fit in half the L2 cache. Against
+    whole blocks split statically (paired medians, kernel alone): at two
+    threads 0.99x-1.06x on the suite's 1x1 256->64, 3x3 64, conv1, dilated
+    and grouped layers; with three threads on two CPUs 1x1 256->64 1.16x
+    (406 against 347 GFLOP/s), 3x3 64 1.02x, conv1 1.06x, grouped 1.08x.
+    Rows run in order within a share, so border rows can still be peeled.
+    Grouped layers keep whole blocks or rows (fusing would hide from the
+    simplifier that a grouped channel vector stays in one group)."""
+    if threads <= 1:
+        return ""
+    if not has_rows:
+        return "blocks"
+    weights = (spec.out_channels * (spec.in_channels // spec.groups) * spec.kernel_size[0] * spec.kernel_size[1]
+               * spec.array_dtypes["w"].itemsize) if spec.is_conv else 0
+    few_or_uneven = count < 4 * threads or count % threads
+    if few_or_uneven and weights <= (target.cache("L2") or 256 * 1024) // 2:
+        return "rows"
+    if count % threads == 0 or (spec.is_conv and spec.groups > 1):
+        return "blocks"
+    return "fused"
 
 
 def _peel_border(s: Schedule, spec: Spec, loop: str, tile: int, axis: int) -> Schedule:
@@ -184,12 +217,12 @@ def default_schedule(spec: Spec, target: Target, threads: int = 1) -> tuple:
         vectors, across = _channel_tile(spec, target)
         # with few input channels the kernel loops outside them run faster (measured on ResNet's conv1)
         order = "kernel-outer" if spec.in_channels // spec.groups < lanes else "ic-outer"
-        recipes.append(lambda: _direct(spec, "channels", lanes, across, order, threads, vectors))
+        recipes.append(lambda: _direct(spec, target, "channels", lanes, across, order, threads, vectors))
     if _is_pointwise(spec):
         recipes.append(lambda: _pointwise(spec, target, threads))
     for vector in (lanes, max(lanes // 2, 2)):
         rows = max(1, min(tile if spec.is_conv else 1, columns // vector))
-        recipes.append(lambda vector=vector, rows=rows: _direct(spec, "columns", vector, rows, "ic-outer", threads))
+        recipes.append(lambda vector=vector, rows=rows: _direct(spec, target, "columns", vector, rows, "ic-outer", threads))
     for recipe in recipes:
         try:
             return recipe().steps
