@@ -11,6 +11,7 @@ an outer loop across threads. Widths come from the target, never literals.
 from __future__ import annotations
 
 from itertools import product
+from math import prod
 
 from ..errors import ScheduleError
 from ..spec import Spec
@@ -128,10 +129,9 @@ def _thread_split(spec: Spec, target: Target, has_rows: bool, threads: int, coun
         return ""
     if not has_rows:
         return "blocks"
-    weights = (spec.out_channels * (spec.in_channels // spec.groups) * spec.kernel_size[0] * spec.kernel_size[1]
-               * spec.array_dtypes["w"].itemsize) if spec.is_conv else 0
+    weights = prod(spec.weight_shape) * spec.array_dtypes["w"].itemsize if spec.is_conv else 0
     few_or_uneven = count < 4 * threads or count % threads
-    if few_or_uneven and weights <= (target.cache("L2") or 256 * 1024) // 2:
+    if few_or_uneven and weights <= _l2_bytes(target) // 2:
         return "rows"
     if count % threads == 0 or (spec.is_conv and spec.groups > 1):
         return "blocks"
@@ -180,6 +180,11 @@ def _tile_across(extent: int, limit: int) -> int:
     from limit down to half of it, else limit (with a guarded tail)."""
     limit = max(1, min(extent, limit))
     return next((d for d in range(limit, (limit + 1) // 2 - 1, -1) if extent % d == 0), limit)
+
+
+def _l2_bytes(target: Target) -> int:
+    """The target's L2 cache per core, or 256 KiB where the OS does not say."""
+    return target.cache("L2") or 256 * 1024
 
 
 def _tail(extent: int, factor: int) -> str:
@@ -255,7 +260,7 @@ def _pointwise(spec: Spec, target: Target, threads: int) -> Schedule:
     rows, vectors = max(shapes, key=lambda shape: (shape[0] * shape[1], shape[0]))
     blocks = pixels // (vectors * lanes)
     block_bytes = vectors * lanes * spec.in_channels * spec.array_dtypes["x"].itemsize
-    fits = max(1, (target.cache("L2") or 256 * 1024) // 4 // block_bytes)
+    fits = max(1, _l2_bytes(target) // 4 // block_bytes)
     # at least one group per thread where there are blocks enough
     most = max(1, min(fits, blocks // threads))
     group = max(d for d in range(1, most + 1) if blocks % d == 0)
