@@ -31,6 +31,7 @@ import llvmlite.binding as llvm
 import numpy as np
 
 from . import ir
+from .callguard import C_CONTIGUOUS, WRITEABLE, Operand, array_fields, guard_module
 from .codegen.c import CFiles, emit_c
 from .codegen.llvm import SHARE_COUNTER_SLOTS, emit_llvm, openmp_entry_name, parallel_loop
 from .errors import CompileError, ConvgenError, KernelCallError
@@ -377,7 +378,7 @@ class Kernel:
         dtype = self._dtypes["y"]
         if out is not None and not (isinstance(out, np.ndarray) and out.flags.c_contiguous and out.flags.writeable):
             raise KernelCallError(f"{spec.name}: out: expected a writeable C-contiguous {dtype} array")
-        given = out is not None
+        given, callers = out is not None, out   # returned as given, even as an ndarray subclass
         if not given:
             out = empty(spec.output_shape, dtype)
         out = _checked("out", out, spec.output_shape, dtype)
@@ -395,7 +396,7 @@ class Kernel:
         self._launch(pointers, threads or self.threads)
         if converting:
             np.copyto(out, from_storage(arrays["y"], y, self._layouts["y"]))
-        return out
+        return callers if given else out
 
     def _launch(self, pointers: list[int], threads: int) -> None:
         if self._parallel is None:
@@ -413,11 +414,11 @@ class Kernel:
 class BoundKernel:
     """A kernel with its weights fixed and converted once: call it with x alone.
 
-    When x and the output are the kernel's own buffers (no layout change;
-    x at most padded, into the kernel's kept buffer) and out= is given, a call
-    checks type, dtype, shape and contiguity, reads the two data addresses and
-    calls the kernel: nothing is allocated or converted. Anything else takes
-    the general path."""
+    When x and out= are the kernel's own buffers (no layout change; x at
+    most padded, into the kernel's kept buffer), a call goes through the
+    guard (callguard.py): generated code that checks both arrays (type,
+    dtype, shape, contiguity, writeability, no overlap) and calls the kernel,
+    nothing allocated or converted. Anything else takes the general path."""
 
     kernel: Kernel
     weights: dict[str, np.ndarray]
@@ -426,39 +427,54 @@ class BoundKernel:
         k = self.kernel
         # owned copies, so no caller's array can alias them (out= is checked against x only)
         self.weights = {name: aligned_copy(array) for name, array in self.weights.items()}
-        names = [p.name for p in k.func.params]
-        self._direct = ((k._pads_only_x or not k._converts["x"]) and not k._converts["y"]
-                        and _DATA_OFFSET is not None)
-        self._template = [self.weights[n].ctypes.data if n in self.weights else 0 for n in names]
-        self._x_slot, self._y_slot = names.index("x"), names.index("y")
-        self._x_shape, self._y_shape = tuple(k.spec.input_shape), tuple(k.spec.output_shape)
-        self._x_type, self._y_type = k._dtypes["x"], k._dtypes["y"]
-        self._x_bytes = self._x_type.itemsize * int(np.prod(self._x_shape))
-        self._y_bytes = self._y_type.itemsize * int(np.prod(self._y_shape))
+        self._pads_x, self._threads = k._pads_only_x, k.threads
+        self._x_shape, self._x_type = tuple(k.spec.input_shape), k._dtypes["x"]
+        direct = (k._pads_only_x or not k._converts["x"]) and not k._converts["y"]
+        self._guard, self._guard_engine = _guard(k, self.weights) if direct else (_refuse, None)
 
     def __call__(self, x: np.ndarray, out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
-        if (self._direct and out is not None and _plain(x, self._x_shape, self._x_type)
-                and _plain(out, self._y_shape, self._y_type)
-                and out.flags.writeable):
-            x_at, y_at = _data_address(id(x) + _DATA_OFFSET).value, _data_address(id(out) + _DATA_OFFSET).value
-            if not (x_at < y_at + self._y_bytes and y_at < x_at + self._x_bytes):
-                if self.kernel._pads_only_x:
-                    x_at = self.kernel._padded_x(x).ctypes.data
-                args = self._template.copy()
-                args[self._x_slot], args[self._y_slot] = x_at, y_at
-                self.kernel._launch(args, threads or self.kernel.threads)
+        if out is not None:
+            if self._pads_x and type(x) is np.ndarray and x.shape == self._x_shape and x.dtype == self._x_type:
+                if self._guard(id(self.kernel._padded_x(x)), id(out), threads or self._threads) == 0:
+                    return out
+            elif self._guard(id(x), id(out), threads or self._threads) == 0:
                 return out
         arrays = dict(self.weights, x=self.kernel._convert("x", x))
         return self.kernel._run(arrays, out, threads)
 
 
-_data_address = ctypes.c_void_p.from_address
+def _refuse(x: int, y: int, threads: int) -> int:
+    """The guard of a kernel without one: every call takes the general path."""
+    return 1
 
 
-def _plain(array, shape, dtype: np.dtype) -> bool:
-    """A C-contiguous native ndarray of this shape and dtype (a cheap check, no copies)."""
-    return (type(array) is np.ndarray and (array.dtype is dtype or array.dtype == dtype) and array.shape == shape
-            and array.flags.c_contiguous)
+def _guard(kernel: Kernel, weights: dict[str, np.ndarray]):
+    """The guarded entry of a kernel whose x and y the caller may pass as they
+    are, bound to these weights, and the engine that holds its code; no guard
+    where NumPy's array fields could not be found."""
+    fields = array_fields()
+    if fields is None:
+        return _refuse, None
+    names = [p.name for p in kernel.func.params]
+    x, y = kernel._params["x"], kernel._params["y"]
+    runtime = {"ndarray": id(np.ndarray)}
+    if kernel._parallel is None:
+        launch = "serial"
+    else:
+        library = openmp()
+        runtime.update({name: ctypes.cast(getattr(library, name), ctypes.c_void_p).value
+                        for name in ("GOMP_parallel", "omp_set_num_threads")})
+        launch = "c-openmp" if kernel.target == "c" else "openmp"
+    source = guard_module(
+        fields,
+        Operand(kernel._dtypes["x"], tuple(x.storage_shape), C_CONTIGUOUS),
+        Operand(kernel._dtypes["y"], tuple(y.storage_shape), C_CONTIGUOUS | WRITEABLE),
+        [weights[n].ctypes.data if n in weights else 0 for n in names], names.index("x"), names.index("y"),
+        ctypes.cast(kernel._function, ctypes.c_void_p).value, launch, runtime)
+    function, engine = jit_function(source, "guard", host())
+    function.argtypes = [ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int]
+    function.restype = ctypes.c_int
+    return function, engine
 
 
 def poison(dtype: np.dtype):
@@ -468,18 +484,6 @@ def poison(dtype: np.dtype):
     return np.nan if dtype.kind == "f" else np.iinfo(dtype).min
 
 
-def _find_data_offset() -> int | None:
-    """Where a NumPy array object keeps its data pointer, found and verified
-    once: reading it costs about a tenth of `array.ctypes.data`. None (the
-    general path) if no offset matches on this NumPy build."""
-    probes = [np.empty(n, dtype=np.float32) for n in (3, 5, 7)]
-    for offset in range(8, 64, 8):
-        if all(_data_address(id(a) + offset).value == a.ctypes.data for a in probes):
-            return offset
-    return None
-
-
-_DATA_OFFSET = _find_data_offset()
 
 
 def _checked(name: str, array, shape, dtype: np.dtype) -> np.ndarray:

@@ -1,11 +1,13 @@
 """The Python API: building, calling, and refusing bad arguments."""
 
+import ctypes
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 import convgen
+from convgen.callguard import array_fields
 from convgen.errors import ConvgenError, KernelCallError
 from convgen.schedule import Schedule
 
@@ -106,13 +108,29 @@ DIRECT = {"name": "direct", "op": "conv2d", "in_channels": 3, "out_channels": 3,
           "kernel_size": 3, "bias": True}   # NCHW in and out, no padding: the bound call's direct path
 
 
+def _without_general_path(kernel):
+    """Make the kernel's general (converting) path fail, so that a call which
+    succeeds went through the bound kernel's guard."""
+    def general_path(*args):
+        raise AssertionError("the call took the general path")
+    kernel._run = general_path
+
+
+def test_numpy_array_fields_are_found_for_the_guard():
+    """Without them every bound call would quietly take the slow general path."""
+    fields = array_fields()
+    assert fields is not None
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert ctypes.c_uint64.from_address(id(x) + fields.data).value == x.ctypes.data
+
+
 @pytest.mark.parametrize("backend", ["llvm", "c"])
 def test_bound_kernel_direct_path_writes_every_output(backend):
     kernel = convgen.build(DIRECT, backend)
     rng = np.random.default_rng(5)
     w, b = rng.uniform(-1, 1, (3, 3, 3, 3)).astype(np.float32), rng.uniform(-1, 1, 3).astype(np.float32)
     bound = kernel.bind(w, b)
-    assert bound._direct
+    _without_general_path(kernel)
     original, w[:] = w.copy(), 0   # bind keeps its own copy: later changes to w do not leak in
     out = np.full((1, 3, 5, 5), np.nan, dtype=np.float32)
     for seed in range(3):
@@ -136,18 +154,19 @@ def _padded_schedule(spec, threads):
 @pytest.mark.parametrize("backend, threads", [("llvm", 1), ("llvm", 2), ("c", 2)])
 def test_bound_kernel_direct_path_with_padded_input_and_threads(backend, threads):
     """The kept padded input buffer takes each call's x (its border staying zero),
-    also for parallel kernels."""
+    also for parallel kernels, whose thread count a call may change."""
     kernel = convgen.build(PADDED, backend, schedule=_padded_schedule(convgen.load_spec(PADDED), threads),
                            threads=threads)
     rng = np.random.default_rng(8)
     w, b = rng.uniform(-1, 1, (32, 4, 3, 3)).astype(np.float32), rng.uniform(-1, 1, 32).astype(np.float32)
     bound = kernel.bind(w, b)
-    assert bound._direct and kernel._pads_only_x
+    assert kernel._pads_only_x
+    _without_general_path(kernel)
     out = np.empty((1, 32, 9, 30), np.float32)
-    for _ in range(3):
+    for call_threads in (None, 1, 3):   # the kernel's own count, then one and three threads for this call
         x = rng.uniform(-1, 1, (1, 4, 9, 30)).astype(np.float32)
         out[:] = np.nan
-        assert bound(x, out=out) is out
+        assert bound(x, out=out, threads=call_threads) is out
         np.testing.assert_allclose(out, convgen.reference(kernel.spec, x, w, b), rtol=1e-5, atol=1e-5)
 
 
@@ -188,11 +207,39 @@ def test_bound_kernel_direct_path_still_refuses_bad_input(bad, message):
         bound(bad(x), out=np.empty((1, 3, 5, 5), np.float32))
 
 
+class _Subclass(np.ndarray):
+    pass
+
+
+@pytest.mark.parametrize("given", [
+    lambda x, out: (np.asfortranarray(x), out),               # x not C-contiguous
+    lambda x, out: (x.view(_Subclass), out),                    # not exactly an ndarray
+    lambda x, out: (x, out.view(_Subclass)),
+    lambda x, out: (x.astype(np.dtype(np.float32, metadata={"m": 1})), out),   # an equal dtype, another object
+])
+def test_bound_kernel_guard_leaves_other_arrays_to_the_general_path(given):
+    """What the guard refuses the general path still computes, into out."""
+    rng = np.random.default_rng(11)
+    w, b = rng.uniform(-1, 1, (3, 3, 3, 3)).astype(np.float32), rng.uniform(-1, 1, 3).astype(np.float32)
+    kernel = convgen.build(DIRECT, "llvm")
+    bound = kernel.bind(w, b)
+    x, out = given(rng.uniform(-1, 1, (1, 3, 7, 7)).astype(np.float32), np.full((1, 3, 5, 5), np.nan, np.float32))
+    assert bound(x, out=out) is out
+    np.testing.assert_allclose(out, convgen.reference(kernel.spec, np.asarray(x), w, b), rtol=1e-5, atol=1e-5)
+
+
+def test_bound_kernel_refuses_a_read_only_out():
+    bound = convgen.build(DIRECT, "llvm").bind(np.ones((3, 3, 3, 3), np.float32), np.ones(3, np.float32))
+    out = np.empty((1, 3, 5, 5), np.float32)
+    out.flags.writeable = False
+    with pytest.raises(KernelCallError, match="writeable"):
+        bound(np.ones((1, 3, 7, 7), np.float32), out=out)
+
+
 def test_bound_kernel_direct_path_refuses_overlapping_out():
     conv = convgen.build({**DIRECT, "in_channels": 1, "out_channels": 1, "padding": 1, "bias": False}, "llvm")
     bound = conv.bind(np.ones((1, 1, 3, 3), np.float32))
     x = np.random.default_rng(7).uniform(-1, 1, (1, 1, 7, 7)).astype(np.float32)
-    assert bound._direct
     with pytest.raises(KernelCallError, match="overlap"):
         bound(x, out=x)
 
