@@ -1,6 +1,6 @@
 """The benchmark suite as a Markdown table, for BENCHMARKS.md.
 
-    python benchmarks/suite_table.py [--threads 1,2] [--rounds 3]
+    python benchmarks/suite_table.py [--threads 1,2] [--rounds 7]
 
 Runs `convgen bench` (the Python API) on every spec in specs/bench/ for each
 thread count and prints one row per layer: convgen and each peer in
@@ -8,7 +8,9 @@ GFLOP/s (or microseconds for the call-overhead layer), convgen's share of
 the measured FMA peak, and convgen's ratio to the fastest peer; for 3x3
 stride-1 layers also the Winograd kernels' ratios (F(4x4,3x3), F(2x2,3x3))
 with their relative error against the float64 reference, next to the
-direct kernel's.
+direct kernel's. Seven rounds by default (`convgen bench` takes three): on
+a shared host a slow spell of a second or two then has to cover four of a
+contender's rounds, not two, to move its median.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", default="1,2")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     specs = [convgen.load_spec(p) for p in sorted((ROOT / "specs" / "bench").glob("*.yaml"))]
     for threads in (int(t) for t in args.threads.split(",")):
