@@ -25,6 +25,8 @@ from functools import lru_cache
 import numpy as np
 from llvmlite import ir as ll
 
+from .codegen.llvm import SHARE_COUNTER_SLOTS
+
 # NumPy's array flags (numpy/ndarraytypes.h): what a direct call needs of x and of out
 C_CONTIGUOUS, WRITEABLE = 0x0001, 0x0400
 
@@ -101,8 +103,6 @@ def guard_module(fields: ArrayFields, x: Operand, y: Operand, pointers: list[int
     pointers and a zeroed counter per thread's share) or "c-openmp"
     (omp_set_num_threads, then the pointers as arguments). runtime holds the
     addresses of those OpenMP functions and of ndarray's type object."""
-    from .codegen.llvm import SHARE_COUNTER_SLOTS
-
     i32, i64, ptr = ll.IntType(32), ll.IntType(64), ll.PointerType()
     module = ll.Module(name="guard")
     guard = ll.Function(module, ll.FunctionType(i32, [i64, i64, i32]), name="guard")
