@@ -144,7 +144,9 @@ def guard_module(fields: ArrayFields, x: Operand, y: Operand, pointers: list[int
         for i, value in enumerate(pointers):
             b.store(value, b.gep(arguments, [ll.Constant(i64, i)], source_etype=i64))
         counters = b.gep(arguments, [ll.Constant(i64, params)], source_etype=i64)
-        _zero(b, counters, b.sub(count, ll.Constant(i64, params)))
+        memset = module.declare_intrinsic("llvm.memset", [ptr, i64])
+        counter_bytes = b.mul(b.sub(count, ll.Constant(i64, params)), ll.Constant(i64, 8))
+        b.call(memset, [counters, ll.Constant(ll.IntType(8), 0), counter_bytes, ll.Constant(ll.IntType(1), 0)])
         parallel = ll.FunctionType(ll.VoidType(), [ptr, ptr, i32, i32])
         b.call(_callee(b, runtime["GOMP_parallel"], parallel),
                [b.inttoptr(ll.Constant(i64, kernel), ptr), arguments, threads, ll.Constant(i32, 0)])
@@ -163,17 +165,3 @@ def _callee(b: ll.IRBuilder, address: int, typ: ll.FunctionType):
     """A call target known only by address: a pointer to a function of type typ."""
     return b.inttoptr(ll.Constant(ll.IntType(64), address), typ.as_pointer())
 
-
-def _zero(b: ll.IRBuilder, start, count) -> None:
-    """Store 0 into count i64 words from start."""
-    i64 = ll.IntType(64)
-    head, body, done = b.block, b.append_basic_block("zero"), b.append_basic_block("zeroed")
-    b.cbranch(b.icmp_unsigned("==", count, ll.Constant(i64, 0)), done, body)
-    b.position_at_end(body)
-    index = b.phi(i64)
-    index.add_incoming(ll.Constant(i64, 0), head)
-    b.store(ll.Constant(i64, 0), b.gep(start, [index], source_etype=i64))
-    following = b.add(index, ll.Constant(i64, 1))
-    index.add_incoming(following, body)
-    b.cbranch(b.icmp_unsigned("==", following, count), done, body)
-    b.position_at_end(done)
