@@ -127,7 +127,11 @@ def winograd(func: ir.Func, tile: int = 4, rows: int = 1, channels: int = 0) -> 
         raise ScheduleError("winograd", f"channels: expected a number of output channels dividing "
                                         f"{out_channels} (0 for all); got {channels!r}", f"use one of {divisors}")
     points = tile + 2
-    v = _local("V", ("T", "TH", "TW", "C"), (points * points, rows, tile_cols, in_channels))
+    # V stored tile by tile, its points side by side: the input transform then writes each tile's
+    # points to consecutive vectors rather than one page apart each, and the products still read a
+    # point's tiles along rows of channels (3x3 256->256 at 14x14, two threads: 0.315 -> 0.258 ms)
+    v = _local("V", ("T", "TH", "TW", "C"), (points * points, rows, tile_cols, in_channels),
+               storage=("TH", "TW", "T", "C"))
     m = _local("M", ("T", "TH", "TW", "O"), (points * points, rows, tile_cols, channels))
     u = replace(conv.w, axes=("T", "O", "I"), shape=(points * points, out_channels, in_channels),
                 layout=ir.plain_layout(("T", "O", "I")), transform=transform_name(tile))
@@ -145,8 +149,9 @@ def winograd(func: ir.Func, tile: int = 4, rows: int = 1, channels: int = 0) -> 
     return ir.simplify(replace(func, params=params, body=body))
 
 
-def _local(name: str, axes: tuple[str, ...], shape: tuple[int, ...]) -> ir.Buffer:
-    return ir.Buffer(name, ir.FLOAT32, axes, shape, ir.plain_layout(axes), scope="local")
+def _local(name: str, axes: tuple[str, ...], shape: tuple[int, ...], storage: tuple[str, ...] = ()) -> ir.Buffer:
+    """A local float32 buffer, stored row-major in the order `storage` (default: axes)."""
+    return ir.Buffer(name, ir.FLOAT32, axes, shape, ir.plain_layout(storage or axes), scope="local")
 
 
 # ---------------------------------------------------------------------------
