@@ -484,8 +484,6 @@ def poison(dtype: np.dtype):
     return np.nan if dtype.kind == "f" else np.iinfo(dtype).min
 
 
-
-
 def _checked(name: str, array, shape, dtype: np.dtype) -> np.ndarray:
     if array is None:
         raise KernelCallError(f"{name}: required (the spec gives no values for it); got None")
