@@ -32,7 +32,7 @@ def candidates(spec: Spec, target: Target) -> list[tuple[str, Schedule | Schedul
     axes = ["channels", "columns"] if spec.is_conv else ["columns"]
     tiles = [4, 6, 8] if spec.is_conv else [1]
     for axis, vector, tile, order, parallel in product(axes, (lanes, lanes // 2), tiles, ("ic-outer", "kernel-outer"),
-                                                      (True, False)):
+                                                        (True, False)):
         if not spec.is_conv and order == "kernel-outer":
             continue
         label = (f"vector {axis} x{vector}, tile {tile}, {order}" + (", parallel" if parallel else "")
