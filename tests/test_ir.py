@@ -124,6 +124,27 @@ def test_simplify_drops_settled_guards_and_unit_loops():
     assert ir.simplify(unit, drop_unit_loops=True) == ir.Store(store.buffer, (IntImm(0),), ir.FloatImm(1.0))
 
 
+def test_hoist_conditions_moves_each_check_to_the_outermost_loop_it_depends_on():
+    k = Var("k")
+    y = Buffer("y", ir.FLOAT32, ("i", "j"), (4, 4), ir.plain_layout(("i", "j")))
+    row, column = ir.lt(k + i, 5), ir.lt(j + k, 4)
+    store = ir.Store(y, (i, j), ir.Load(y, (i, j)) + ir.FloatImm(1.0))
+    nest = ir.Loop(i, 4, ir.Loop(k, 3, ir.Loop(j, 4, ir.If(ir.all_of(row, column), store))))
+    assert ir.hoist_conditions(nest) == ir.Loop(i, 4, ir.Loop(k, 3, ir.If(row, ir.Loop(j, 4, ir.If(column, store)))))
+
+
+def test_hoist_conditions_leaves_what_it_cannot_move():
+    y = Buffer("y", ir.FLOAT32, ("i",), (4,), ir.plain_layout(("i",)))
+    store = ir.Store(y, (i,), ir.FloatImm(1.0))
+    guarded = ir.If(ir.lt(j, 2), store)
+    with_else = ir.Loop(i, 4, ir.If(ir.lt(j, 2), store, store))   # a false condition still does something
+    beside = ir.Loop(i, 4, ir.Seq((guarded, store)))               # the loop does more than the check guards
+    parallel = ir.Loop(j, 4, ir.Loop(i, 4, guarded, kind="parallel"))  # backends outline it as it is
+    reads = ir.Loop(i, 4, ir.If(ir.lt(ir.Load(y, (IntImm(0),)), ir.FloatImm(0.5)), store))  # y changes in the loop
+    for node in (with_else, beside, parallel, reads):
+        assert ir.hoist_conditions(node) == node
+
+
 def test_float_arithmetic_is_not_reassociated():
     a = ir.Load(Buffer("a", ir.FLOAT32, ("i",), (4,), ir.plain_layout("i")), (i,))
     expr = (a + ir.FloatImm(1.0)) + ir.FloatImm(2.0)

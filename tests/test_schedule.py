@@ -494,14 +494,17 @@ def test_one_row_layers_get_the_default_schedule(layer, threads):
 @pytest.mark.parametrize("layer, parallel", [
     ({"in_channels": 16, "out_channels": 64, "input_size": [9, 28], "kernel_size": 3, "padding": 1}, "oh"),
     ({"in_channels": 16, "out_channels": 96, "input_size": [9, 14], "kernel_size": 3, "padding": 1}, "oh"),
-    ({"in_channels": 16, "out_channels": 256, "input_size": [6, 14], "kernel_size": 3, "padding": 1}, "oc.o"),
+    ({"in_channels": 16, "out_channels": 256, "input_size": [6, 14], "kernel_size": 3, "padding": 1}, "oc.o_oh"),
     ({"in_channels": 512, "out_channels": 96, "input_size": [4, 14], "kernel_size": 3, "padding": 1}, "oc.o_oh"),
+    ({"in_channels": 32, "out_channels": 256, "groups": 2, "input_size": [6, 14], "kernel_size": 3, "padding": 1},
+     "oc.o"),
 ])
 def test_direct_default_gives_threads_rows_where_channel_blocks_are_few(layer, parallel):
     """At two threads the direct recipe shares rows (each over every channel block) where
-    blocks are fewer than four per thread or uneven and the weights fit in cache, peeling
-    the border rows as parallel copies; whole blocks where there are enough; else the
-    blocks' rows fused (padded). Right at 2 and 3 threads (3: shares end mid-block)."""
+    blocks are fewer than four per thread or uneven and the weights fit in cache; else each
+    block's rows, fused into one loop, or whole blocks for a grouped layer. Border rows are
+    not peeled (their checks are hoisted out of the tile), border tiles are. Right at 2 and
+    3 threads (3: shares end mid-block)."""
     from convgen.schedule.space import default_schedule
     from convgen.target import host
     if host().vector_lanes not in (8, 16) or host().vector_registers < 32:
@@ -509,8 +512,7 @@ def test_direct_default_gives_threads_rows_where_channel_blocks_are_few(layer, p
     spec = convgen.load_spec({"name": "split", "op": "conv2d", **layer})
     steps = default_schedule(spec, host(), threads=2)
     assert [step.args[0] for step in steps if step.primitive == "parallel"] == [parallel]
-    peeled = [step.args[0] for step in steps if step.primitive == "peel"]
-    assert ("oh" in peeled) == (parallel != "oc.o_oh")
+    assert "oh" not in [step.args[0] for step in steps if step.primitive == "peel"]
     for threads in (2, 3):
         assert convgen.check(convgen.build(spec, "llvm", schedule=steps, threads=threads), threads).passed
 
@@ -523,8 +525,8 @@ def test_direct_default_gives_threads_rows_where_channel_blocks_are_few(layer, p
 ])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_direct_default_peels_padded_borders_instead_of_copying(layer, threads):
-    """Zero-padded direct layers read x in place: the border tiles (and rows) run
-    as copies of their own that keep the in-range checks; every output is still right."""
+    """Zero-padded direct layers read x in place: the border tiles run as copies of
+    their own that keep the in-range checks; every output is still right."""
     from convgen.schedule.space import default_schedule
     from convgen.target import host
     spec = convgen.load_spec({"name": "peeled", "op": "conv2d", "activation": "relu", **layer})

@@ -105,6 +105,7 @@ class Baking:
 
 def emit_c(func: ir.Func, baking: Baking | None = None) -> CFiles:
     """Render a kernel as a C99 header and source file."""
+    func = ir.hoist_conditions(func)
     baked = baking.arrays if baking is not None else {}
     emitter = _CEmitter(func.name, set(baked))
     used = {node.buffer.name for node in ir.find_all(func.body, (ir.Load, ir.Store))}

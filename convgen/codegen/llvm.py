@@ -47,6 +47,7 @@ SHARE_COUNTER_SLOTS = 8   # 64-bit slots from one share's counter to the next: a
 
 def emit_llvm(func: ir.Func, target: Target) -> str:
     """The kernel as LLVM IR text, for the target's triple."""
+    func = ir.hoist_conditions(func)
     module = ll.Module(name=func.name)
     module.triple = target.triple
     emitter = _LLVMEmitter(module, func)

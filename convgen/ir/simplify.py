@@ -6,9 +6,9 @@ import math
 import operator
 from dataclasses import replace
 
-from .nodes import (COMPARE_OPS, INDEX, INDEX_INTRINSICS, LOGIC_OPS, BinOp, BoolImm, Buffer, Call, Expr, If, IntImm, Loop,
-                    Node, Select, Seq, Stmt, Var)
-from .walk import Rewriter, substitute
+from .nodes import (COMPARE_OPS, INDEX, INDEX_INTRINSICS, LOGIC_OPS, BinOp, BoolImm, Buffer, Call, Expr, If, IntImm, Load,
+                    Loop, Node, Select, Seq, Stmt, Var, all_of)
+from .walk import Rewriter, find_all, free_vars, substitute
 
 Ranges = dict[str, tuple[int, int]]
 
@@ -300,6 +300,40 @@ def simplify(node: Node, ranges: Ranges | None = None, drop_unit_loops: bool = F
     ranges (from enclosing loops, or `ranges`) settle. With drop_unit_loops,
     loops of one iteration are replaced by their body."""
     return _Simplifier(ranges, drop_unit_loops).visit(node)
+
+
+class _HoistConditions(Rewriter):
+    def visit_Loop(self, node: Loop) -> Stmt:
+        body = self.visit(node.body)
+        node = node if body is node.body else replace(node, body=body)
+        # a parallel loop stays where the backends outline it
+        if node.kind == "parallel" or not isinstance(body, If) or body.orelse is not None:
+            return node
+        outside, inside = [], []
+        for term in _conjuncts(body.cond):
+            independent = node.var.name not in free_vars(term) and not find_all(term, Load)
+            (outside if independent else inside).append(term)
+        if not outside:
+            return node
+        then = If(all_of(*inside), body.then) if inside else body.then
+        return If(all_of(*outside), replace(node, body=then))
+
+
+def _conjuncts(cond: Expr) -> list[Expr]:
+    if isinstance(cond, BinOp) and cond.op == "&&":
+        return _conjuncts(cond.a) + _conjuncts(cond.b)
+    return [cond]
+
+
+def hoist_conditions(node: Node) -> Node:
+    """Move the terms of a loop body's condition that do not depend on the loop
+    out of it, as far out as they stay independent: `for kh: for kw: if
+    row_ok(kh) && col_ok(kw): S` becomes `for kh: if row_ok(kh): for kw: if
+    col_ok(kw): S`, so a padding check runs once per row of taps, not once
+    per multiply-add. Only a loop whose whole body is the condition (no
+    else) gives it up, so a false condition still means the loop does
+    nothing; terms that read memory stay where they are."""
+    return _HoistConditions().visit(node)
 
 
 def flat_index(buffer: Buffer, indices: tuple[Expr, ...]) -> Expr:

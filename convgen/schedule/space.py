@@ -84,16 +84,11 @@ def _direct(spec: Spec, target: Target, axis: str, lanes: int, tile: int, order:
             # write the tile back a vector of columns at a time: each channel's row is contiguous in y
             s = (s.reorder(*(f"{loop}.out" for loop in tile_loops[1:]), f"{vector_loop}.out", "ow.i.out")
                  .vectorize("ow.i.out"))
-    # Zero padding left to in-range checks, with the border tiles (and rows) peeled so the rest runs
-    # without them: no padded copy of x per call (3x3 64: 0.96 -> 0.90 ms at one thread, 0.64 -> 0.47 ms
-    # at two, where the copy was serial). Row checks sit inside the reduction when it runs over input
-    # channels first, so rows are peeled too, which needs them in order within a thread's share
-    # (3x3 256 at two threads with checks in every row: 0.52 -> 0.82 ms); with the kernel loops outside
-    # (conv1) the row check is hoisted and peeling rows only adds code (conv1: 1.01 ms tiles peeled,
-    # 1.24 ms rows too, 1.11 padded).
-    peel_rows = order != "kernel-outer" and has_rows
-    peel_borders = (axis == "channels" and spec.is_conv and spec.padding_mode == "zeros"
-                    and (split != "fused" or not peel_rows))
+    # Zero padding left to in-range checks, with the border tiles peeled so the rest runs without
+    # them: no padded copy of x per call (3x3 64: 0.96 -> 0.90 ms at one thread, 0.64 -> 0.47 ms at
+    # two, where the copy was serial). A row's check does not depend on the columns, so the backends
+    # hoist it out of the tile (ir.hoist_conditions) and rows need no peeling.
+    peel_borders = axis == "channels" and spec.is_conv and spec.padding_mode == "zeros"
     if any(spec.padding) and not peel_borders:
         s = s.pad_input()
     if split == "rows":
@@ -104,7 +99,6 @@ def _direct(spec: Spec, target: Target, axis: str, lanes: int, tile: int, order:
         s = s.fuse(blocks, "oh").parallel(f"{blocks}_oh")
     if any(spec.padding) and peel_borders:
         s = _peel_border(s, spec, "ow.o", tile, axis=1)
-        s = _peel_border(s, spec, "oh", 1, axis=0) if peel_rows else s
     return s
 
 
@@ -122,9 +116,12 @@ def _thread_split(spec: Spec, target: Target, has_rows: bool, threads: int, coun
     threads 0.99x-1.06x on the suite's 1x1 256->64, 3x3 64, conv1, dilated
     and grouped layers; with three threads on two CPUs 1x1 256->64 1.16x
     (406 against 347 GFLOP/s), 3x3 64 1.02x, conv1 1.06x, grouped 1.08x.
-    Rows run in order within a share, so border rows can still be peeled.
-    Grouped layers keep whole blocks or rows (fusing would hide from the
-    simplifier that a grouped channel vector stays in one group)."""
+    Elsewhere each block's rows, fused: a share is then still a run of
+    whole blocks where they divide evenly, but what is taken is a row (3x3
+    256 at two threads: 1.00x quiet, 1.03x with three threads on two CPUs,
+    against whole blocks taken). Grouped layers keep whole blocks or rows
+    (fusing would hide from the simplifier that a grouped channel vector
+    stays in one group)."""
     if threads <= 1:
         return ""
     if not has_rows:
@@ -133,7 +130,7 @@ def _thread_split(spec: Spec, target: Target, has_rows: bool, threads: int, coun
     few_or_uneven = count < 4 * threads or count % threads
     if few_or_uneven and weights <= _l2_bytes(target) // 2:
         return "rows"
-    if count % threads == 0 or (spec.is_conv and spec.groups > 1):
+    if spec.is_conv and spec.groups > 1:
         return "blocks"
     return "fused"
 
