@@ -452,6 +452,18 @@ def test_pointwise_default_schedule_with_few_pixel_blocks(size, threads):
     assert convgen.check(convgen.build(spec, "llvm", schedule=steps, threads=threads), 0).passed
 
 
+def test_pointwise_default_gives_every_thread_as_many_pixel_groups():
+    """MobileNetV2's 144->24 at 56x56 has pixel blocks for 7 groups of the largest size
+    that fits (AVX-512); the default picks a smaller size whose group count two threads
+    share evenly."""
+    from convgen.schedule.space import default_schedule
+    from convgen.target import host
+    spec = convgen.load_spec({"name": "pw_groups", "op": "conv2d", "in_channels": 144, "out_channels": 24,
+                              "input_size": [56, 56], "kernel_size": 1})
+    func = apply_schedule(lower(spec), default_schedule(spec, host(), threads=2))
+    (parallel,) = [loop for loop in ir.find_all(func.body, ir.Loop) if loop.kind == "parallel"]
+    assert parallel.extent % 2 == 0
+
 # pixel counts a multiple of 16 lanes, so the GEMM would apply too; 29 columns leave a tail
 @pytest.mark.parametrize("channels, size", [((24, 64), [16, 29]), ((40, 48), [4, 12]), ((16, 32), [1, 3])])
 @pytest.mark.parametrize("threads", [1, 2])

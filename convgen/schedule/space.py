@@ -258,9 +258,12 @@ def _pointwise(spec: Spec, target: Target, threads: int) -> Schedule:
     blocks = pixels // (vectors * lanes)
     block_bytes = vectors * lanes * spec.in_channels * spec.array_dtypes["x"].itemsize
     fits = max(1, _l2_bytes(target) // 4 // block_bytes)
-    # at least one group per thread where there are blocks enough
+    # at least one group per thread where there are blocks enough, and as many groups for each thread
+    # where a size allows (144->24 at 56x56, two threads: 14 groups of 7 blocks run 1.03x-1.09x faster
+    # than 7 of 14, where one thread has four; paired medians of four runs)
     most = max(1, min(fits, blocks // threads))
-    group = max(d for d in range(1, most + 1) if blocks % d == 0)
+    sizes = [d for d in range(1, most + 1) if blocks % d == 0]
+    group = max((d for d in sizes if blocks // d % threads == 0), default=max(sizes))
     s = (Schedule.for_spec(spec).fuse("oh", "ow").split("oh_ow", vectors * lanes, tail="perfect")
          .split("oh_ow.i", lanes, tail="perfect").split("oc", rows, tail="perfect")
          .split("oh_ow.o", group, tail="perfect"))
