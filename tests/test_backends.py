@@ -189,6 +189,31 @@ def test_llvm_keeps_a_fused_max_pooling_window_right():
     np.testing.assert_array_equal(y, convgen.reference(spec, x))
 
 
+@pytest.mark.parametrize("pad_input", [False, True])
+def test_llvm_guarded_tail_uses_masked_vector_memory_and_a_register_tile(pad_input):
+    """A vector of columns split with a guarded tail (13 columns, 8 lanes): x and y
+    are read and written with masked vector loads and stores, not lane by lane,
+    the stack tile is blended instead (so it can stay in registers), and the
+    columns past the end of y are never written."""
+    from convgen.schedule import Schedule
+    spec = convgen.load_spec({"name": "tail", "op": "conv2d", "in_channels": 3, "out_channels": 2,
+                              "input_size": [5, 13], "kernel_size": 3, "padding": 1})
+    s = (Schedule.for_spec(spec).split("ow", 8).reorder("oc", "oh", "ow.o", "ow.i").cache_write("ow.o")
+         .reorder("ic", "kh", "kw", "ow.i").vectorize("ow.i").vectorize("ow.i.init").vectorize("ow.i.out"))
+    s = s.pad_input() if pad_input else s
+    source = emit_llvm(s.func, host())
+    assert "call void @\"llvm.masked.store.v8f32.p0\"" in source or "call void @llvm.masked.store.v8f32.p0" in source
+    assert "llvm.masked.load.v8f32.p0" in source
+    kernel = convgen.build(spec, "llvm", schedule=s)
+    rng = np.random.default_rng(3)
+    inputs = random_inputs(spec, rng)
+    out = np.full((1, 3) + spec.output_shape[2:], np.nan, np.float32)[:, :2]   # y, then a channel never written
+    whole = out.base if out.base is not None else out
+    kernel(inputs["x"], inputs["w"], inputs["b"], out=out)
+    np.testing.assert_allclose(out, reference(spec, **inputs), rtol=1e-5, atol=1e-5)
+    assert np.isnan(whole[:, 2]).all()
+
+
 @pytest.mark.parametrize("columns, channels, activation", [(5, 16, "relu"), (14, 32, "none"), (3, 8, "none")])
 def test_tile_written_back_by_transpose_matches_reference(columns, channels, activation):
     """A register tile of channel vectors written to NCHW columns: the LLVM backend

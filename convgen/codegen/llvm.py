@@ -8,7 +8,11 @@ SROA turns them into registers). Loop kinds:
 - vectorized: the body is emitted once on <lanes x T> vectors: contiguous
   accesses become vector loads and stores, others are gathered lane by lane,
   `a + b * c` becomes llvm.fma, and a condition that differs between lanes
-  becomes a lane mask (masked lanes read a safe address and store nothing);
+  becomes a lane mask: contiguous accesses under it become llvm.masked.load
+  and llvm.masked.store (a guarded tail), or, in the kernel's own tile,
+  whole-vector accesses blended with the mask so the tile stays in
+  registers; gathered lanes that are masked off read a safe address and
+  store nothing;
   a loop whose body is a vectorized copy reading across rows of a block
   (a register tile written back from channel vectors to columns) becomes a
   transpose: the block's rows are loaded as vectors and transposed with
@@ -126,6 +130,7 @@ class _LLVMEmitter:
         self.function = ll.Function(module, ll.FunctionType(ll.VoidType(), arg_types), name=func.name)
         self.function.attributes.add("nounwind")
         self.pointers: dict[str, ll.Value] = {}
+        self.locals: set[str] = set()      # buffers allocated in the kernel (stack tiles)
         for arg, buffer in zip(self.function.args, func.params):
             arg.name = buffer.name
             arg.add_attribute("noalias")  # parameters never overlap (the runtime checks)
@@ -263,10 +268,21 @@ class _LLVMEmitter:
         elif self.lane_var not in ir.free_vars(offset):
             raise CodegenError(f"LLVM backend: store to {node.buffer.name} does not depend on vectorized "
                                f"loop {self.lane_var}: lanes would collide")
-        elif self.mask is None and self.contiguous(offset):
+        elif self.contiguous(offset):
             base = self.expr(ir.substitute(offset, {self.lane_var: ir.IntImm(0)}))
-            store = self.builder.store(self.broadcast(value), self.pointer(node.buffer, base))
-            store.align = _BYTES[node.buffer.dtype]
+            pointer, vector = self.pointer(node.buffer, base), self.broadcast(value)
+            if self.mask is not None and self.within_local(node.buffer, offset):
+                # a guarded tile in the kernel's own buffer: blend and store the whole vector, which
+                # LLVM keeps in a register (a masked store would pin the tile to the stack)
+                old = self.builder.load(pointer, typ=vector.type)
+                old.align = _BYTES[node.buffer.dtype]
+                vector = self.builder.select(self.mask, vector, old)
+            if self.mask is None or self.within_local(node.buffer, offset):
+                store = self.builder.store(vector, pointer)
+                store.align = _BYTES[node.buffer.dtype]
+            else:   # a guarded tail: one masked store, lanes past the end untouched
+                self.builder.call(self.masked_memory("store", vector.type),
+                                  [vector, pointer, ll.Constant(I32, _BYTES[node.buffer.dtype]), self.mask])
         else:
             self.store_lanes(node.buffer, offset, self.broadcast(value))
 
@@ -316,7 +332,9 @@ class _LLVMEmitter:
         # llvmlite types an alloca as float*; as an opaque ptr (LLVM's only kind now) it takes vector stores too
         slot.type = ll.PointerType()
         self.pointers[buffer.name] = slot
+        self.locals.add(buffer.name)
         self.stmt(node.body)
+        self.locals.discard(buffer.name)
         del self.pointers[buffer.name]
 
     # -- memory -------------------------------------------------------------
@@ -343,9 +361,15 @@ class _LLVMEmitter:
                     "!=", self.builder.bitcast(self.mask, ll.IntType(self.lanes)), ll.Constant(ll.IntType(self.lanes), 0))
                 index = self.builder.select(any_lane, index, ll.Constant(I64, 0))
             return self.builder.load(self.pointer(node.buffer, index), typ=element)
-        if self.mask is None and self.contiguous(offset):
+        if self.contiguous(offset):
             base = self.expr(ir.substitute(offset, {self.lane_var: ir.IntImm(0)}))
-            value = self.builder.load(self.pointer(node.buffer, base), typ=ll.VectorType(element, self.lanes))
+            vector_type = ll.VectorType(element, self.lanes)
+            if self.mask is not None and not self.within_local(node.buffer, offset):
+                # a guarded tail: masked-off lanes read nothing, so cannot fault
+                return self.builder.call(self.masked_memory("load", vector_type), [
+                    self.pointer(node.buffer, base), ll.Constant(I32, _BYTES[node.dtype]), self.mask,
+                    ll.Constant(vector_type, None)])
+            value = self.builder.load(self.pointer(node.buffer, base), typ=vector_type)
             value.align = _BYTES[node.dtype]
             return value
         return self.gather(node.buffer, offset, element)
@@ -474,6 +498,25 @@ class _LLVMEmitter:
         if full in self.module.globals:
             return self.module.globals[full]
         return ll.Function(self.module, ll.FunctionType(value_type, [value_type] * arity), name=full)
+
+    def within_local(self, buffer: ir.Buffer, offset: ir.Expr) -> bool:
+        """Whether every lane of offset, enabled or not, lies in a buffer the kernel
+        allocated itself, so that a guarded access may touch the whole vector."""
+        if buffer.name not in self.locals:
+            return False
+        span = ir.bounds(offset, self.ranges)
+        return span is not None and 0 <= span[0] and span[1] < buffer.size
+
+    def masked_memory(self, kind: str, vector_type: ll.VectorType) -> ll.Function:
+        """llvm.masked.load / llvm.masked.store for vector_type, declared once."""
+        element = "f32" if vector_type.element == F32 else f"i{vector_type.element.width}"
+        full = f"llvm.masked.{kind}.v{vector_type.count}{element}.p0"
+        if full in self.module.globals:
+            return self.module.globals[full]
+        mask = ll.VectorType(I1, vector_type.count)
+        signature = (ll.FunctionType(vector_type, [ll.PointerType(), I32, mask, vector_type]) if kind == "load"
+                     else ll.FunctionType(ll.VoidType(), [vector_type, ll.PointerType(), I32, mask]))
+        return ll.Function(self.module, signature, name=full)
 
     def binop(self, node: ir.BinOp) -> ll.Value:
         if self.lane_var is not None and node.op == "+" and node.dtype == ir.FLOAT32:
