@@ -270,19 +270,20 @@ class _LLVMEmitter:
                                f"loop {self.lane_var}: lanes would collide")
         elif self.contiguous(offset):
             base = self.expr(ir.substitute(offset, {self.lane_var: ir.IntImm(0)}))
-            pointer, vector = self.pointer(node.buffer, base), self.broadcast(value)
-            if self.mask is not None and self.within_local(node.buffer, offset):
+            pointer, vector, align = self.pointer(node.buffer, base), self.broadcast(value), _BYTES[node.buffer.dtype]
+            if self.mask is not None and not self.within_local(node.buffer, offset):
+                # a guarded tail: one masked store, lanes past the end untouched
+                self.builder.call(self.masked_memory("store", vector.type),
+                                  [vector, pointer, ll.Constant(I32, align), self.mask])
+                return
+            if self.mask is not None:
                 # a guarded tile in the kernel's own buffer: blend and store the whole vector, which
                 # LLVM keeps in a register (a masked store would pin the tile to the stack)
                 old = self.builder.load(pointer, typ=vector.type)
-                old.align = _BYTES[node.buffer.dtype]
+                old.align = align
                 vector = self.builder.select(self.mask, vector, old)
-            if self.mask is None or self.within_local(node.buffer, offset):
-                store = self.builder.store(vector, pointer)
-                store.align = _BYTES[node.buffer.dtype]
-            else:   # a guarded tail: one masked store, lanes past the end untouched
-                self.builder.call(self.masked_memory("store", vector.type),
-                                  [vector, pointer, ll.Constant(I32, _BYTES[node.buffer.dtype]), self.mask])
+            store = self.builder.store(vector, pointer)
+            store.align = align
         else:
             self.store_lanes(node.buffer, offset, self.broadcast(value))
 
