@@ -10,15 +10,16 @@
 """
 
 from .check import CheckResult, check
-from .errors import CodegenError, CompileError, ConvgenError, KernelCallError, ScheduleError, SpecError
+from .errors import CodegenError, CompileError, ConvgenError, ConvgenWarning, KernelCallError, ScheduleError, SpecError
 from .lower import lower
 from .reference import reference
-from .runtime import Kernel, build, empty
+from .driver import build
+from .runtime import Kernel, empty
 from .schedule import Schedule
 from .spec import Spec, load_spec
 
 __all__ = [
     "load_spec", "build", "empty", "reference", "check", "lower",
     "Spec", "Kernel", "CheckResult", "Schedule",
-    "ConvgenError", "SpecError", "CodegenError", "CompileError", "KernelCallError", "ScheduleError",
+    "ConvgenError", "ConvgenWarning", "SpecError", "CodegenError", "CompileError", "KernelCallError", "ScheduleError",
 ]

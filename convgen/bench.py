@@ -22,8 +22,9 @@ import numpy as np
 from .check import compare_runs, random_inputs, tolerance, weight_transform
 from .errors import ScheduleError
 from .reference import reference
-from .runtime import aligned_copy, build, empty, measure
-from .schedule.space import default_schedule, winograd_schedule
+from .driver import build
+from .runtime import aligned_copy, empty, measure
+from .schedule.space import winograd_schedule
 from .spec import Spec
 from .target import host
 
@@ -51,8 +52,7 @@ def bench(spec: Spec, threads: int = 1, peers=PEERS, schedule=None, seed: int = 
     # every contender reads the same cache-line-aligned arrays, as its own allocator would give it
     inputs = {name: aligned_copy(array) for name, array in random_inputs(spec, np.random.default_rng(seed)).items()}
     expected = reference(spec, **inputs)
-    steps = schedule if schedule is not None else (spec.schedule or default_schedule(spec, host(), threads))
-    contenders = {"convgen": _convgen(spec, inputs, steps, threads)}
+    contenders = {"convgen": _convgen(spec, inputs, schedule, threads)}
     entries = {}
     for tile in winograd:
         name = winograd_name(tile)
@@ -96,9 +96,10 @@ def winograd_name(tile: int) -> str:
     return f"convgen winograd F({tile}x{tile})"
 
 
-def _convgen(spec: Spec, inputs, steps, threads: int):
-    """(call, to user's layout, weight transform): the transform decides the error bound."""
-    kernel = build(spec, "llvm", schedule=steps, threads=threads)
+def _convgen(spec: Spec, inputs, schedule, threads: int):
+    """(call, to user's layout, weight transform): the transform decides the error bound.
+    schedule None: the spec's own, else the default, as convgen.build chooses it."""
+    kernel = build(spec, "llvm", schedule=schedule, threads=threads)
     call = kernel.bind(inputs["w"], inputs.get("b")) if spec.is_conv else kernel
     out = empty(spec.output_shape, spec.array_dtypes["y"])
     return lambda: call(inputs["x"], out=out), lambda y: y, weight_transform(kernel.func)

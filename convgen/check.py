@@ -111,15 +111,22 @@ def weight_transform(func) -> str:
     return next((p.transform for p in func.params if p.name == "w"), "")
 
 
-def check(kernel: Kernel, rng: np.random.Generator | int | None = None) -> CheckResult:
-    """Run the kernel once on random inputs and compare with the float64 reference."""
+def check(kernel: Kernel, rng: np.random.Generator | int | None = None, progress=None) -> CheckResult:
+    """Run the kernel once on random inputs and compare with the float64 reference.
+    progress: called with the name of each stage as it starts (for long checks)."""
+    say = progress or (lambda stage: None)
     rng = np.random.default_rng(rng)
     spec = kernel.spec
+    say("drawing random inputs")
     inputs = random_inputs(spec, rng)
     dtype = spec.array_dtypes["y"]
+    say("running the kernel")
     outputs = [kernel(**inputs, out=np.full(spec.output_shape, fill, dtype=dtype)) for fill in output_fills(dtype)]
+    say("computing the float64 reference")
+    expected = reference(spec, **inputs)
+    say("comparing")
     allowed = None if spec.is_quantized else tolerance(spec, inputs, weight_transform(kernel.func))
-    return compare_runs(spec, outputs, reference(spec, **inputs), inputs, allowed)
+    return compare_runs(spec, outputs, expected, inputs, allowed)
 
 
 def compare_runs(spec: Spec, outputs: list[np.ndarray], expected: np.ndarray, inputs: dict[str, np.ndarray],

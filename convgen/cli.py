@@ -8,11 +8,13 @@ without a traceback.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import difflib
 import json
 import re
 import sys
+import time
+import warnings
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +22,16 @@ import numpy as np
 from . import firmware, ir
 from .bench import PEERS, bench
 from .check import check, random_inputs
-from .codegen.c import Baking, emit_c
-from .codegen.llvm import emit_llvm
-from .errors import ConvgenError, ScheduleError
-from .lower import lower
+from .codegen import BACKENDS
+from .codegen.c import Baking
+from .driver import build, emit, plan
+from .errors import ConvgenError, ConvgenWarning, ScheduleError
+from .native import llvm_assembly
 from .peak import measure_peak
-from .runtime import BACKENDS, build, llvm_assembly, measure, to_storage, user_layouts
-from .schedule import apply_schedule, load_steps, trace
+from .runtime import measure, to_storage, user_layouts
+from .schedule import trace
 from .schedule.space import candidates
+from .schedule.steps import SCHEDULE_WORDS, load_steps
 from .spec import Spec, load_spec
 from .target import host, load_target
 
@@ -35,22 +39,85 @@ from .target import host, load_target
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", ConvgenWarning)
+            warnings.showwarning = _show_warning
+            return args.run(args)
     except ScheduleError as err:
         print(err.detailed() if getattr(args, "verbose", False) else err, file=sys.stderr)
         return 2
     except ConvgenError as err:
         print(err, file=sys.stderr)
         return 2
+    except MemoryError:
+        print(f"convgen {args.command}: out of memory: the layer's arrays do not fit in this machine's memory "
+              f"(`convgen info` gives their shapes)", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # the reader went away (`convgen build specs | head`): stop quietly, as other tools do
+        _silence_stdout()
+        return 0
     except KeyboardInterrupt:
         print("convgen: interrupted", file=sys.stderr)
         return 130
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A ConvgenWarning as one line on stderr, without Python's file and line."""
+    print(f"convgen: note: {message}" if issubclass(category, ConvgenWarning) else
+          warnings.formatwarning(message, category, filename, lineno, line), file=sys.stderr, end=
+          "\n" if issubclass(category, ConvgenWarning) else "")
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit raises no second BrokenPipeError."""
+    import os
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (the command, what is wrong, where help is) and exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _whole(least: int, what: str = "a whole number"):
+    """An argparse type: an int of at least `least`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} of at least {least}; got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"expected {what} of at least {least}; got {value}")
+        return value
+    return parse
+
+
+def _seed_value(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {2**32 - 1}; got {text!r}")
+    return value
+
+
+def _version() -> str:
+    try:
+        return version("convgen")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="convgen", description="A compiler for convolution layers: "
-                                     "YAML spec -> loop-nest IR -> LLVM (JIT) and C kernels.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = _Parser(prog="convgen", description="A compiler for convolution layers: "
+                     "YAML spec -> loop-nest IR -> LLVM (JIT) and C kernels.")
+    parser.add_argument("--version", action="version", version=f"convgen {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     info = commands.add_parser("info", help="shapes, parameter count and MACs of a layer")
     info.add_argument("spec", help="layer spec (YAML)")
@@ -61,8 +128,11 @@ def _parser() -> argparse.ArgumentParser:
     _schedule_option(show)
     show.add_argument("--verify-each-step", action="store_true",
                       help="check the kernel against the reference after lowering and after every step")
-    show.add_argument("--seed", type=int, help="with --verify-each-step: seed for the random inputs")
-    show.add_argument("-v", "--verbose", action="store_true", help="on a refused step, show the nest it met")
+    show.add_argument("--seed", type=_seed_value, help="with --verify-each-step: seed for the random inputs")
+    show.add_argument("--target", default="host", metavar="NAME",
+                      help="the CPU whose default schedule to show: host (default) or a name in specs/targets/")
+    show.add_argument("-v", "--verbose", action="store_true",
+                      help="also print the kernel after each pass; on a refused step, show the nest it met")
     show.set_defaults(run=_show)
 
     compile_ = commands.add_parser("compile", help="write the emitted code for one backend")
@@ -95,46 +165,53 @@ def _parser() -> argparse.ArgumentParser:
     check_.add_argument("spec", help="layer spec (YAML)")
     check_.add_argument("-t", "--backend", default=",".join(BACKENDS),
                         help=f"comma-separated backends (default: {','.join(BACKENDS)})")
-    check_.add_argument("--seed", type=int, help="seed for the random inputs (default: fresh)")
+    check_.add_argument("--seed", type=_seed_value, help="seed for the random inputs (default: fresh)")
     _schedule_option(check_)
     check_.set_defaults(run=_check)
 
     bench = commands.add_parser("bench", help="time convgen against PyTorch, ONNX Runtime and NumPy")
     bench.add_argument("spec", type=Path, help="a layer spec, or a folder of them")
-    bench.add_argument("--threads", type=int, default=1, help="threads for every contender (default: 1)")
+    bench.add_argument("--threads", type=_whole(1), default=1, help="threads for every contender (default: 1)")
     bench.add_argument("--vs", default=",".join(PEERS), help=f"peers, comma-separated (default: {','.join(PEERS)})")
-    bench.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default: 3)")
+    bench.add_argument("--rounds", type=_whole(1), default=3, help="interleaved rounds (default: 3)")
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
     bench.add_argument("--winograd", action="store_true",
                        help="also time Winograd kernels, F(4x4,3x3) and F(2x2,3x3), for 3x3 stride-1 layers")
     bench.set_defaults(run=_bench)
 
     peak = commands.add_parser("peak", help="measure the machine's FMA peak with a generated kernel")
-    peak.add_argument("--threads", type=int, help="up to this many threads (default: all cores)")
+    peak.add_argument("--threads", type=_whole(1), help="up to this many threads (default: all cores)")
     peak.set_defaults(run=_peak)
 
     explore = commands.add_parser("explore", help="try a space of schedules; rank those that match by speed")
     explore.add_argument("spec", help="layer spec (YAML)")
-    explore.add_argument("--threads", type=int, help="threads for parallel candidates (default: all cores)")
-    explore.add_argument("--seed", type=int, help="seed for the random inputs (default: fresh)")
-    explore.add_argument("--top", type=int, default=0, help="print only the best N (default: all)")
+    explore.add_argument("--threads", type=_whole(1), help="threads for parallel candidates (default: all cores)")
+    explore.add_argument("--seed", type=_seed_value, help="seed for the random inputs (default: fresh)")
+    explore.add_argument("--top", type=_whole(0), default=0, help="print only the best N (default: all)")
     explore.set_defaults(run=_explore)
 
     build_ = commands.add_parser("build", help="compile and check every spec under a folder")
     build_.add_argument("dir", type=Path, help="folder of layer specs (searched recursively for *.yaml)")
     build_.add_argument("-o", "--output", type=Path, default=Path("build"), help="output root (default: build/)")
-    build_.add_argument("--seed", type=int, help="seed for the random inputs (default: fresh)")
+    build_.add_argument("--seed", type=_seed_value, help="seed for the random inputs (default: fresh)")
     build_.set_defaults(run=_build)
     return parser
 
 
 def _schedule_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--schedule", type=Path, metavar="FILE",
-                        help="schedule steps (YAML list) to apply instead of the spec's own")
+    parser.add_argument("--schedule", metavar="FILE|naive|default",
+                        help="schedule steps to apply instead of the spec's own (a YAML list, or a spec file "
+                             "with a `schedule:` list); naive: the loop nest as lowered; default: the "
+                             "target's default schedule (what a spec without a schedule gets)")
 
 
-def _steps(args, spec: Spec) -> tuple:
-    return load_steps(args.schedule) if args.schedule else spec.schedule
+def _schedule(args):
+    """The --schedule choice: None (the spec's own, else the default), a word, or steps from a file."""
+    if args.schedule is None:
+        return None
+    if args.schedule in SCHEDULE_WORDS and not Path(args.schedule).exists():
+        return args.schedule
+    return load_steps(args.schedule)
 
 
 def _info(args) -> int:
@@ -175,62 +252,71 @@ def _info(args) -> int:
 
 def _show(args) -> int:
     spec = load_spec(args.spec)
-    history = trace(lower(spec), _steps(args, spec))
+    chosen = plan(spec, load_target(args.target), _schedule(args))
     seed = _seed(args)
+    print(f"schedule: {chosen.describe_schedule()}")
     previous = None
-    for index, (step, func) in enumerate(history):
+    for index, (step, func) in enumerate(chosen.history):
         text = ir.format_func(func)
         if step is None:
             print("== lowered ==")
             print(text, end="")
         else:
             print(f"\n== step {index - 1}: {step.describe()} ==")
-            diff = difflib.unified_diff(previous.splitlines(), text.splitlines(), lineterm="", n=1)
-            print("\n".join(list(diff)[2:]) or "(no change)")
+            print(_diff(previous, text))
         if args.verify_each_step:
-            result = check(build(spec, "llvm", schedule=[s for s, _ in history[1:index + 1]]), seed)
+            applied = [s for s, _ in chosen.history[1:index + 1]]
+            result = check(build(spec, "llvm", schedule=applied or "naive"), seed)
             print(f"-- check: {'pass' if result.passed else 'FAIL'}, max error {result.max_abs_error:.3g}")
             if not result.passed:
                 where = "lowering" if step is None else f"step {index - 1} ({step.describe()})"
                 print(f"{where} changes the result (seed {seed})", file=sys.stderr)
                 return 1
         previous = text
-    if len(history) > 1:
+    if len(chosen.history) > 1:
         print("\n== after all steps ==")
+        print(previous, end="")
+    if args.verbose:
+        for name, func in chosen.passes:
+            text = ir.format_func(func)
+            print(f"\n== pass: {name} ==")
+            print(_diff(previous, text))
+            previous = text
+        print("\n== after the passes: what the backends render ==")
         print(previous, end="")
     return 0
 
 
+def _diff(before: str, after: str) -> str:
+    diff = difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=1)
+    return "\n".join(list(diff)[2:]) or "(no change)"
+
+
 def _compile(args) -> int:
     spec = load_spec(args.spec)
-    func = apply_schedule(lower(spec), _steps(args, spec))
-    if args.prefix:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", args.prefix):
-            raise ConvgenError(f"compile: --prefix: expected letters, digits and '_' (a C identifier start); "
-                               f"got {args.prefix!r}")
-        func = dataclasses.replace(func, name=args.prefix + func.name)
-    folder = args.output or Path("build") / func.name
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
+    if args.prefix and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", args.prefix):
+        raise ConvgenError(f"compile: --prefix: expected letters, digits and '_' (a C identifier start); "
+                           f"got {args.prefix!r}")
+    if args.backend == "llvm" and (args.prefix or args.report or args.bake_weights):
+        raise ConvgenError("compile: --prefix, --report and --bake-weights are for -t c "
+                           "(the LLVM backend is called from Python)")
+    if args.backend == "c" and args.asm:
+        raise ConvgenError("compile: --asm: only for -t llvm (build the .c with your compiler's -S)")
     machine = load_target(args.target)
-    if args.backend == "llvm":
-        if args.prefix or args.report or args.bake_weights:
-            raise ConvgenError("compile: --prefix, --report and --bake-weights are for -t c "
-                               "(the LLVM backend is called from Python)")
-        text = emit_llvm(func, machine)
-        written.append(_write(folder / f"{func.name}.ll", text))
-        if args.asm:
-            written.append(_write(folder / f"{func.name}.s", llvm_assembly(text, machine)))
-    else:
-        if args.asm:
-            raise ConvgenError("compile: --asm: only for -t llvm (build the .c with your compiler's -S)")
-        files = emit_c(func, _baking(args, spec, func))
-        written.append(_write(folder / f"{files.name}.h", files.header))
-        written.append(_write(folder / f"{files.name}.c", files.source))
+    chosen = plan(spec, machine, _schedule(args), name=args.prefix + spec.name)
+    folder = args.output or Path("build") / chosen.func.name
+    if folder.exists() and not folder.is_dir():
+        raise ConvgenError(f"compile: -o {folder}: expected a folder to write into; it is a file")
+    folder.mkdir(parents=True, exist_ok=True)
+    emitted = emit(chosen, args.backend, _baking(args, spec, chosen.func))
+    written = [_write(folder / name, text) for name, text in emitted.files.items()]
+    if args.asm:
+        written.append(_write(folder / f"{emitted.name}.s", llvm_assembly(emitted.source, machine)))
+    print(f"schedule: {chosen.describe_schedule()}", file=sys.stderr)
     for path in written:
         print(path)
     if args.report:
-        for line in firmware.report(func, files, machine, folder / "report").lines():
+        for line in firmware.report(chosen.func, emitted, machine, folder / "report").lines():
             print(line)
     return 0
 
@@ -294,22 +380,53 @@ def _seed(args) -> int:
     return args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**32)
 
 
+# Layers past these sizes take long enough that a user should hear what is running.
+_LARGE_MACS = 2 * 10**9
+_LARGE_BYTES = 1 << 30
+
+
 def _check(args) -> int:
     spec = load_spec(args.spec)
     seed = _seed(args)
+    backends = _backends(args.backend)
+    say = _announce(spec, "check")
     failed = False
-    for target in _backends(args.backend):
-        result = check(build(spec, target, schedule=_steps(args, spec)), seed)
+    for target in backends:
+        say(f"[{target}] building")
+        kernel = build(spec, target, schedule=_schedule(args))
+        result = check(kernel, seed, progress=lambda stage: say(f"[{target}] {stage}"))
         failed |= not result.passed
         print(f"{spec.name} [{target}]: {'pass' if result.passed else 'FAIL'}  max error "
               f"{result.max_abs_error:.3g} (allowed {result.max_allowed:.3g})"
-              + (f", {result.unwritten} outputs never written" if result.unwritten else ""))
+              + (f", {result.unwritten} outputs never written" if result.unwritten else "")
+              + f"  schedule: {kernel.schedule_source}")
     print(f"seed {seed}")
     return 1 if failed else 0
 
 
-_COLUMNS = ("spec", "target", "output shape", "MACs", "max error", "result")
-_WIDTHS = (26, 6, 18, 13, 10, 6)
+def _array_bytes(spec: Spec) -> int:
+    """Bytes of the layer's arrays as the caller holds them (x, w, b, y)."""
+    shapes = [spec.input_shape, spec.output_shape] + ([spec.weight_shape, (spec.out_channels,)] if spec.is_conv else [])
+    return sum(int(np.prod(s)) for s in shapes) * spec.array_dtypes["x"].itemsize
+
+
+def _announce(spec: Spec, command: str):
+    """For a large layer, say what is about to run and return a function that
+    reports each stage with the time so far; for others, one that says nothing."""
+    arrays = _array_bytes(spec)
+    if spec.macs < _LARGE_MACS and arrays < _LARGE_BYTES:
+        return lambda stage: None
+    print(f"convgen {command}: {spec.name}: {spec.macs:,} MACs, {arrays / 2**20:,.0f} MiB of arrays "
+          f"(the float64 reference needs about twice that); this takes a while", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+
+    def say(stage: str) -> None:
+        print(f"  {time.perf_counter() - start:7.1f} s  {stage}", file=sys.stderr, flush=True)
+    return say
+
+
+_COLUMNS = ("spec", "target", "output shape", "MACs", "schedule", "max error", "result")
+_WIDTHS = (26, 6, 18, 13, 9, 10, 6)
 
 
 def _row(values) -> str:
@@ -324,39 +441,44 @@ def _build(args) -> int:
     print(f"convgen build: {len(paths)} specs x {len(BACKENDS)} backends, host {host().cpu}, seed {seed}")
     print(_row(_COLUMNS))
     print(_row("-" * w for w in _WIDTHS))
-    problems, passed, total = [], 0, 0
+    problems, notes, passed, total = [], [], 0, 0
     for path in paths:
         try:
             spec = load_spec(path)
         except ConvgenError as err:
             problems.append(str(err))
-            print(_row((path.stem, "-", "-", "-", "-", "ERROR")), flush=True)
+            print(_row((path.stem, "-", "-", "-", "-", "-", "ERROR")), flush=True)
             total += 1
             continue
         for target in BACKENDS:
             total += 1
-            ok = _build_one(spec, target, args.output / spec.name, seed, problems)
-            passed += ok
+            passed += _build_one(spec, target, args.output / spec.name, seed, problems, notes)
     print(f"\n{passed}/{total} passed")
+    for note in dict.fromkeys(notes):
+        print(f"note: {note}")
     for problem in problems:
         print(problem, file=sys.stderr)
     return 0 if passed == total else 1
 
 
-def _build_one(spec: Spec, target: str, folder: Path, seed: int, problems: list[str]) -> bool:
+def _build_one(spec: Spec, target: str, folder: Path, seed: int, problems: list[str], notes: list[str]) -> bool:
     shape = "x".join(str(s) for s in spec.output_shape)
     try:
-        kernel = build(spec, target, workdir=folder)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvgenWarning)
+            kernel = build(spec, target, workdir=folder)
+        notes += [str(w.message) for w in caught if issubclass(w.category, ConvgenWarning)]
         result = check(kernel, seed)
     except ConvgenError as err:
         problems.append(f"{spec.source} [{target}]: {err}")
-        print(_row((spec.name, target, shape, f"{spec.macs:,}", "-", "ERROR")), flush=True)
+        print(_row((spec.name, target, shape, f"{spec.macs:,}", "-", "-", "ERROR")), flush=True)
         return False
     verdict = "pass" if result.passed else "FAIL"
     if not result.passed:
         problems.append(f"{spec.source} [{target}]: max error {result.max_abs_error:.3g} exceeds "
                         f"{result.max_allowed:.3g}; {result.unwritten} outputs never written")
-    print(_row((spec.name, target, shape, f"{spec.macs:,}", f"{result.max_abs_error:.2g}", verdict)), flush=True)
+    print(_row((spec.name, target, shape, f"{spec.macs:,}", kernel.schedule_source,
+                f"{result.max_abs_error:.2g}", verdict)), flush=True)
     return result.passed
 
 

@@ -47,3 +47,8 @@ class ScheduleError(ConvgenError):
 
     def detailed(self) -> str:
         return self._line() + (f"\nThe loop nest it was applied to:\n{self.nest}" if self.nest else "")
+
+
+class ConvgenWarning(UserWarning):
+    """Something a user should know that does not stop the build: e.g. no
+    default schedule fits a layer, so it runs as the naive loop nest."""

@@ -20,12 +20,11 @@ import numpy as np
 
 from . import ir
 from .check import output_fills
-from .codegen.c import C_TYPES, Baking, CFiles, c_literals, emit_c
+from .codegen.c import C_TYPES, Baking, CFiles, c_literals
 from .codegen.render import TEMPLATE_DIRS, render
+from .driver import emit, plan
 from .errors import CompileError, ConvgenError
-from .lower import lower
 from .runtime import from_storage, to_storage, user_layouts
-from .schedule import apply_schedule
 from .spec import Spec
 from .target import Target
 
@@ -137,17 +136,19 @@ def run_on_qemu(func: ir.Func, files: CFiles, target: Target, arrays: dict[str, 
 
 
 def run_layer(spec: Spec, target: Target, inputs: dict[str, np.ndarray], folder: Path,
-              steps=None, bake_weights: bool = False) -> list[np.ndarray]:
+              schedule=None, bake_weights: bool = False) -> list[np.ndarray]:
     """The layer's output for `inputs` (x, w, b in the caller's layouts, as for
     a Kernel), computed by its emitted C on the target's emulated board: one
     result per output fill (float32: one, NaN; int8: check.INT8_FILLS).
-    bake_weights: w and b go into the kernel's .c as const arrays."""
-    func = apply_schedule(lower(spec), spec.schedule if steps is None else steps)
+    schedule: as for convgen.build (default: the spec's, else the target's
+    default). bake_weights: w and b go into the kernel's .c as const arrays."""
+    chosen = plan(spec, target, schedule)
+    func = chosen.func
     params, layouts = {p.name: p for p in func.params}, user_layouts(spec)
     arrays = {name: to_storage(array, layouts[name], params[name]) for name, array in inputs.items()}
     y = params["y"]
     baking = Baking({k: v for k, v in arrays.items() if k in ("w", "b")}) if bake_weights else None
-    runs = run_on_qemu(func, emit_c(func, baking), target, arrays, folder)["y"]
+    runs = run_on_qemu(func, emit(chosen, "c", baking), target, arrays, folder)["y"]
     return [from_storage(flat.reshape(y.storage_shape), y, layouts["y"]) for flat in runs]
 
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from llvmlite import ir as ll
 
-from .runtime import jit_function, measure, openmp
+from .native import jit_function, openmp
+from .runtime import measure
 from .target import Target, host
 
 CHAINS = 12  # independent accumulators: latency 4 x 2 FMA pipes = 8 needed, 12 to spare

@@ -1,47 +1,29 @@
-"""Runtime: compile emitted code, load it, and call it with NumPy arrays.
+"""Runtime: call a compiled kernel with NumPy arrays, and time it.
 
-`build(spec, target, schedule)` is the one entry point: it lowers the spec,
-applies the schedule, emits code for the backend, compiles it (LLVM:
-optimised at O3 for the host CPU and JIT-compiled in process; C: the host C
-compiler into a shared object) and returns a callable Kernel.
-
-A kernel's buffers may differ from the caller's arrays (another layout, a
-padded input); the Kernel converts on the way in and out. Parallel loops of
-both backends run on the OpenMP runtime's thread pool (libgomp): C kernels
-through their `omp parallel for`, LLVM kernels through GOMP_parallel calling
-the kernel's OpenMP entry point, outside the GIL. Its threads spin briefly
-between calls, so back-to-back calls do not wait for threads to wake.
+The driver (driver.py) builds a Kernel: a backend's loaded code and the
+scheduled IR. A kernel's buffers may differ from the caller's arrays
+(another layout, a padded input); the Kernel converts on the way in and
+out. Parallel loops of both backends run on the OpenMP runtime's thread
+pool (libgomp), outside the GIL; its threads spin briefly between calls, so
+back-to-back calls do not wait for threads to wake.
 """
 
 from __future__ import annotations
 
 import ctypes
-import os
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
-import ctypes.util
-from dataclasses import dataclass, field, replace
-from functools import lru_cache
-from pathlib import Path
+from dataclasses import dataclass, replace
 
-import llvmlite.binding as llvm
 import numpy as np
 
 from . import ir
 from .callguard import C_CONTIGUOUS, WRITEABLE, Operand, array_fields, guard_module
-from .codegen.c import CFiles, emit_c
-from .codegen.llvm import SHARE_COUNTER_SLOTS, emit_llvm, openmp_entry_name, parallel_loop
-from .errors import CompileError, ConvgenError, KernelCallError
-from .lower import lower
-from .schedule import apply_schedule, as_steps
+from .errors import KernelCallError
+from .native import jit_function, openmp
 from .schedule.winograd import WEIGHT_TRANSFORMS
-from .spec import Spec, load_spec
-from .target import Target, host, llvm_target_machine
-
-BACKENDS = ("llvm", "c")
+from .spec import Spec
+from .target import host
 
 # Arrays the runtime allocates start on a cache line: a 64-byte vector load or store
 # from a misaligned address touches two lines (NumPy's large arrays start 16 bytes
@@ -73,135 +55,6 @@ def aligned_copy(array: np.ndarray, dtype=None) -> np.ndarray:
     copy = empty(array.shape, dtype or array.dtype)
     np.copyto(copy, array, casting="unsafe" if dtype else "no")
     return copy
-
-
-def build(spec: Spec | str | os.PathLike | dict, target: str = "llvm", schedule=None,
-          workdir: str | os.PathLike | None = None, threads: int | None = None) -> "Kernel":
-    """Compile a layer into a callable kernel.
-
-    spec: a Spec, or a path or dict for load_spec. target: "llvm" (JIT for the
-    host CPU) or "c" (emitted C built with the host C compiler). schedule: a
-    Schedule, a list of Steps or of YAML step data; by default the spec's own
-    `schedule:` list, else none (the naive loop nest). workdir: a folder to
-    keep the emitted files (and the C shared object) in; by default nothing
-    is written. threads: how many threads a parallel loop uses by default
-    (the host's cores); a call may override it.
-    """
-    if not isinstance(spec, Spec):
-        spec = load_spec(spec)
-    if target not in BACKENDS:
-        raise ConvgenError(f"build: target: expected one of {', '.join(BACKENDS)}; got {target!r}")
-    steps = as_steps(schedule) if schedule is not None else spec.schedule
-    func = apply_schedule(lower(spec), steps)
-    machine = host()
-    workdir = Path(workdir) if workdir is not None else None
-    loop = parallel_loop(func)
-    if target == "llvm":
-        if loop is not None:
-            openmp()  # the JIT resolves omp_get_thread_num in it
-        source = emit_llvm(func, machine)
-        if workdir is not None:
-            workdir.mkdir(parents=True, exist_ok=True)
-            (workdir / f"{func.name}.ll").write_text(source)
-        function, keepalive = jit_function(source, openmp_entry_name(func) if loop is not None else func.name, machine)
-        function.argtypes = [ctypes.c_void_p] if loop is not None else [ctypes.c_void_p] * len(func.params)
-    else:
-        files = emit_c(func)
-        source = files.source
-        function, keepalive = _load_c(files, machine, workdir, _c_flags(func, machine))
-        function.argtypes = [ctypes.c_void_p] * len(func.params)
-    function.restype = None
-    return Kernel(spec, target, func, source, function, keepalive, steps=tuple(steps),
-                  threads=threads or (machine.cores if loop is not None else 1))
-
-
-@lru_cache(maxsize=None)
-def openmp() -> ctypes.CDLL:
-    """The OpenMP runtime, loaded once and visible to JIT-compiled code."""
-    name = ctypes.util.find_library("gomp")
-    if name is None:
-        raise CompileError("parallel loops run on the OpenMP runtime, and libgomp was not found "
-                           "(Debian: apt-get install libgomp1)")
-    library = ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
-    llvm.load_library_permanently(name)
-    library.GOMP_parallel.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
-    library.GOMP_parallel.restype = None
-    library.omp_set_num_threads.argtypes = [ctypes.c_int]
-    return library
-
-
-def llvm_assembly(llvm_ir: str, target: Target) -> str:
-    """Host assembly for LLVM IR text, after the same O3 pipeline the JIT uses."""
-    module = _optimized_module(llvm_ir, target)
-    return llvm_target_machine(target).emit_assembly(module)
-
-
-def _optimized_module(llvm_ir: str, target: Target) -> llvm.ModuleRef:
-    machine = llvm_target_machine(target)
-    try:
-        module = llvm.parse_assembly(llvm_ir)
-        module.verify()
-    except RuntimeError as err:
-        raise CompileError(f"LLVM rejected the emitted IR: {err}") from None
-    module.triple = target.triple
-    module.data_layout = str(machine.target_data)
-    options = llvm.create_pipeline_tuning_options(speed_level=3)
-    # Vector code comes from the schedule's vectorize steps, not from LLVM's own
-    # loop vectorizer, which (LLVM 22, llvmlite 0.50) miscompiles some maxnum
-    # reductions at O2+ and can abort on an internal assertion.
-    options.loop_vectorization = False
-    builder = llvm.create_pass_builder(machine, options)
-    passes = builder.getModulePassManager()
-    passes.run(module, builder)
-    # Dispose in dependency order now rather than whenever the collector gets to them.
-    passes.close()
-    builder.close()
-    options.close()
-    machine.close()
-    return module
-
-
-def jit_function(llvm_ir: str, name: str, target: Target):
-    module = _optimized_module(llvm_ir, target)
-    engine = llvm.create_mcjit_compiler(module, llvm_target_machine(target))
-    engine.finalize_object()
-    address = engine.get_function_address(name)
-    if not address:
-        raise CompileError(f"LLVM JIT: function {name} not found after compilation")
-    return ctypes.CFUNCTYPE(None)(address), engine
-
-
-def _c_flags(func: ir.Func, target: Target) -> tuple[str, ...]:
-    kinds = {loop.kind for loop in ir.find_all(func.body, ir.Loop)}
-    flags = target.simd_flags if "vectorized" in kinds else ()
-    return flags + (target.openmp_flags if "parallel" in kinds else ())
-
-
-def compile_c_shared(files: CFiles, directory: Path, target: Target, extra_flags=()) -> Path:
-    """Write the .c/.h pair into directory and build <name>.so from them."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"{files.name}.h").write_text(files.header)
-    (directory / f"{files.name}.c").write_text(files.source)
-    library = directory / f"{files.name}.so"
-    command = [*target.cc, "-std=c99", *target.cflags, "-fPIC", "-shared", *extra_flags,
-               "-o", str(library), str(directory / f"{files.name}.c")]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise CompileError(f"C compiler failed ({' '.join(command)}):\n{result.stderr.strip()}")
-    return library
-
-
-def _load_c(files: CFiles, target: Target, workdir: Path | None, flags: tuple[str, ...]):
-    # Built and loaded from a fresh folder each time: dlopen caches by path, so
-    # reloading a rebuilt library from the same path would run the old code.
-    with tempfile.TemporaryDirectory(prefix="convgen-") as tmp:
-        built = compile_c_shared(files, Path(tmp), target, flags)
-        library = ctypes.CDLL(str(built))
-        if workdir is not None:
-            workdir.mkdir(parents=True, exist_ok=True)
-            for path in Path(tmp).iterdir():
-                shutil.copy(path, workdir / path.name)
-    return getattr(library, files.name), library
 
 
 # ---------------------------------------------------------------------------
@@ -306,14 +159,12 @@ class Kernel:
     target: str
     func: ir.Func
     source: str
-    _function: object
-    _keepalive: object
+    _loaded: object           # the backend's loaded code (codegen/__init__.py: Loaded)
     steps: tuple = ()
+    schedule_source: str = ""  # where the steps came from (driver.SCHEDULE_SOURCES)
     threads: int = 1
-    _parallel: ir.Loop | None = field(init=False, default=None)
 
     def __post_init__(self):
-        self._parallel = parallel_loop(self.func)
         self._layouts = user_layouts(self.spec)
         # decided once: which of the kernel's buffers differ from the caller's arrays
         self._params = {p.name: p for p in self.func.params}
@@ -393,21 +244,10 @@ class Kernel:
         else:
             arrays["y"] = out
         pointers = [arrays[p.name].ctypes.data for p in self.func.params]
-        self._launch(pointers, threads or self.threads)
+        self._loaded.launch(pointers, thread_count(threads, self.threads))
         if converting:
             np.copyto(out, from_storage(arrays["y"], y, self._layouts["y"]))
         return callers if given else out
-
-    def _launch(self, pointers: list[int], threads: int) -> None:
-        if self._parallel is None:
-            self._function(*pointers)
-        elif self.target == "c":
-            openmp().omp_set_num_threads(threads)
-            self._function(*pointers)
-        else:
-            # the kernel's pointers, then a zeroed counter for each thread's share
-            arguments = (ctypes.c_uint64 * (len(pointers) + SHARE_COUNTER_SLOTS * threads))(*pointers)
-            openmp().GOMP_parallel(ctypes.cast(self._function, ctypes.c_void_p), arguments, threads, 0)
 
 
 @dataclass
@@ -433,6 +273,8 @@ class BoundKernel:
         self._guard, self._guard_engine = _guard(k, self.weights) if direct else (_refuse, None)
 
     def __call__(self, x: np.ndarray, out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
+        if threads is not None:
+            threads = thread_count(threads, self._threads)
         if out is not None:
             if self._pads_x and type(x) is np.ndarray and x.shape == self._x_shape and x.dtype == self._x_type:
                 if self._guard(id(self.kernel._padded_x(x)), id(out), threads or self._threads) == 0:
@@ -458,23 +300,30 @@ def _guard(kernel: Kernel, weights: dict[str, np.ndarray]):
     names = [p.name for p in kernel.func.params]
     x, y = kernel._params["x"], kernel._params["y"]
     runtime = {"ndarray": id(np.ndarray)}
-    if kernel._parallel is None:
-        launch = "serial"
-    else:
+    launch = kernel._loaded.convention
+    if launch != "serial":
         library = openmp()
         runtime.update({name: ctypes.cast(getattr(library, name), ctypes.c_void_p).value
                         for name in ("GOMP_parallel", "omp_set_num_threads")})
-        launch = "c-openmp" if kernel.target == "c" else "openmp"
     source = guard_module(
         fields,
         Operand(kernel._dtypes["x"], tuple(x.storage_shape), C_CONTIGUOUS),
         Operand(kernel._dtypes["y"], tuple(y.storage_shape), C_CONTIGUOUS | WRITEABLE),
         [weights[n].ctypes.data if n in weights else 0 for n in names], names.index("x"), names.index("y"),
-        ctypes.cast(kernel._function, ctypes.c_void_p).value, launch, runtime)
+        ctypes.cast(kernel._loaded.function, ctypes.c_void_p).value, launch, runtime)
     function, engine = jit_function(source, "guard", host())
     function.argtypes = [ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int]
     function.restype = ctypes.c_int
     return function, engine
+
+
+def thread_count(threads, default: int) -> int:
+    """threads as given to a call (None: the kernel's default), checked."""
+    if threads is None:
+        return default
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise KernelCallError(f"threads: expected a whole number of at least 1; got {threads!r}")
+    return int(threads)
 
 
 def poison(dtype: np.dtype):

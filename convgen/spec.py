@@ -21,7 +21,7 @@ import yaml
 from .errors import SpecError
 from .filters import FILTERS
 from .quant import quantize_multiplier, round_half_away
-from .schedule.steps import parse_steps
+from .schedule.steps import parse_schedule
 
 OPS = ("conv2d", "maxpool2d", "avgpool2d")
 PADDING_MODES = ("zeros", "reflect", "replicate")
@@ -105,7 +105,8 @@ class Spec:
     dtype: str
     weights: tuple[float, ...] | None = None
     bias_values: tuple[float, ...] | None = None
-    schedule: tuple = ()      # schedule Steps written in the spec file
+    # schedule written in the spec file: Steps, or "naive" / "default"; None when it gives none
+    schedule: tuple | str | None = None
     pool: Pool | None = None  # conv2d only: pooling fused after bias and activation
     quantization: Quantization | None = None  # dtype int8 only
     source: str = "<dict>"
@@ -439,7 +440,7 @@ class _SpecParser:
 
     def schedule(self, field, value):
         try:
-            return parse_steps(value, f"{self.label}: {field}")
+            return parse_schedule(value, f"{self.label}: {field}")
         except SpecError as err:
             self.problems.extend(err.problems)
             raise _Missing(field) from None
@@ -476,7 +477,7 @@ class _SpecParser:
         layout = self.field("layout", self.layout, default=("NCHW", "NCHW"))
         dtype = self.field("dtype", self.choice(DTYPES), default="float32")
         quantization = self.field("quantization", self.quantization)
-        schedule = self.field("schedule", self.schedule, default=())
+        schedule = self.field("schedule", self.schedule, default=None)
         pool = self.field("pool", self.pool) if is_conv else None
 
         if self.problems:

@@ -20,7 +20,8 @@ from convgen.codegen.llvm import emit_llvm
 from convgen.errors import CodegenError
 from convgen.lower import lower
 from convgen.reference import reference
-from convgen.runtime import BACKENDS, llvm_assembly
+from convgen.codegen import BACKENDS
+from convgen.native import llvm_assembly
 from convgen.target import host
 from strategies import quantized_specs, specs
 

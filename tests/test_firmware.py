@@ -16,8 +16,8 @@ import pytest
 from convgen import firmware, reference
 from convgen.check import compare_runs, random_inputs, tolerance, weight_transform
 from convgen.codegen.c import emit_c
+from convgen.driver import emit, plan
 from convgen.lower import lower
-from convgen.schedule import apply_schedule
 from convgen.spec import Spec, load_spec
 from convgen.target import load_target
 
@@ -32,20 +32,22 @@ HOST_COMPILERS = ["gcc", "clang"]
 
 
 def _compilers():
+    """(compiler command, the target whose default schedules it builds)."""
     for name in ("cortex-m4", "cortex-m7"):
         target = load_target(name)
-        yield pytest.param([*target.cc, *target.cflags], id=name, marks=needs_arm)
+        yield pytest.param([*target.cc, *target.cflags], name, id=name, marks=needs_arm)
     for cc in HOST_COMPILERS:
-        yield pytest.param([cc, "-O2"], id=cc, marks=pytest.mark.skipif(
+        yield pytest.param([cc, "-O2"], "host", id=cc, marks=pytest.mark.skipif(
             shutil.which(cc) is None, reason=f"{cc} not installed (Debian: {cc}; .ci/run installs it)"))
 
 
-@pytest.mark.parametrize("compiler", list(_compilers()))
-def test_every_spec_builds_warning_free_for_microcontrollers_and_hosts(compiler, tmp_path):
+@pytest.mark.parametrize("compiler, target", list(_compilers()))
+def test_every_spec_builds_warning_free_for_microcontrollers_and_hosts(compiler, target, tmp_path):
+    """Each spec as `convgen compile -t c --target` writes it: with the target's default schedule."""
     failures = []
     for path in spec_paths():
         spec = load_spec(path)
-        files = emit_c(apply_schedule(lower(spec), spec.schedule))
+        files = emit(plan(spec, load_target(target)), "c")
         (tmp_path / f"{files.name}.h").write_text(files.header)
         (tmp_path / f"{files.name}.c").write_text(files.source)
         result = subprocess.run([*compiler, *firmware.STRICT_FLAGS, "-c", f"{files.name}.c", "-o", "k.o"],
@@ -166,7 +168,7 @@ def _check_on_board(name, target, folder, spec=None, bake_weights=False):
     inputs = random_inputs(spec, np.random.default_rng())
     runs = firmware.run_layer(spec, load_target(target), inputs, folder, bake_weights=bake_weights)
     expected = reference(spec, inputs["x"], inputs.get("w"), inputs.get("b"))
-    transform = weight_transform(apply_schedule(lower(spec), spec.schedule))
+    transform = weight_transform(plan(spec, load_target(target)).func)
     allowed = None if spec.is_quantized else tolerance(spec, inputs, transform)
     result = compare_runs(spec, runs, expected, inputs, allowed)
     assert result.passed, f"{name} on {target}: {result}"

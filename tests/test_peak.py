@@ -3,13 +3,13 @@
 import re
 
 from convgen.peak import CHAINS, io_buffers, peak_module
-from convgen.runtime import _optimized_module
+from convgen.native import optimized_module
 from convgen.target import host
 
 
 def _accumulators_in_loop(llvm_ir: str) -> int:
     """Vector phis in the optimised loop block: one per FMA chain that is still computed."""
-    optimized = str(_optimized_module(llvm_ir, host()))
+    optimized = str(optimized_module(llvm_ir, host()))
     blocks = re.split(r"\n(?=[\w.]+:)", optimized)
     loop = next(block for block in blocks if block.startswith("loop:"))
     return len(re.findall(r"= phi <\d+ x float>", loop))

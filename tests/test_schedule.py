@@ -13,7 +13,7 @@ import convgen
 from convgen import ir
 from convgen.errors import ScheduleError, SpecError
 from convgen.lower import lower
-from convgen.runtime import BACKENDS
+from convgen.codegen import BACKENDS
 from convgen.schedule import Schedule, apply_schedule, load_steps, loop_names, trace
 from strategies import quantized_specs, scheduled
 
@@ -406,7 +406,7 @@ def test_random_schedules_of_int8_layers_match_bit_for_bit(backend, case, seed):
 def test_vectorized_schedule_uses_the_widest_vector_registers():
     from conftest import SPECS
     from convgen.codegen.llvm import emit_llvm
-    from convgen.runtime import llvm_assembly
+    from convgen.native import llvm_assembly
     from convgen.target import host
     spec = convgen.load_spec(SPECS / "scheduled" / "resnet_3x3_64_tuned.yaml")
     assembly = llvm_assembly(emit_llvm(apply_schedule(lower(spec), spec.schedule), host()), host())

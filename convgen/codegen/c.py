@@ -7,17 +7,26 @@ unrolled loops are written out iteration by iteration; vectorized and
 parallel loops carry OpenMP pragmas (`omp simd`, `omp parallel for`) behind
 macros that expand to nothing unless the build enables them, so the file
 compiles warning-free anywhere.
+
+`CBackend` is the backend interface (codegen/__init__.py): emit the files,
+build them with the target's C compiler into a shared object (native.py),
+load and launch it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from .. import ir
 from ..errors import CodegenError
+from ..native import load_c, openmp
+from ..target import Target
+from . import refuse_gpu
 from .render import render
 
 C_TYPES = {ir.FLOAT32: "float", ir.INDEX: "ptrdiff_t", ir.BOOL: "int", ir.INT8: "int8_t", ir.INT32: "int32_t"}
@@ -88,6 +97,12 @@ class CFiles:
     header: str
     source: str
     baked: tuple[str, ...] = ()   # parameters baked into the source rather than taken as arguments
+    kinds: frozenset = frozenset()   # the loop kinds in the body: which compiler flags it needs
+    params: int = 0                  # arguments the function takes
+
+    @property
+    def files(self) -> dict[str, str]:
+        return {f"{self.name}.h": self.header, f"{self.name}.c": self.source}
 
 
 @dataclass(frozen=True)
@@ -105,7 +120,6 @@ class Baking:
 
 def emit_c(func: ir.Func, baking: Baking | None = None) -> CFiles:
     """Render a kernel as a C99 header and source file."""
-    func = ir.hoist_conditions(func)
     baked = baking.arrays if baking is not None else {}
     emitter = _CEmitter(func.name, set(baked))
     used = {node.buffer.name for node in ir.find_all(func.body, (ir.Load, ir.Store))}
@@ -133,7 +147,9 @@ def emit_c(func: ir.Func, baking: Baking | None = None) -> CFiles:
                     macros=[_MACROS[kind][1] for kind in sorted(emitter.macros)],
                     helpers=[_HELPERS[key][1] for key in sorted(emitter.helpers)],
                     body="\n".join(emitter.lines), **context)
-    return CFiles(func.name, header, source, tuple(p.name for p in func.params if p.name in baked))
+    kinds = frozenset(loop.kind for loop in ir.find_all(func.body, ir.Loop))
+    return CFiles(func.name, header, source, tuple(p.name for p in func.params if p.name in baked), kinds,
+                  len(arguments))
 
 
 def _c_table(name: str, dtype: str, values, attributes: str = "") -> str:
@@ -223,6 +239,7 @@ class _CEmitter:
             self.stmt(s, depth)
 
     def stmt_Loop(self, node: ir.Loop, depth: int) -> None:
+        refuse_gpu("C", node)
         name, var = node.var.name, c_name(node.var.name)
         self.ranges[name] = (0, node.extent - 1)
         if node.kind == "unrolled":
@@ -250,7 +267,11 @@ class _CEmitter:
             self.stmt(node.orelse, depth + 1)
         self.emit(depth, "}")
 
+    def stmt_Barrier(self, node: ir.Barrier, depth: int) -> None:
+        refuse_gpu("C", node)
+
     def stmt_Allocate(self, node: ir.Allocate, depth: int) -> None:
+        refuse_gpu("C", node)
         buffer = node.buffer
         self.emit(depth, f"{C_TYPES[buffer.dtype]} {buffer.name}[{buffer.size}];")
         self.stmt(node.body, depth)
@@ -314,3 +335,38 @@ class _CEmitter:
         if not ir.truncation_is_floor(node, self.ranges):
             raise CodegenError(f"C backend: cannot prove {ir.format_expr(node)} has a non-negative "
                                f"dividend and a positive divisor")
+
+
+# ---------------------------------------------------------------------------
+# The backend interface
+# ---------------------------------------------------------------------------
+
+class CBackend:
+    name = "c"
+
+    def emit(self, func: ir.Func, target: Target, baking: Baking | None = None) -> CFiles:
+        return emit_c(func, baking)
+
+    def load(self, emitted: CFiles, target: Target, workdir: Path | None = None) -> "CLoaded":
+        flags = (target.simd_flags if "vectorized" in emitted.kinds else ()) + \
+                (target.openmp_flags if "parallel" in emitted.kinds else ())
+        function, library = load_c(emitted.files, emitted.name, target, workdir, flags)
+        function.argtypes = [ctypes.c_void_p] * emitted.params
+        function.restype = None
+        return CLoaded(function, library, "parallel" in emitted.kinds)
+
+
+@dataclass
+class CLoaded:
+    function: object
+    library: object       # the loaded shared object; kept alive with the kernel
+    parallel: bool
+
+    @property
+    def convention(self) -> str:
+        return "c-openmp" if self.parallel else "serial"
+
+    def launch(self, pointers: list[int], threads: int) -> None:
+        if self.parallel:
+            openmp().omp_set_num_threads(threads)
+        self.function(*pointers)

@@ -25,16 +25,23 @@ SROA turns them into registers). Loop kinds:
   takes what is left of the others' shares, one iteration at a time
   (`_emit_openmp_entry`).
 
-Optimisation and JIT compilation are the runtime's job; this module only emits IR text.
+`LLVMBackend` is the backend interface (codegen/__init__.py): emit the
+text, JIT-compile it for the host (native.py) and launch it.
 """
 
 from __future__ import annotations
 
+import ctypes
+from dataclasses import dataclass
+from pathlib import Path
+
 from llvmlite import ir as ll
 
 from .. import ir
-from ..errors import CodegenError
+from ..errors import CodegenError, ConvgenError
+from ..native import jit_function, openmp
 from ..target import Target
+from . import refuse_gpu
 
 I1 = ll.IntType(1)
 I8 = ll.IntType(8)
@@ -51,7 +58,6 @@ SHARE_COUNTER_SLOTS = 8   # 64-bit slots from one share's counter to the next: a
 
 def emit_llvm(func: ir.Func, target: Target) -> str:
     """The kernel as LLVM IR text, for the target's triple."""
-    func = ir.hoist_conditions(func)
     module = ll.Module(name=func.name)
     module.triple = target.triple
     emitter = _LLVMEmitter(module, func)
@@ -118,8 +124,13 @@ def _emit_openmp_entry(module: ll.Module, kernel: ll.Function, params: int, exte
 
 
 def parallel_loop(func: ir.Func) -> ir.Loop | None:
-    """The kernel's parallel loop, whose range the caller passes as (lo, hi)."""
-    return next((loop for loop in ir.find_all(func.body, ir.Loop) if loop.kind == "parallel"), None)
+    """The kernel's parallel loop, whose range the caller passes as (lo, hi).
+    This backend runs one; a kernel with more is refused."""
+    loops = [loop for loop in ir.find_all(func.body, ir.Loop) if loop.kind == "parallel"]
+    if len(loops) > 1:
+        raise CodegenError(f"LLVM backend: {len(loops)} parallel loops ({', '.join(l.var.name for l in loops)}); "
+                           f"it runs one per kernel (the C backend runs each): fuse them, or keep one parallel")
+    return loops[0] if loops else None
 
 
 class _LLVMEmitter:
@@ -176,6 +187,7 @@ class _LLVMEmitter:
             self.stmt(s)
 
     def stmt_Loop(self, node: ir.Loop) -> None:
+        refuse_gpu("LLVM", node)
         if self.lane_var is not None:
             raise CodegenError(f"LLVM backend: loop {node.var.name} inside vectorized loop {self.lane_var}")
         name = node.var.name
@@ -325,7 +337,11 @@ class _LLVMEmitter:
             self.stmt(node.orelse)
         self.mask = outer
 
+    def stmt_Barrier(self, node: ir.Barrier) -> None:
+        refuse_gpu("LLVM", node)
+
     def stmt_Allocate(self, node: ir.Allocate) -> None:
+        refuse_gpu("LLVM", node)
         if self.lane_var is not None:
             raise CodegenError(f"LLVM backend: allocation of {node.buffer.name} inside vectorized loop {self.lane_var}")
         buffer = node.buffer
@@ -611,3 +627,65 @@ def _coefficient(expr: ir.Expr, var: str) -> int | None:
                 k = _coefficient(factor, var)
                 return None if k is None else k * constant.value
     return None
+
+
+# ---------------------------------------------------------------------------
+# The backend interface
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LLVMModule:
+    """An emitted kernel: LLVM IR text, and the function a call starts (the
+    kernel, or for a parallel loop its OpenMP entry)."""
+
+    name: str
+    source: str
+    entry: str
+    params: int
+    parallel: bool
+
+    @property
+    def files(self) -> dict[str, str]:
+        return {f"{self.name}.ll": self.source}
+
+
+class LLVMBackend:
+    name = "llvm"
+
+    def emit(self, func: ir.Func, target: Target, baking=None) -> LLVMModule:
+        if baking is not None:
+            raise ConvgenError("llvm backend: baked weights are for the C backend (-t c)")
+        parallel = parallel_loop(func) is not None
+        return LLVMModule(func.name, emit_llvm(func, target), openmp_entry_name(func) if parallel else func.name,
+                          len(func.params), parallel)
+
+    def load(self, emitted: LLVMModule, target: Target, workdir: Path | None = None) -> "LLVMLoaded":
+        if emitted.parallel:
+            openmp()  # the JIT resolves omp_get_thread_num in it
+        if workdir is not None:
+            workdir.mkdir(parents=True, exist_ok=True)
+            for file_name, text in emitted.files.items():
+                (workdir / file_name).write_text(text)
+        function, engine = jit_function(emitted.source, emitted.entry, target)
+        function.argtypes = [ctypes.c_void_p] * (1 if emitted.parallel else emitted.params)
+        function.restype = None
+        return LLVMLoaded(function, engine, emitted.parallel)
+
+
+@dataclass
+class LLVMLoaded:
+    function: object
+    engine: object        # owns the code; kept alive with the kernel
+    parallel: bool
+
+    @property
+    def convention(self) -> str:
+        return "openmp" if self.parallel else "serial"
+
+    def launch(self, pointers: list[int], threads: int) -> None:
+        if not self.parallel:
+            self.function(*pointers)
+            return
+        # the kernel's pointers, then a zeroed counter for each thread's share
+        arguments = (ctypes.c_uint64 * (len(pointers) + SHARE_COUNTER_SLOTS * threads))(*pointers)
+        openmp().GOMP_parallel(ctypes.cast(self.function, ctypes.c_void_p), arguments, threads, 0)

@@ -209,9 +209,15 @@ def default_schedule(spec: Spec, target: Target, threads: int = 1) -> tuple:
       has 16, and threads split channel blocks, not a few pixel groups;
     - direct over output columns.
     The register tile leaves room for weight vectors and broadcast inputs
-    among the target's vector registers.
+    among the target's vector registers. A target without vector registers
+    (a Cortex-M) gets a scalar register tile (`_scalar_tile`) instead.
     """
     lanes = target.vector_lanes
+    if lanes == 1:
+        try:
+            return _scalar_tile(spec, target).steps
+        except ScheduleError:
+            return ()
     recipes = []
     if spec.is_conv and spec.groups > 1 and spec.input_layout == spec.output_layout == "NHWC":
         recipes.append(lambda: _channels_last(spec, lanes, threads))
@@ -233,6 +239,40 @@ def default_schedule(spec: Spec, target: Target, threads: int = 1) -> tuple:
         except ScheduleError:
             continue
     return ()
+
+
+def _scalar_tile(spec: Spec, target: Target) -> Schedule:
+    """For a target without vector registers (Cortex-M): a register tile of
+    `rows` output channels by `columns` output columns, half the target's
+    registers as accumulators, the reduction outside the tile and the tile
+    unrolled, so each input value loaded feeds `rows` multiply-adds and each
+    weight `columns`. Rows divide a group's channels (4, 2, else 1)."""
+    channel = "oc" if spec.is_conv else "c"
+    per_group = spec.out_channels // spec.groups if spec.is_conv else spec.out_channels
+    rows = next((r for r in (4, 2) if per_group % r == 0), 1)
+    accumulators = max(2, target.vector_registers // 2)
+    columns = _tile_across(spec.output_size[1], max(1, accumulators // rows))
+    s = Schedule.for_spec(spec)
+    names = set(loop_names(s.func))
+    tile_loops = []
+    if rows > 1:
+        s = s.split(channel, rows, tail="perfect")
+        tile_loops.append(f"{channel}.i")
+    if columns > 1:
+        s = s.split("ow", columns, tail=_tail(spec.output_size[1], columns))
+        tile_loops.append("ow.i")
+    if not tile_loops:
+        raise ScheduleError("split", "a tile of one channel by one column is the naive nest")
+    blocks = f"{channel}.o" if rows > 1 else channel
+    columns_loop = "ow.o" if columns > 1 else "ow"
+    outer = [n for n in ("n", blocks, "oh", columns_loop) if n in loop_names(s.func)]
+    s = s.reorder(*outer, *tile_loops).cache_write(columns_loop)
+    reduction = [n for n in ("ic", "kh", "kw") if n in names]
+    if reduction:
+        s = s.reorder(*reduction, *tile_loops)
+    for loop in tile_loops:
+        s = s.unroll(loop).unroll(f"{loop}.init").unroll(f"{loop}.out")
+    return s
 
 
 def _is_pointwise(spec: Spec) -> bool:

@@ -90,15 +90,37 @@ def _parse_step(item: Any, label: str) -> Step:
         raise ValueError(f"{primitive}: arguments must be numbers, names or lists of them; got {args!r}") from None
 
 
-def load_steps(path: str | Path) -> tuple[Step, ...]:
-    """A --schedule file: a YAML list of steps, or a mapping with a `schedule:` list."""
+# A schedule may be a word instead of steps: the loop nest as lowered, or the target's default.
+NAIVE, DEFAULT = "naive", "default"
+SCHEDULE_WORDS = (NAIVE, DEFAULT)
+
+
+def parse_schedule(data: Any, where: str) -> tuple[Step, ...] | str:
+    """A schedule as written: 'naive', 'default', or a list of steps."""
+    if isinstance(data, str):
+        if data in SCHEDULE_WORDS:
+            return data
+        raise SpecError([f"{where}: expected {' or '.join(map(repr, SCHEDULE_WORDS))} or a list of steps; "
+                         f"got {data!r}"])
+    return parse_steps(data, where)
+
+
+def load_steps(path: str | Path) -> tuple[Step, ...] | str:
+    """A --schedule file: a YAML list of steps, or a mapping with a `schedule:`
+    entry (a spec file with its schedule, say); the entry may also be a word of
+    SCHEDULE_WORDS."""
     label = str(path)
     try:
         data = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError):
         raise SpecError([f"{label}: no such file"]) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpecError([f"{label}: cannot read it: {err}"]) from None
     except yaml.YAMLError as err:
         raise SpecError([f"{label}: not valid YAML: {getattr(err, 'problem', None) or err}"]) from None
-    if isinstance(data, dict) and set(data) == {"schedule"}:
+    if isinstance(data, dict):
+        if "schedule" not in data:
+            raise SpecError([f"{label}: expected a list of steps or a mapping with a `schedule:` list; "
+                             f"found the keys {', '.join(map(str, data))}"])
         data = data["schedule"]
-    return parse_steps(data, f"{label}: schedule")
+    return parse_schedule(data, f"{label}: schedule")

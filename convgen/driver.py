@@ -1,0 +1,139 @@
+"""The driver: spec -> lower -> schedule -> passes -> backend, written once.
+
+Every entry point goes through here: `convgen.build`, each CLI command, the
+firmware harness and bench. `plan` lowers a layer and applies its schedule
+(the one given, the spec's own, or the default for the target, which is what
+a spec without a schedule gets) and then the passes (passes.py); `emit`
+renders a plan with a backend; `build` also compiles and loads it into a
+callable Kernel.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import ir
+from .codegen import BACKENDS, backend as get_backend
+from .errors import ConvgenError, ConvgenWarning
+from .lower import lower
+from .passes import run_passes
+from .runtime import Kernel
+from .schedule import Step, as_steps, trace
+from .schedule.space import default_schedule
+from .schedule.steps import DEFAULT, NAIVE
+from .spec import Spec, load_spec
+from .target import Target, host
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A layer lowered, scheduled and through the passes: what a backend renders."""
+
+    spec: Spec
+    target: Target
+    steps: tuple[Step, ...]
+    schedule_source: str                        # where the steps came from: a key of SCHEDULE_SOURCES
+    history: tuple[tuple[Step | None, ir.Func], ...]   # the kernel lowered (None), then after each step
+    passes: tuple[tuple[str, ir.Func], ...]     # (pass name, the kernel after it)
+
+    @property
+    def lowered(self) -> ir.Func:
+        return self.history[0][1]
+
+    @property
+    def scheduled(self) -> ir.Func:
+        return self.history[-1][1]
+
+    def describe_schedule(self) -> str:
+        count = f"{len(self.steps)} step{'s' * (len(self.steps) != 1)}"
+        machine = self.target.name + (f" ({self.target.cpu})" if self.target.cpu != self.target.name else "")
+        return f"{SCHEDULE_SOURCES[self.schedule_source]}, on {machine}: {count}"
+
+    @property
+    def func(self) -> ir.Func:
+        """The kernel the backend renders."""
+        return self.passes[-1][1] if self.passes else self.scheduled
+
+
+# Where a plan's steps came from, and how to say it.
+SCHEDULE_SOURCES = {
+    "default": "the default for the target",
+    "spec": "the spec's own",
+    "given": "as given",
+    "naive": "none (naive, as asked)",
+    "no recipe": "none: no default recipe fits this layer",
+}
+
+
+def choose_schedule(spec: Spec, target: Target, schedule=None, threads: int | None = None):
+    """(steps, source), source a key of SCHEDULE_SOURCES. `schedule` overrides
+    the spec's own; neither, or "default", gives the default for the target
+    and thread count (all its cores by default); "naive" gives no steps.
+    Where no default recipe fits the layer, a ConvgenWarning says so: never a
+    silent naive kernel."""
+    chosen = schedule if schedule is not None else spec.schedule
+    if chosen is None or chosen == DEFAULT:
+        steps = default_schedule(spec, target, threads or target.cores)
+        if steps:
+            return tuple(steps), "default"
+        warnings.warn(f"{spec.name}: no default recipe fits this layer on {target.name}; "
+                      f"it runs as the naive loop nest", ConvgenWarning, stacklevel=3)
+        return (), "no recipe"
+    if chosen == NAIVE:
+        return (), "naive"
+    return as_steps(chosen), ("spec" if schedule is None else "given")
+
+
+def plan(spec: Spec, target: Target | None = None, schedule=None, threads: int | None = None,
+         name: str | None = None) -> Plan:
+    """Lower, schedule and run the passes. name: the kernel's function name
+    (default: the spec's name)."""
+    target = target or host()
+    steps, source = choose_schedule(spec, target, schedule, threads)
+    lowered = lower(spec)
+    if name is not None:
+        lowered = ir.Func(name, lowered.params, lowered.body, lowered.doc)
+    history = trace(ir.verify(lowered, f"{spec.name}: after lowering"), steps)
+    _, passes = run_passes(history[-1][1])
+    return Plan(spec, target, tuple(steps), source, tuple(history), passes)
+
+
+def emit(plan: Plan, backend: str, baking=None):
+    """The plan rendered by a backend: its files (see codegen/__init__.py)."""
+    return get_backend(backend).emit(plan.func, plan.target, baking)
+
+
+def build(spec: Spec | str | os.PathLike | dict, target: str = "llvm", schedule=None,
+          workdir: str | os.PathLike | None = None, threads: int | None = None) -> Kernel:
+    """Compile a layer into a callable kernel for this machine.
+
+    spec: a Spec, or a path or dict for load_spec. target: the backend, "llvm"
+    (JIT for the host CPU) or "c" (emitted C built with the host C compiler).
+    schedule: a Schedule, a list of Steps or of YAML step data, or "naive" /
+    "default"; by default the spec's own `schedule:`, else the default
+    schedule for the host (`kernel.steps` and `kernel.schedule_source` say
+    what was applied: "default", "spec", "given", "naive", or "no recipe"). workdir: a folder to keep the emitted files (and the C
+    shared object) in; by default nothing is written. threads: how many
+    threads a parallel loop uses by default, and what the default schedule
+    is chosen for (the host's cores); a call may override it.
+    """
+    if not isinstance(spec, Spec):
+        spec = load_spec(spec)
+    if target not in BACKENDS:
+        raise ConvgenError(f"build: target: expected one of {', '.join(BACKENDS)}; got {target!r}")
+    _check_threads(threads)
+    chosen = plan(spec, host(), schedule, threads)
+    emitted = emit(chosen, target)
+    loaded = get_backend(target).load(emitted, chosen.target, Path(workdir) if workdir is not None else None)
+    parallel = loaded.convention != "serial"
+    return Kernel(spec, target, chosen.func, emitted.source, loaded, steps=chosen.steps,
+                  schedule_source=chosen.schedule_source,
+                  threads=threads or (chosen.target.cores if parallel else 1))
+
+
+def _check_threads(threads) -> None:
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConvgenError(f"build: threads: expected a whole number of at least 1; got {threads!r}")

@@ -1,0 +1,105 @@
+"""Native code in this process: LLVM IR optimised and JIT-compiled for a
+target, C built into a shared object and loaded, and the OpenMP runtime that
+parallel kernels of both backends run on. The backends' `load` and the
+call guard use these; nothing here knows about layers or the IR.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import llvmlite.binding as llvm
+
+from .errors import CompileError
+from .target import Target, llvm_target_machine
+
+
+@lru_cache(maxsize=None)
+def openmp() -> ctypes.CDLL:
+    """The OpenMP runtime, loaded once and visible to JIT-compiled code."""
+    name = ctypes.util.find_library("gomp")
+    if name is None:
+        raise CompileError("parallel loops run on the OpenMP runtime, and libgomp was not found "
+                           "(Debian: apt-get install libgomp1)")
+    library = ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
+    llvm.load_library_permanently(name)
+    library.GOMP_parallel.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+    library.GOMP_parallel.restype = None
+    library.omp_set_num_threads.argtypes = [ctypes.c_int]
+    return library
+
+
+def llvm_assembly(llvm_ir: str, target: Target) -> str:
+    """Assembly for LLVM IR text, after the same O3 pipeline the JIT uses."""
+    module = optimized_module(llvm_ir, target)
+    return llvm_target_machine(target).emit_assembly(module)
+
+
+def optimized_module(llvm_ir: str, target: Target) -> llvm.ModuleRef:
+    machine = llvm_target_machine(target)
+    try:
+        module = llvm.parse_assembly(llvm_ir)
+        module.verify()
+    except RuntimeError as err:
+        raise CompileError(f"LLVM rejected the emitted IR: {err}") from None
+    module.triple = target.triple
+    module.data_layout = str(machine.target_data)
+    options = llvm.create_pipeline_tuning_options(speed_level=3)
+    # Vector code comes from the schedule's vectorize steps, not from LLVM's own
+    # loop vectorizer, which (LLVM 22, llvmlite 0.50) miscompiles some maxnum
+    # reductions at O2+ and can abort on an internal assertion.
+    options.loop_vectorization = False
+    builder = llvm.create_pass_builder(machine, options)
+    passes = builder.getModulePassManager()
+    passes.run(module, builder)
+    # Dispose in dependency order now rather than whenever the collector gets to them.
+    passes.close()
+    builder.close()
+    options.close()
+    machine.close()
+    return module
+
+
+def jit_function(llvm_ir: str, name: str, target: Target):
+    """(a no-argument ctypes function at `name`, the engine that keeps its code alive)."""
+    module = optimized_module(llvm_ir, target)
+    engine = llvm.create_mcjit_compiler(module, llvm_target_machine(target))
+    engine.finalize_object()
+    address = engine.get_function_address(name)
+    if not address:
+        raise CompileError(f"LLVM JIT: function {name} not found after compilation")
+    return ctypes.CFUNCTYPE(None)(address), engine
+
+
+def compile_c_shared(files: dict[str, str], name: str, directory: Path, target: Target, flags=()) -> Path:
+    """Write `files` (file name -> text) into directory and build <name>.so from <name>.c."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for file_name, text in files.items():
+        (directory / file_name).write_text(text)
+    library = directory / f"{name}.so"
+    command = [*target.cc, "-std=c99", *target.cflags, "-fPIC", "-shared", *flags,
+               "-o", str(library), str(directory / f"{name}.c")]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise CompileError(f"C compiler failed ({' '.join(command)}):\n{result.stderr.strip()}")
+    return library
+
+
+def load_c(files: dict[str, str], name: str, target: Target, workdir: Path | None, flags=()):
+    """(the C function `name`, the library that holds it), built from `files`."""
+    # Built and loaded from a fresh folder each time: dlopen caches by path, so
+    # reloading a rebuilt library from the same path would run the old code.
+    with tempfile.TemporaryDirectory(prefix="convgen-") as tmp:
+        built = compile_c_shared(files, name, Path(tmp), target, flags)
+        library = ctypes.CDLL(str(built))
+        if workdir is not None:
+            workdir.mkdir(parents=True, exist_ok=True)
+            for path in Path(tmp).iterdir():
+                shutil.copy(path, workdir / path.name)
+    return getattr(library, name), library
