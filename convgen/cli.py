@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import re
 import sys
 import time
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("always", ConvgenWarning)
+            warnings.simplefilter("once", ConvgenWarning)
             warnings.showwarning = _show_warning
             return args.run(args)
     except ScheduleError as err:
@@ -71,7 +72,6 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def _silence_stdout() -> None:
     """Point stdout at /dev/null, so that flushing it at exit raises no second BrokenPipeError."""
-    import os
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
 
@@ -302,11 +302,11 @@ def _compile(args) -> int:
                            "(the LLVM backend is called from Python)")
     if args.backend == "c" and args.asm:
         raise ConvgenError("compile: --asm: only for -t llvm (build the .c with your compiler's -S)")
-    machine = load_target(args.target)
-    chosen = plan(spec, machine, _schedule(args), name=args.prefix + spec.name)
-    folder = args.output or Path("build") / chosen.func.name
+    folder = args.output or Path("build") / (args.prefix + spec.name)
     if folder.exists() and not folder.is_dir():
         raise ConvgenError(f"compile: -o {folder}: expected a folder to write into; it is a file")
+    machine = load_target(args.target)
+    chosen = plan(spec, machine, _schedule(args), name=args.prefix + spec.name)
     folder.mkdir(parents=True, exist_ok=True)
     emitted = emit(chosen, args.backend, _baking(args, spec, chosen.func))
     written = [_write(folder / name, text) for name, text in emitted.files.items()]
@@ -410,10 +410,24 @@ def _array_bytes(spec: Spec) -> int:
     return sum(int(np.prod(s)) for s in shapes) * spec.array_dtypes["x"].itemsize
 
 
+def _physical_memory() -> int:
+    """Bytes of this machine's memory (0 where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 0
+
+
 def _announce(spec: Spec, command: str):
     """For a large layer, say what is about to run and return a function that
-    reports each stage with the time so far; for others, one that says nothing."""
+    reports each stage with the time so far; for others, one that says nothing.
+    A layer whose arrays (with the float64 reference's copies) exceed the
+    machine's memory is refused here, before anything is allocated."""
     arrays = _array_bytes(spec)
+    needed, memory = 3 * arrays, _physical_memory()
+    if memory and needed > memory:
+        raise ConvgenError(f"{command}: {spec.name}: its arrays need {needed / 2**30:,.1f} GiB (x, w, y and the "
+                           f"float64 reference's copies); this machine has {memory / 2**30:,.1f} GiB")
     if spec.macs < _LARGE_MACS and arrays < _LARGE_BYTES:
         return lambda stage: None
     print(f"convgen {command}: {spec.name}: {spec.macs:,} MACs, {arrays / 2**20:,.0f} MiB of arrays "

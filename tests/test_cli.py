@@ -195,3 +195,74 @@ def test_bench_refuses_an_unknown_peer():
 def test_peak_reports_a_rate():
     result = convgen("peak", "--threads", "1")
     assert result.returncode == 0 and "1 thread(s):" in result.stdout and "GFLOP/s" in result.stdout
+
+
+TINY = SPECS / "bench" / "tiny_ramp.yaml"
+SPEC = SPECS / "examples" / "grid3_diagonal.yaml"
+
+
+@pytest.mark.parametrize("args, message", [
+    (("bench", TINY, "--threads", "0"), "convgen bench: argument --threads: expected a whole number of at least 1; got 0"),
+    (("bench", TINY, "--threads", "-2"), "convgen bench: argument --threads: expected a whole number of at least 1; got -2"),
+    (("bench", TINY, "--threads", "two"), "convgen bench: argument --threads: expected a whole number of at least 1; got 'two'"),
+    (("peak", "--threads", "-1"), "convgen peak: argument --threads: expected a whole number of at least 1; got -1"),
+    (("bench", TINY, "--rounds", "0"), "convgen bench: argument --rounds: expected a whole number of at least 1; got 0"),
+    (("explore", SPEC, "--top", "-1"), "convgen explore: argument --top: expected a whole number of at least 0; got -1"),
+    (("check", SPEC, "--seed", "-5"), "convgen check: argument --seed: expected a whole number from 0 to 4294967295; got '-5'"),
+    (("compile", SPEC, "-o", "README.md"), "compile: -o README.md: expected a folder to write into; it is a file"),
+])
+def test_bad_input_gives_one_line_and_exit_2(args, message):
+    from conftest import ROOT
+    result = convgen(*args, cwd=ROOT)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+
+
+def test_a_closed_pipe_ends_the_output_quietly():
+    """`convgen build specs/examples | head -3`: the reader goes away; no BrokenPipeError."""
+    process = subprocess.Popen([sys.executable, "-m", "convgen.cli", "build", str(SPECS / "examples"), "--seed", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = [process.stdout.readline() for _ in range(3)]
+    process.stdout.close()
+    stderr = process.stderr.read()
+    assert process.wait(timeout=120) == 0, stderr
+    assert first[0].startswith("convgen build:") and "Traceback" not in stderr and "BrokenPipe" not in stderr
+
+
+def test_a_layer_too_large_for_memory_is_refused_before_it_runs(tmp_path, monkeypatch, capsys):
+    """On a machine of 1 GiB (as far as convgen is told), a layer of 2 GiB of arrays."""
+    from convgen import cli
+    monkeypatch.setattr(cli, "_physical_memory", lambda: 2**30)
+    (tmp_path / "huge.yaml").write_text("name: huge\nop: conv2d\nin_channels: 64\nout_channels: 64\n"
+                                        "input_size: [4000, 4000]\nkernel_size: 3\n")
+    assert cli.main(["check", str(tmp_path / "huge.yaml")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("check: huge: its arrays need") and "this machine has" in lines[0]
+
+
+def test_a_large_layer_says_what_runs_and_reports_each_stage(capsys):
+    from convgen.cli import _announce
+    from convgen.spec import load_spec
+    spec = load_spec({"name": "big", "op": "conv2d", "in_channels": 64, "out_channels": 64,
+                      "input_size": [1000, 1000], "kernel_size": 3})
+    say = _announce(spec, "check")
+    say("running the kernel")
+    err = capsys.readouterr().err
+    assert "big: 36,481,536,000 MACs" in err and "MiB of arrays" in err and "running the kernel" in err
+    quiet = _announce(load_spec(SPEC), "check")
+    quiet("running the kernel")
+    assert capsys.readouterr().err == ""
+
+
+def test_schedule_file_may_be_a_spec_with_a_schedule(tmp_path):
+    tuned = SPECS / "scheduled" / "resnet_3x3_64_tuned.yaml"
+    result = convgen("show", SPECS / "layers" / "resnet_3x3_64.yaml", "--schedule", tuned)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("schedule: as given") and ": 13 steps" in result.stdout.splitlines()[0]
+
+
+def test_version():
+    from importlib.metadata import version
+    result = convgen("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"convgen {version('convgen')}"

@@ -269,3 +269,67 @@ def test_buffers_the_runtime_makes_start_on_a_cache_line():
     assert kernel._padded_x(x).ctypes.data % 64 == 0
     np.testing.assert_allclose(out, convgen.reference(spec, x, w, b), rtol=1e-5, atol=1e-5)
     assert kernel(x, w, b).ctypes.data % 64 == 0
+
+
+@pytest.mark.parametrize("threads", [-1, 0, 2.5, "2", True])
+def test_a_bad_thread_count_is_a_kernel_call_error(kernel, threads):
+    x, w, b = _inputs()
+    with pytest.raises(KernelCallError, match=f"threads: expected a whole number of at least 1; got {threads!r}"):
+        kernel(x, w, b, threads=threads)
+    with pytest.raises(KernelCallError, match="threads: expected a whole number"):
+        kernel.bind(w, b)(x, out=np.empty((1, 4, 6, 5), np.float32), threads=threads)
+
+
+# ---------------------------------------------------------------------------
+# Optimized by default: what the driver chooses when a spec brings no schedule
+# ---------------------------------------------------------------------------
+
+def test_a_spec_without_a_schedule_gets_the_default_for_the_host(backend):
+    from convgen.schedule.space import default_schedule
+    from convgen.target import host
+    spec = convgen.load_spec(CONV)
+    kernel = convgen.build(spec, backend, threads=1)
+    assert kernel.schedule_source == "default" and kernel.steps == default_schedule(spec, host(), 1)
+    assert any(loop.kind == "vectorized" for loop in convgen.ir.find_all(kernel.func.body, convgen.ir.Loop))
+    assert convgen.check(kernel, 0).passed
+
+
+@pytest.mark.parametrize("naive", ["naive", []])
+def test_naive_is_an_explicit_choice(naive):
+    kernel = convgen.build(CONV, "llvm", schedule=naive)
+    assert kernel.steps == () and kernel.schedule_source == ("naive" if naive else "given")
+    from_yaml = convgen.build(dict(CONV, schedule="naive"), "llvm")
+    assert from_yaml.steps == () and from_yaml.schedule_source == "naive"
+    assert {loop.kind for loop in convgen.ir.find_all(kernel.func.body, convgen.ir.Loop)} == {"serial"}
+
+
+def test_a_layer_no_recipe_fits_warns_and_says_so():
+    odd = {"name": "odd", "op": "conv2d", "in_channels": 1, "out_channels": 1, "input_size": [3, 3], "kernel_size": 3}
+    with pytest.warns(convgen.ConvgenWarning, match="odd: no default recipe fits this layer on host"):
+        kernel = convgen.build(odd, "llvm")
+    assert kernel.schedule_source == "no recipe" and kernel.steps == ()
+
+
+def test_a_spec_schedule_of_unknown_words_is_refused():
+    with pytest.raises(convgen.SpecError, match="schedule: expected 'naive' or 'default' or a list of steps; got 'fast'"):
+        convgen.load_spec(dict(CONV, schedule="fast"))
+
+
+def test_build_and_bench_time_the_same_kernel():
+    """bench's convgen entry is built by the driver as convgen.build is: same steps, same code."""
+    from convgen import bench
+    spec = convgen.load_spec(CONV)
+    built = {}
+    original = bench.build
+
+    def spy(*args, **kwargs):
+        kernel = original(*args, **kwargs)
+        built["kernel"] = kernel
+        return kernel
+    try:
+        bench.build = spy
+        bench.bench(spec, threads=1, peers=(), rounds=1, min_seconds=0.0)
+    finally:
+        bench.build = original
+    direct = convgen.build(spec, "llvm", threads=1)
+    assert built["kernel"].steps == direct.steps and built["kernel"].source == direct.source
