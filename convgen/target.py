@@ -20,7 +20,11 @@ import yaml
 
 from .errors import SpecError
 
-TARGETS_DIR = Path(__file__).resolve().parents[1] / "specs" / "targets"
+# An installed convgen ships the descriptions as package data (convgen/targets/); a checkout
+# keeps them in specs/targets/.
+_PACKAGE = Path(__file__).resolve().parent
+TARGETS_DIR = next((d for d in (_PACKAGE / "targets", _PACKAGE.parent / "specs" / "targets") if d.is_dir()),
+                   _PACKAGE / "targets")
 _VECTOR_BITS = (("avx512f", 512), ("avx", 256), ("sse2", 128), ("neon", 128))
 
 
