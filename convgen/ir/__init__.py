@@ -6,14 +6,17 @@
 - simplify: interval bounds, the simplifier, and `flat_index`, the one place
   where a layout becomes an address (so a layout change is data, not code).
 - printer: readable pseudo-code.
+- verify: the rules every kernel keeps, checked after lowering, after each
+  schedule step and after each pass.
 """
 
 from .nodes import *  # noqa: F401,F403
 from .nodes import __all__ as _nodes_all
 from .printer import format_buffer, format_expr, format_func, format_stmt
 from .simplify import Ranges, bounds, flat_index, hoist_conditions, simplify, truncation_is_floor
+from .verify import VerifyError, verify
 from .walk import Rewriter, Visitor, children, constant_buffers, find_all, free_vars, loops_by_name, substitute
 
 __all__ = [*_nodes_all, "constant_buffers", "format_buffer", "format_expr", "format_func", "format_stmt", "Ranges", "bounds",
            "flat_index", "hoist_conditions", "simplify", "truncation_is_floor", "Rewriter", "Visitor", "children", "find_all",
-           "free_vars", "loops_by_name", "substitute"]
+           "free_vars", "loops_by_name", "substitute", "verify", "VerifyError"]

@@ -19,9 +19,15 @@ INT32 = "int32"
 VALUE_TYPES = (FLOAT32, INT8, INT32)
 INT_TYPES = (INDEX, INT8, INT32)
 
-LOOP_KINDS = ("serial", "vectorized", "unrolled", "parallel")
+# serial..parallel run on a CPU; gpu_block and gpu_thread bind a loop to a GPU index
+# (blockIdx / threadIdx along the loop's `axis`).
+LOOP_KINDS = ("serial", "vectorized", "unrolled", "parallel", "gpu_block", "gpu_thread")
+GPU_KINDS = ("gpu_block", "gpu_thread")
+GPU_AXES = ("x", "y", "z")
 LOOP_ROLES = ("spatial", "reduction")
-SCOPES = ("global", "local", "constant")
+# global: the caller's arrays; local: one thread's (registers, stack); constant: tables the
+# kernel carries; shared: a GPU block's shared memory, seen by all of its threads.
+SCOPES = ("global", "local", "constant", "shared")
 
 ARITH_OPS = ("+", "-", "*", "/", "//", "%", "min", "max")
 COMPARE_OPS = ("<", "<=", "==", "!=")
@@ -398,19 +404,24 @@ class Loop(Stmt):
     """for var in 0 .. extent-1, run body. `kind` says how the loop is to run;
     `role` whether its iterations write different outputs (spatial) or
     accumulate into the same ones (reduction), which decides what may run
-    them side by side."""
+    them side by side. `axis` (x, y, z) names the GPU index a gpu_block or
+    gpu_thread loop is bound to, and is "" for the others."""
 
     var: Var
     extent: int
     body: Stmt
     kind: str = "serial"
     role: str = "spatial"
+    axis: str = ""
 
     def __post_init__(self):
         if self.kind not in LOOP_KINDS:
             raise ValueError(f"loop {self.var.name}: kind {self.kind!r} is not one of {LOOP_KINDS}")
         if self.role not in LOOP_ROLES:
             raise ValueError(f"loop {self.var.name}: role {self.role!r} is not one of {LOOP_ROLES}")
+        if (self.kind in GPU_KINDS) != (self.axis in GPU_AXES):
+            expected = "x, y or z" if self.kind in GPU_KINDS else "none"
+            raise ValueError(f"loop {self.var.name}: a {self.kind} loop takes axis {expected}; got {self.axis!r}")
 
 
 @dataclass(frozen=True, eq=True)
@@ -423,6 +434,13 @@ class If(Stmt):
     cond: Expr
     then: Stmt
     orelse: Stmt | None = None
+
+
+@dataclass(frozen=True, eq=True)
+class Barrier(Stmt):
+    """Every thread of a GPU block waits here until all have arrived, and their
+    writes to shared memory before it are seen by all after it (CUDA's
+    __syncthreads). It stands between loops bound to GPU threads, never in one."""
 
 
 @dataclass(frozen=True, eq=True)
@@ -450,9 +468,10 @@ class Func(Node):
 
 
 __all__ = [
-    "INDEX", "BOOL", "FLOAT32", "INT8", "INT32", "VALUE_TYPES", "INT_TYPES", "INDEX_INTRINSICS", "LOOP_KINDS", "LOOP_ROLES", "SCOPES", "ARITH_OPS", "COMPARE_OPS", "LOGIC_OPS", "INTRINSICS",
+    "INDEX", "BOOL", "FLOAT32", "INT8", "INT32", "VALUE_TYPES", "INT_TYPES", "INDEX_INTRINSICS", "LOOP_KINDS", "GPU_KINDS",
+    "GPU_AXES", "LOOP_ROLES", "SCOPES", "ARITH_OPS", "COMPARE_OPS", "LOGIC_OPS", "INTRINSICS",
     "Node", "Dim", "Buffer", "parse_layout", "plain_layout",
     "Expr", "IntImm", "BoolImm", "FloatImm", "Var", "BinOp", "Select", "Load", "Cast", "Call",
     "as_expr", "binop", "lt", "le", "minimum", "maximum", "all_of",
-    "Stmt", "Store", "Loop", "Seq", "If", "Allocate", "Func",
+    "Stmt", "Store", "Loop", "Seq", "If", "Barrier", "Allocate", "Func",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from .walk import constant_buffers
-from .nodes import Allocate, BinOp, BoolImm, Buffer, Call, Cast, Expr, FloatImm, Func, If, IntImm, Load, Loop, Select, Seq, Stmt, Store, Var
+from .nodes import Allocate, Barrier, BinOp, BoolImm, Buffer, Call, Cast, Expr, FloatImm, Func, If, IntImm, Load, Loop, Select, Seq, Stmt, Store, Var
 
 _PRECEDENCE = {"||": 1, "&&": 2, "<": 3, "<=": 3, "==": 3, "!=": 3, "+": 4, "-": 4,
                "*": 5, "/": 5, "//": 5, "%": 5}
@@ -61,7 +61,7 @@ def format_stmt(stmt: Stmt, indent: int = 0) -> list[str]:
     if isinstance(stmt, Seq):
         return [line for s in stmt.body for line in format_stmt(s, indent)]
     if isinstance(stmt, Loop):
-        kind = "" if stmt.kind == "serial" else stmt.kind + " "
+        kind = "" if stmt.kind == "serial" else stmt.kind + (f".{stmt.axis} " if stmt.axis else " ")
         return [f"{pad}{kind}for {stmt.var.name} in 0..{stmt.extent}:"] + format_stmt(stmt.body, indent + 1)
     if isinstance(stmt, Store):
         target = f"{stmt.buffer.name}[{', '.join(format_expr(i) for i in stmt.indices)}]"
@@ -72,7 +72,9 @@ def format_stmt(stmt: Stmt, indent: int = 0) -> list[str]:
             lines += [f"{pad}else:"] + format_stmt(stmt.orelse, indent + 1)
         return lines
     if isinstance(stmt, Allocate):
-        return [f"{pad}local {format_buffer(stmt.buffer)}"] + format_stmt(stmt.body, indent)
+        return [f"{pad}{stmt.buffer.scope} {format_buffer(stmt.buffer)}"] + format_stmt(stmt.body, indent)
+    if isinstance(stmt, Barrier):
+        return [f"{pad}barrier"]
     raise TypeError(f"cannot print {type(stmt).__name__}")
 
 

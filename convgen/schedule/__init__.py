@@ -21,17 +21,18 @@ from typing import Iterable
 
 from .. import ir
 from ..errors import ScheduleError
-from .bind import parallel, vectorize
+from .bind import bind, parallel, vectorize
 from .loops import TAILS, fuse, peel, reorder, split, tile, unroll
-from .memory import cache_write, layout, pad_input
+from .memory import cache_read, cache_write, layout, pad_input
 from .nest import loop_names
 from .steps import Step, load_steps, parse_steps
 from .winograd import winograd
 
 PRIMITIVES = {
     "split": split, "tile": tile, "reorder": reorder, "fuse": fuse, "unroll": unroll, "peel": peel,
-    "vectorize": vectorize, "parallel": parallel,
-    "cache_write": cache_write, "pad_input": pad_input, "layout": layout, "winograd": winograd,
+    "vectorize": vectorize, "parallel": parallel, "bind": bind,
+    "cache_write": cache_write, "cache_read": cache_read, "pad_input": pad_input, "layout": layout,
+    "winograd": winograd,
 }
 
 __all__ = ["Schedule", "Step", "PRIMITIVES", "TAILS", "apply_step", "apply_schedule", "trace", "as_steps",
@@ -54,9 +55,8 @@ def apply_step(func: ir.Func, step: Step) -> ir.Func:
         result = primitive(*bound.args, **bound.kwargs)
     except ScheduleError as err:
         raise err.located(step.where, ir.format_func(func)) from None
-    names = loop_names(result)
-    assert len(names) == len(set(names)), f"{step.describe()} left two loops with one name: {names}"
-    return result
+    # a primitive that leaves a malformed kernel is a bug in convgen, not in the schedule
+    return ir.verify(result, f"after {step.where + ': ' if step.where else ''}{step.describe()}")
 
 
 def _signature(primitive) -> str:
@@ -133,8 +133,14 @@ class Schedule:
     def parallel(self, loop: str) -> "Schedule":
         return self.then("parallel", loop)
 
+    def bind(self, loop: str, index: str) -> "Schedule":
+        return self.then("bind", loop, index)
+
     def cache_write(self, at: str) -> "Schedule":
         return self.then("cache_write", at)
+
+    def cache_read(self, buffer: str, at: str, scope: str = "local") -> "Schedule":
+        return self.then("cache_read", buffer, at, scope=scope)
 
     def pad_input(self, buffer: str = "x") -> "Schedule":
         return self.then("pad_input", buffer)

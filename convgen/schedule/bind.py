@@ -1,4 +1,4 @@
-"""Binding loops to hardware: vector lanes and CPU threads."""
+"""Binding loops to hardware: vector lanes, CPU threads, GPU blocks and threads."""
 
 from __future__ import annotations
 
@@ -56,23 +56,30 @@ def parallel(func: ir.Func, loop: str) -> ir.Func:
     LLVM kernels take the loop's range as (lo, hi) and the runtime hands
     disjoint ranges to threads; C marks the loop `omp parallel for`.
 
-    It requires: the loop is serial; no other loop is parallel; it belongs to
-    the outermost loop nest (everything around it is a loop whose whole body
-    is the next loop, so no work outside it is repeated per thread); and it
-    is not a reduction loop (by role, and every store in it, except to
-    buffers allocated inside it, writes an address that depends on it).
+    It requires: the loop is serial; no loop around it or inside it is
+    parallel (loops side by side, e.g. two stages, may both be); it belongs
+    to an outermost loop nest (everything around it is a loop whose whole
+    body is the next loop, or the kernel's top-level sequence of stages, so
+    no work outside it is repeated per thread); and it is not a reduction
+    loop (by role, and every store in it, except to buffers allocated inside
+    it, writes an address that depends on it). The LLVM backend runs one
+    parallel loop per kernel and refuses more; C runs each.
 
     rewrite:
         for oc in 0..64: S(oc)   ->   parallel for oc in 0..64: S(oc)
     """
     target = find_loop(func, loop, "parallel")
     require_serial(target, "parallel")
-    others = [l.var.name for l in ir.find_all(func.body, ir.Loop) if l.kind == "parallel"]
-    if others:
-        raise ScheduleError("parallel", f"'{others[0]}' is parallel already; one parallel loop per kernel",
-                            "fuse the loops first and parallelize the fused loop")
     path = ancestors(func, loop)
+    nested = [l.var.name for l in path + ir.find_all(target.body, ir.Loop)
+              if isinstance(l, ir.Loop) and l.kind == "parallel"]
+    if nested:
+        raise ScheduleError("parallel", f"'{nested[0]}' is parallel already and nested with '{loop}'; threads "
+                                        f"do not start threads", "fuse the loops first and parallelize the fused loop")
+    stages = path[:1] if path and path[0] is func.body and isinstance(func.body, ir.Seq) else []
     for outer, inner in zip(path, path[1:] + [target]):
+        if outer in stages:
+            continue
         if not isinstance(outer, ir.Loop) or outer.body != inner:
             raise ScheduleError("parallel", f"'{loop}' is not in the outermost loop nest: "
                                             f"{describe_stmt(outer)} holds it with other statements, "
@@ -88,3 +95,42 @@ def parallel(func: ir.Func, loop: str) -> ir.Func:
                                         f"'{reductions[0].buffer.name}' does not depend on it, so threads "
                                         f"would race", "parallelize a loop over output elements")
     return replace_loop(func, loop, lambda node: replace(node, kind="parallel"))
+
+
+GPU_INDICES = tuple(f"{level}.{axis}" for level in ("block", "thread") for axis in ir.GPU_AXES)
+
+
+def bind(func: ir.Func, loop: str, index: str) -> ir.Func:
+    """Run a loop's iterations as GPU blocks or as the threads of a block,
+    one per iteration (TVM: bind; Halide: gpu_blocks, gpu_threads). index:
+    block.x, block.y, block.z, thread.x, thread.y or thread.z.
+
+    Only a GPU backend renders such a loop; the CPU backends refuse it.
+
+    It requires: the loop is serial and spatial (every store in it, except
+    to buffers allocated inside it, writes an address that depends on it);
+    no loop around it or inside it is parallel or bound to the same index;
+    a block loop is not inside a thread loop.
+
+    rewrite bind(oc.o, block.x):
+        for oc.o in 0..4: S(oc.o)   ->   gpu_block.x for oc.o in 0..4: S(oc.o)
+    """
+    if index not in GPU_INDICES:
+        raise ScheduleError("bind", f"index: expected one of {', '.join(GPU_INDICES)}; got {index!r}")
+    target = find_loop(func, loop, "bind")
+    require_serial(target, "bind")
+    kind, axis = ("gpu_block" if index.startswith("block") else "gpu_thread"), index[-1]
+    around = [l for l in ancestors(func, loop) if isinstance(l, ir.Loop)] + ir.find_all(target.body, ir.Loop)
+    for other in around:
+        if other.kind == "parallel" or (other.kind, other.axis) == (kind, axis):
+            raise ScheduleError("bind", f"'{other.var.name}' is {other.kind}{'.' + other.axis if other.axis else ''} "
+                                        f"and nested with '{loop}'")
+    if kind == "gpu_block" and any(l.kind == "gpu_thread" for l in ancestors(func, loop) if isinstance(l, ir.Loop)):
+        raise ScheduleError("bind", f"'{loop}' is inside a loop bound to GPU threads; blocks hold threads, "
+                                    f"not the other way round", "bind an outer loop to the block index")
+    local = {a.buffer.name for a in ir.find_all(target.body, ir.Allocate)}
+    reductions = stores_not_indexed_by(target.body, loop, local)
+    if target.role == "reduction" or reductions:
+        raise ScheduleError("bind", f"'{loop}' is a reduction loop: its iterations add into the same outputs, "
+                                    f"so GPU threads would race", "bind a loop over output elements")
+    return replace_loop(func, loop, lambda node: replace(node, kind=kind, axis=axis))

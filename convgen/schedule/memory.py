@@ -1,4 +1,4 @@
-"""Where data lives: the accumulator tile, the padded input, buffer layouts."""
+"""Where data lives: the accumulator tile, copies of what a loop reads, the padded input, buffer layouts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from .. import ir
 from ..errors import ScheduleError
-from .nest import find_loop, perfect_chain, replace_loop
+from .nest import enclosing_loops, find_loop, perfect_chain, replace_loop
 
 MAX_TILE = 4096
 
@@ -247,3 +247,124 @@ def layout(func: ir.Func, buffer: str, layout: str) -> ir.Func:
     body = _Retarget(buffer, changed).visit(func.body)
     new_params = tuple(changed if p.name == buffer else p for p in func.params)
     return replace(func, params=new_params, body=body)
+
+
+def cache_read(func: ir.Func, buffer: str, at: str, scope: str = "local") -> ir.Func:
+    """Copy the part of `buffer` that loop `at`'s body reads into a buffer
+    allocated there, and read it from the copy (TVM: cache_read). scope
+    "local" keeps the copy on the thread's stack; "shared" stages it in a GPU
+    block's shared memory, with a barrier after the copy (every thread's part
+    is in) and one after the body (no thread overwrites what another still
+    reads in the next iteration).
+
+    The copy spans, along each axis, what the loops inside `at` add to an
+    index; what the loops outside add is the copy's origin. Its loops are
+    named <copy>_<axis> (e.g. x_local_H), so they can be scheduled like any
+    other; elements past the buffer's edge are not copied (the reads of them
+    are under the kernel's own guard).
+
+    It requires: `buffer` is read inside `at` and not written there; every
+    index of every read is a sum of terms of loops outside `at`, the same for
+    every read, and terms of loops inside whose span the simplifier bounds;
+    the copy holds at most 4096 elements; scope is local or shared.
+
+    rewrite cache_read(x, ow.o):
+        for ow.o in 0..8:                      for ow.o in 0..8:
+          for ow.i in 0..4: for kw in 0..3:      local x_local[W=6]
+            ... x[ow.o * 4 + ow.i + kw] ...  ->  for x_local_W in 0..6: x_local[x_local_W] = x[ow.o * 4 + x_local_W]
+                                                 for ow.i in 0..4: for kw in 0..3:
+                                                   ... x_local[ow.i + kw] ...
+    """
+    if scope not in ("local", "shared"):
+        raise ScheduleError("cache_read", f"scope: expected 'local' or 'shared'; got {scope!r}")
+    target = find_loop(func, at, "cache_read")
+    reads = [load for load in ir.find_all(target.body, ir.Load) if load.buffer.name == buffer]
+    if not reads:
+        raise ScheduleError("cache_read", f"'{at}' reads no buffer named '{buffer}'",
+                            f"buffers read there: {', '.join(sorted({l.buffer.name for l in ir.find_all(target.body, ir.Load)})) or 'none'}")
+    if any(store.buffer.name == buffer for store in ir.find_all(target.body, ir.Store)):
+        raise ScheduleError("cache_read", f"'{buffer}' is written inside '{at}': a copy would go stale")
+    source = reads[0].buffer
+    inner = {loop.var.name: (0, loop.extent - 1) for loop in ir.find_all(target.body, ir.Loop)}
+    origin, spans = _read_region(reads, inner, at)
+    extents = tuple(hi - lo + 1 for lo, hi in spans)
+    if math.prod(extents) > MAX_TILE:
+        raise ScheduleError("cache_read", f"the copy would hold {math.prod(extents)} elements; at most {MAX_TILE}",
+                            "cache_read at an inner loop")
+    name = _fresh_buffer_name(func, f"{buffer}_{scope}")
+    copy = ir.Buffer(name, source.dtype, source.axes, extents, ir.plain_layout(source.axes), scope=scope)
+    outer = {loop.var.name: (0, loop.extent - 1) for loop in enclosing_loops(func, at) + [target]}
+    body = _Reread(buffer, copy, inner, spans).visit(target.body)
+    staged = (_copy_nest(copy, source, origin, spans, outer), body)
+    if scope == "shared":
+        staged = (staged[0], ir.Barrier(), body, ir.Barrier())
+    return replace_loop(func, at, lambda node: replace(node, body=ir.Allocate(copy, ir.Seq(staged))))
+
+
+def _split_terms(expr: ir.Expr, inner: set[str]) -> tuple[ir.Expr, ir.Expr]:
+    """(the terms of a sum that use no loop in `inner`, the terms that do)."""
+    if isinstance(expr, ir.BinOp) and expr.op in ("+", "-"):
+        (a_out, a_in), (b_out, b_in) = _split_terms(expr.a, inner), _split_terms(expr.b, inner)
+        return (ir.simplify(ir.BinOp(expr.op, a_out, b_out)), ir.simplify(ir.BinOp(expr.op, a_in, b_in)))
+    if ir.free_vars(expr) & inner:
+        return ir.IntImm(0), expr
+    return expr, ir.IntImm(0)
+
+
+def _read_region(reads: list[ir.Load], inner: ir.Ranges, at: str):
+    """(origin per axis, (lo, hi) per axis) of what `reads` touch as the inner loops run."""
+    origin, spans = None, []
+    for load in reads:
+        parts = [_split_terms(index, set(inner)) for index in load.indices]
+        outer = tuple(o for o, _ in parts)
+        if origin is None:
+            origin, spans = outer, [None] * len(parts)
+        elif outer != origin:
+            raise ScheduleError("cache_read", f"reads of '{load.buffer.name}' start at different places outside "
+                                              f"'{at}': {', '.join(map(ir.format_expr, origin))} and "
+                                              f"{', '.join(map(ir.format_expr, outer))}")
+        for k, (_, part) in enumerate(parts):
+            span = ir.bounds(part, inner)
+            if span is None:
+                raise ScheduleError("cache_read", f"cannot bound index {ir.format_expr(part)} of "
+                                                  f"'{load.buffer.name}' over the loops inside '{at}'")
+            spans[k] = span if spans[k] is None else (min(spans[k][0], span[0]), max(spans[k][1], span[1]))
+    return origin, [(int(lo), int(hi)) for lo, hi in spans]
+
+
+class _Reread(ir.Rewriter):
+    """Reads of one buffer inside the cached loop, pointed at the copy."""
+
+    def __init__(self, name: str, copy: ir.Buffer, inner: ir.Ranges, spans):
+        self.name, self.copy, self.inner, self.spans = name, copy, set(inner), spans
+
+    def visit_Load(self, node: ir.Load):
+        node = self.generic_visit(node)
+        if node.buffer.name != self.name:
+            return node
+        indices = tuple(ir.simplify(_split_terms(index, self.inner)[1] - lo)
+                        for index, (lo, _) in zip(node.indices, self.spans))
+        return ir.Load(self.copy, indices)
+
+
+def _copy_nest(copy: ir.Buffer, source: ir.Buffer, origin, spans, outer: ir.Ranges) -> ir.Stmt:
+    """for each element of the copy: copy[a] = source[origin + lo + a], where that lies in source."""
+    variables = [ir.Var(f"{copy.name}_{axis}") for axis in copy.axes]
+    indices = [ir.simplify(o + lo + v) for o, (lo, _), v in zip(origin, spans, variables)]
+    ranges = dict(outer, **{v.name: (0, e - 1) for v, e in zip(variables, copy.shape)})
+    inside = []
+    for index, extent in zip(indices, source.shape):
+        span = ir.bounds(index, ranges)
+        if span is None or span[0] < 0 or span[1] > extent - 1:
+            inside.append(ir.all_of(ir.le(0, index), ir.lt(index, extent)))
+    body: ir.Stmt = ir.Store(copy, tuple(variables), ir.Load(source, tuple(indices)))
+    if inside:
+        body = ir.If(ir.all_of(*inside), body)
+    for variable, extent in reversed(list(zip(variables, copy.shape))):
+        body = ir.Loop(variable, extent, body)
+    return body
+
+
+def _fresh_buffer_name(func: ir.Func, base: str) -> str:
+    taken = {p.name for p in func.params} | {a.buffer.name for a in ir.find_all(func.body, ir.Allocate)}
+    return next(name for name in [base] + [f"{base}{k}" for k in range(2, 100)] if name not in taken)
