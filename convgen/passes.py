@@ -11,7 +11,7 @@ after all passes), and add it to PASSES with a line saying why.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from . import ir
@@ -28,10 +28,54 @@ def hoist_conditions(func: ir.Func) -> ir.Func:
     return ir.hoist_conditions(func)
 
 
+def next_power_of_two(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
+def transposable_read(node: ir.Loop) -> ir.Load | None:
+    """The one lane-dependent read of a copy that can be done as a transpose, else None:
+    node's body is a vectorized loop (lanes c) whose body is a single unmasked store,
+    contiguous in c, of a value with one read that depends on c, at
+    base + c * stride + node's index (a row of the block per lane, a column per iteration),
+    and the block is at most 16 x 16."""
+    inner = node.body
+    if not isinstance(inner, ir.Loop) or inner.kind != "vectorized" or not isinstance(inner.body, ir.Store):
+        return None
+    if min(node.extent, inner.extent) < 2 or next_power_of_two(max(node.extent, inner.extent)) > 16:
+        return None
+    store, lane, name = inner.body, inner.var.name, node.var.name
+    if ir.linear_coefficient(ir.flat_index(store.buffer, store.indices), lane) != 1:
+        return None
+    reads = [load for load in ir.find_all(store.value, ir.Load)
+             if lane in ir.free_vars(ir.flat_index(load.buffer, load.indices))]
+    if len(reads) != 1:
+        return None
+    offset = ir.flat_index(reads[0].buffer, reads[0].indices)
+    stride = ir.linear_coefficient(offset, lane)
+    if ir.linear_coefficient(offset, name) != 1 or stride is None:
+        return None
+    return reads[0]
+
+
+class _MarkTransposes(ir.Rewriter):
+    def visit_Loop(self, node: ir.Loop):
+        node = self.generic_visit(node)
+        if node.kind in ("serial", "unrolled") and transposable_read(node) is not None:
+            return replace(node, kind="transposed")
+        return node
+
+
+def mark_transposes(func: ir.Func) -> ir.Func:
+    return _MarkTransposes().visit(func)
+
+
 PASSES: tuple[Pass, ...] = (
     Pass("hoist-conditions", hoist_conditions,
          "a check that does not depend on a loop runs once outside it, not once per iteration "
          "(a padding row's check leaves the register tile)"),
+    Pass("mark-transposes", mark_transposes,
+         "a register tile written back across the rows of a block (channel vectors to columns) is "
+         "loaded a row at a time and transposed in registers, not gathered element by element"),
 )
 
 

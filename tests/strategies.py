@@ -130,7 +130,7 @@ def _serial_loops(func, kind=None):
 def _draw_step(draw, func) -> Step | None:
     primitive = draw(st.sampled_from(["split", "split", "tile", "reorder", "reorder", "fuse", "unroll",
                                       "vectorize", "vectorize", "parallel", "cache_write", "cache_write",
-                                      "pad_input", "layout", "peel"]))
+                                      "cache_read", "pad_input", "layout", "peel"]))
     loops = _serial_loops(func)
     if primitive == "pad_input":
         return Step("pad_input")
@@ -176,6 +176,9 @@ def _draw_step(draw, func) -> Step | None:
         return Step("peel", (loop.var.name, front, back))
     if primitive == "parallel":
         return Step("parallel", (draw(st.sampled_from(loops)).var.name,))
+    if primitive == "cache_read":
+        buffer = draw(st.sampled_from([p.name for p in func.params if p.name not in func.written_buffers()]))
+        return Step("cache_read", (buffer, draw(st.sampled_from(loops)).var.name))
     holders = [l for l in loops if isinstance(perfect_chain(l)[-1].body, ir.Allocate)]
     return Step("cache_write", (draw(st.sampled_from(holders)).var.name,)) if holders else None
 

@@ -387,7 +387,8 @@ def test_trace_lists_every_step():
 @pytest.mark.parametrize("backend", BACKENDS)
 @given(case=scheduled(), seed=st.integers(0, 2**32 - 1))
 def test_random_schedules_match_reference(backend, case, seed):
-    """At least 300 random spec + schedule pairs per backend (conftest's profile)."""
+    """At least 300 random spec + schedule pairs per backend (conftest's profile); every step verified
+    by ir.verify as apply_step runs it."""
     spec, steps, _ = case
     result = convgen.check(convgen.build(spec, backend, schedule=steps), seed)
     assert result.passed, f"{result}\n{spec}\n" + "\n".join(s.describe() for s in steps)

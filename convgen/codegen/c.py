@@ -3,7 +3,7 @@
 The body is plain C99 with flat indexing (the buffer layout decides the
 offsets through ir.flat_index); the boilerplate around it comes from
 templates/c/. The code uses no heap and no mutable globals. Loop kinds:
-unrolled loops are written out iteration by iteration; vectorized and
+unrolled (and transposed) loops are written out iteration by iteration; vectorized and
 parallel loops carry OpenMP pragmas (`omp simd`, `omp parallel for`) behind
 macros that expand to nothing unless the build enables them, so the file
 compiles warning-free anywhere.
@@ -242,7 +242,7 @@ class _CEmitter:
         refuse_gpu("C", node)
         name, var = node.var.name, c_name(node.var.name)
         self.ranges[name] = (0, node.extent - 1)
-        if node.kind == "unrolled":
+        if node.kind in ("unrolled", "transposed"):   # a transpose is an LLVM rendering of an unrolled copy
             for k in range(node.extent):
                 self.emit(depth, f"{{ /* {var} = {k} */")
                 self.stmt(ir.simplify(ir.substitute(node.body, {name: ir.IntImm(k)}), self.ranges), depth + 1)

@@ -13,11 +13,11 @@ SROA turns them into registers). Loop kinds:
   whole-vector accesses blended with the mask so the tile stays in
   registers; gathered lanes that are masked off read a safe address and
   store nothing;
-  a loop whose body is a vectorized copy reading across rows of a block
-  (a register tile written back from channel vectors to columns) becomes a
-  transpose: the block's rows are loaded as vectors and transposed with
-  log2(P) rounds of two-vector shuffles (`transposed_copy`) instead of
-  being gathered element by element;
+- transposed (marked by the pass of that name, over a vectorized copy that
+  reads across rows of a block: a register tile written back from channel
+  vectors to columns): the block's rows are loaded as vectors and
+  transposed with log2(P) rounds of two-vector shuffles (`transposed_copy`)
+  instead of being gathered element by element;
 - parallel: the function takes two more arguments, `lo` and `hi`, and runs
   that loop from lo to hi. A second function, `<name>.omp(ptr args)`, is
   the body of an OpenMP parallel region (libgomp's GOMP_parallel calls it
@@ -41,6 +41,7 @@ from .. import ir
 from ..errors import CodegenError, ConvgenError
 from ..native import jit_function, openmp
 from ..target import Target
+from ..passes import next_power_of_two, transposable_read
 from . import refuse_gpu
 
 I1 = ll.IntType(1)
@@ -125,11 +126,19 @@ def _emit_openmp_entry(module: ll.Module, kernel: ll.Function, params: int, exte
 
 def parallel_loop(func: ir.Func) -> ir.Loop | None:
     """The kernel's parallel loop, whose range the caller passes as (lo, hi).
-    This backend runs one; a kernel with more is refused."""
+
+    One parallel region runs the whole kernel, each thread on its share of
+    that range; so loops of one nest that share it (a parallel loop's copies
+    for a tile's init and write-back, made by cache_write) run on the same
+    shares, and parallel loops in separate stages (which may read each
+    other's results across shares) are refused."""
     loops = [loop for loop in ir.find_all(func.body, ir.Loop) if loop.kind == "parallel"]
-    if len(loops) > 1:
-        raise CodegenError(f"LLVM backend: {len(loops)} parallel loops ({', '.join(l.var.name for l in loops)}); "
-                           f"it runs one per kernel (the C backend runs each): fuse them, or keep one parallel")
+    stages = func.body.body if isinstance(func.body, ir.Seq) else (func.body,)
+    holders = {id(stage) for stage in stages for loop in loops if loop in ir.find_all(stage, ir.Loop)}
+    if len(holders) > 1 or len({loop.extent for loop in loops}) > 1:
+        raise CodegenError(f"LLVM backend: parallel loops in separate stages or of different extents "
+                           f"({', '.join(l.var.name for l in loops)}); it runs one parallel range per kernel "
+                           f"(the C backend runs each loop on its own): keep one stage's loop parallel")
     return loops[0] if loops else None
 
 
@@ -192,9 +201,8 @@ class _LLVMEmitter:
             raise CodegenError(f"LLVM backend: loop {node.var.name} inside vectorized loop {self.lane_var}")
         name = node.var.name
         self.ranges[name] = (0, node.extent - 1)
-        read = _transposable_read(node) if node.kind in ("serial", "unrolled") else None
-        if read is not None:
-            self.transposed_copy(node, read)
+        if node.kind == "transposed":
+            self.transposed_copy(node, transposable_read(node))
         elif node.kind == "unrolled":
             for k in range(node.extent):
                 self.stmt(ir.simplify(ir.substitute(node.body, {name: ir.IntImm(k)}), self.ranges))
@@ -237,7 +245,7 @@ class _LLVMEmitter:
         name, lane = node.var.name, inner.var.name
         offset = ir.flat_index(read.buffer, read.indices)
         element = _TYPES[read.dtype]
-        size = _next_power_of_two(max(node.extent, inner.extent))
+        size = next_power_of_two(max(node.extent, inner.extent))
         rows = []
         for c in range(inner.extent):
             start = ir.simplify(ir.substitute(offset, {name: ir.IntImm(0), lane: ir.IntImm(c)}), self.ranges)
@@ -363,7 +371,7 @@ class _LLVMEmitter:
 
     def contiguous(self, offset: ir.Expr) -> bool:
         """Whether consecutive lanes address consecutive elements."""
-        return _coefficient(offset, self.lane_var) == 1
+        return ir.linear_coefficient(offset, self.lane_var) == 1
 
     def load(self, node: ir.Load) -> ll.Value:
         offset = ir.flat_index(node.buffer, node.indices)
@@ -396,7 +404,7 @@ class _LLVMEmitter:
         An offset linear in the lane (a channel vector of NCHW) is computed once."""
         b = self.builder
         vector = ll.Constant(ll.VectorType(element, self.lanes), ll.Undefined)
-        stride = _coefficient(offset, self.lane_var)
+        stride = ir.linear_coefficient(offset, self.lane_var)
         base = self.expr(ir.substitute(offset, {self.lane_var: ir.IntImm(0)})) if stride is not None else None
         for k in range(self.lanes):
             if base is not None:
@@ -580,53 +588,6 @@ class _LLVMEmitter:
         if not ir.truncation_is_floor(node, self.ranges):
             raise CodegenError(f"LLVM backend: cannot prove {ir.format_expr(node)} has a non-negative "
                                f"dividend and a positive divisor")
-
-
-def _transposable_read(node: ir.Loop) -> ir.Load | None:
-    """The one lane-dependent read of a copy that `transposed_copy` can emit, else None:
-    node's body is a vectorized loop (lanes c) whose body is a single unmasked store,
-    contiguous in c, of a value with one read that depends on c, at
-    base + c * stride + node's index (a row of the block per lane, a column per iteration)."""
-    inner = node.body
-    if not isinstance(inner, ir.Loop) or inner.kind != "vectorized" or not isinstance(inner.body, ir.Store):
-        return None
-    if min(node.extent, inner.extent) < 2 or _next_power_of_two(max(node.extent, inner.extent)) > 16:
-        return None
-    store, lane, name = inner.body, inner.var.name, node.var.name
-    if _coefficient(ir.flat_index(store.buffer, store.indices), lane) != 1:
-        return None
-    reads = [load for load in ir.find_all(store.value, ir.Load)
-             if lane in ir.free_vars(ir.flat_index(load.buffer, load.indices))]
-    if len(reads) != 1:
-        return None
-    offset = ir.flat_index(reads[0].buffer, reads[0].indices)
-    stride = _coefficient(offset, lane)
-    if _coefficient(offset, name) != 1 or stride is None:
-        return None
-    return reads[0]
-
-
-def _next_power_of_two(n: int) -> int:
-    return 1 << (n - 1).bit_length()
-
-
-def _coefficient(expr: ir.Expr, var: str) -> int | None:
-    """k when expr = (expr at var = 0) + k * var through sums and constant products; else None."""
-    if var not in ir.free_vars(expr):
-        return 0
-    if expr == ir.Var(var):
-        return 1
-    if isinstance(expr, ir.BinOp) and expr.op in ("+", "-"):
-        a, b = _coefficient(expr.a, var), _coefficient(expr.b, var)
-        if a is None or b is None:
-            return None
-        return a + b if expr.op == "+" else a - b
-    if isinstance(expr, ir.BinOp) and expr.op == "*":
-        for factor, constant in ((expr.a, expr.b), (expr.b, expr.a)):
-            if isinstance(constant, ir.IntImm):
-                k = _coefficient(factor, var)
-                return None if k is None else k * constant.value
-    return None
 
 
 # ---------------------------------------------------------------------------

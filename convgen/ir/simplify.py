@@ -354,3 +354,22 @@ def flat_index(buffer: Buffer, indices: tuple[Expr, ...]) -> Expr:
     return simplify(offset)
 
 
+
+
+def linear_coefficient(expr: Expr, var: str) -> int | None:
+    """k when expr = (expr at var = 0) + k * var through sums and constant products; else None."""
+    if var not in free_vars(expr):
+        return 0
+    if expr == Var(var):
+        return 1
+    if isinstance(expr, BinOp) and expr.op in ("+", "-"):
+        a, b = linear_coefficient(expr.a, var), linear_coefficient(expr.b, var)
+        if a is None or b is None:
+            return None
+        return a + b if expr.op == "+" else a - b
+    if isinstance(expr, BinOp) and expr.op == "*":
+        for factor, constant in ((expr.a, expr.b), (expr.b, expr.a)):
+            if isinstance(constant, IntImm):
+                k = linear_coefficient(factor, var)
+                return None if k is None else k * constant.value
+    return None

@@ -151,8 +151,10 @@ def pad_input(func: ir.Func, buffer: str = "x") -> ir.Func:
     replicate index remaps become plain indices.
 
     It requires: `buffer` is a kernel parameter read outside its bounds (the
-    layer has padding); for zero padding, each guarded update is a sum or a
-    max, so the fill (0 or -inf) leaves it unchanged.
+    layer has padding), and not through a cache_read copy (whose reads keep
+    their guards; pad first, then cache_read); for zero padding, each
+    guarded update is a sum or a max, so the fill (0 or -inf) leaves it
+    unchanged.
 
     rewrite (padding 1):
         if in_range(oh + kh - 1, 56) && in_range(ow + kw - 1, 56):
@@ -166,6 +168,11 @@ def pad_input(func: ir.Func, buffer: str = "x") -> ir.Func:
     source = params[buffer]
     if source.pad:
         raise ScheduleError("pad_input", f"'{buffer}' is padded already")
+    copies = sorted({s.buffer.name for s in ir.find_all(func.body, ir.Store) if s.buffer.scope in ("local", "shared")
+                     and isinstance(s.value, ir.Load) and s.value.buffer.name == buffer})
+    if copies:
+        raise ScheduleError("pad_input", f"'{buffer}' is read through a cache_read copy ('{copies[0]}')",
+                            "pad_input first, then cache_read")
     if source.dtype != ir.FLOAT32:
         # an int8 layer's padding is its input zero point, which the IR does not carry
         raise ScheduleError("pad_input", f"'{buffer}' is {source.dtype}; only float32 inputs are padded so far")
