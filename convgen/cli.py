@@ -30,7 +30,6 @@ from .errors import ConvgenError, ConvgenWarning, ScheduleError
 from .native import llvm_assembly
 from .peak import measure_peak
 from .runtime import measure, to_storage, user_layouts
-from .schedule import trace
 from .schedule.space import candidates
 from .schedule.steps import SCHEDULE_WORDS, load_steps
 from .spec import Spec, load_spec
