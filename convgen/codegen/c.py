@@ -121,7 +121,7 @@ class Baking:
 def emit_c(func: ir.Func, baking: Baking | None = None) -> CFiles:
     """Render a kernel as a C99 header and source file."""
     baked = baking.arrays if baking is not None else {}
-    emitter = _CEmitter(func.name, set(baked))
+    emitter = CLikeEmitter(func.name, set(baked))
     used = {node.buffer.name for node in ir.find_all(func.body, (ir.Load, ir.Store))}
     for param in func.params:
         if param.name not in used:  # e.g. every tap lands in padding: say so, or -Wunused-parameter fails
@@ -214,7 +214,16 @@ def float_literal(value: float) -> str:
     return text + "f"
 
 
-class _CEmitter:
+class CLikeEmitter:
+    """A walk over the IR that writes C-family statements and expressions.
+    A renderer for another C-like language (CUDA) subclasses it and changes
+    the hooks below: `language` (named in refusals), `loop_header` (the lines
+    that open a loop of each kind), `declare_local` (a buffer allocated in
+    the kernel, by memory scope) and `barrier`. The base refuses what no CPU
+    runs: loops bound to GPU indices, shared memory, barriers."""
+
+    language = "C"
+
     def __init__(self, name: str, baked: set[str] = frozenset()):
         self.name = name
         self.baked = baked
@@ -227,11 +236,31 @@ class _CEmitter:
     def emit(self, depth: int, text: str) -> None:
         self.lines.append("    " * depth + text)
 
+    # -- hooks for C-like languages ----------------------------------------
+    def loop_header(self, node: ir.Loop, var: str) -> list[str]:
+        """The lines that open a (not unrolled) loop, ending in its `{`."""
+        refuse_gpu(self.language, node)
+        lines = []
+        if node.kind in _MACROS:
+            self.macros.add(node.kind)
+            lines.append(_MACROS[node.kind][0])
+        return lines + [f"for (ptrdiff_t {var} = 0; {var} < {node.extent}; ++{var}) {{"]
+
+    def declare_local(self, buffer: ir.Buffer) -> str:
+        """The declaration of a buffer allocated in the kernel."""
+        if buffer.scope == "shared":
+            refuse_gpu(self.language, ir.Allocate(buffer, ir.Seq(())))
+        return f"{C_TYPES[buffer.dtype]} {buffer.name}[{buffer.size}];"
+
+    def barrier(self) -> str:
+        refuse_gpu(self.language, ir.Barrier())
+        return ""
+
     # -- statements ---------------------------------------------------------
     def stmt(self, node: ir.Stmt, depth: int) -> None:
         method = getattr(self, "stmt_" + type(node).__name__, None)
         if method is None:
-            raise CodegenError(f"C backend: cannot emit statement {type(node).__name__}")
+            raise CodegenError(f"{self.language} backend: cannot emit statement {type(node).__name__}")
         method(node, depth)
 
     def stmt_Seq(self, node: ir.Seq, depth: int) -> None:
@@ -239,7 +268,6 @@ class _CEmitter:
             self.stmt(s, depth)
 
     def stmt_Loop(self, node: ir.Loop, depth: int) -> None:
-        refuse_gpu("C", node)
         name, var = node.var.name, c_name(node.var.name)
         self.ranges[name] = (0, node.extent - 1)
         if node.kind in ("unrolled", "transposed"):   # a transpose is an LLVM rendering of an unrolled copy
@@ -248,10 +276,8 @@ class _CEmitter:
                 self.stmt(ir.simplify(ir.substitute(node.body, {name: ir.IntImm(k)}), self.ranges), depth + 1)
                 self.emit(depth, "}")
         else:
-            if node.kind in _MACROS:
-                self.macros.add(node.kind)
-                self.emit(depth, _MACROS[node.kind][0])
-            self.emit(depth, f"for (ptrdiff_t {var} = 0; {var} < {node.extent}; ++{var}) {{")
+            for line in self.loop_header(node, var):
+                self.emit(depth, line)
             self.stmt(node.body, depth + 1)
             self.emit(depth, "}")
         del self.ranges[name]
@@ -268,12 +294,10 @@ class _CEmitter:
         self.emit(depth, "}")
 
     def stmt_Barrier(self, node: ir.Barrier, depth: int) -> None:
-        refuse_gpu("C", node)
+        self.emit(depth, self.barrier())
 
     def stmt_Allocate(self, node: ir.Allocate, depth: int) -> None:
-        refuse_gpu("C", node)
-        buffer = node.buffer
-        self.emit(depth, f"{C_TYPES[buffer.dtype]} {buffer.name}[{buffer.size}];")
+        self.emit(depth, self.declare_local(node.buffer))
         self.stmt(node.body, depth)
 
     # -- expressions --------------------------------------------------------
@@ -304,7 +328,7 @@ class _CEmitter:
         if isinstance(node, ir.Call):
             key = (node.name, node.dtype)
             if key not in _HELPERS:
-                raise CodegenError(f"C backend: no C for intrinsic {node.name}")
+                raise CodegenError(f"{self.language} backend: no {self.language} for intrinsic {node.name}")
             self.helpers.add(key)
             return f"{_HELPERS[key][0]}({', '.join(self.expr(a) for a in node.args)})"
         if isinstance(node, ir.Load):
@@ -314,7 +338,7 @@ class _CEmitter:
             return f"({text})"
         if isinstance(node, ir.BinOp):
             return self.binop(node, parent)
-        raise CodegenError(f"C backend: cannot emit expression {type(node).__name__}")
+        raise CodegenError(f"{self.language} backend: cannot emit expression {type(node).__name__}")
 
     def binop(self, node: ir.BinOp, parent: int) -> str:
         if node.op in ("min", "max"):
@@ -333,7 +357,7 @@ class _CEmitter:
 
     def require_nonnegative(self, node: ir.BinOp) -> None:
         if not ir.truncation_is_floor(node, self.ranges):
-            raise CodegenError(f"C backend: cannot prove {ir.format_expr(node)} has a non-negative "
+            raise CodegenError(f"{self.language} backend: cannot prove {ir.format_expr(node)} has a non-negative "
                                f"dividend and a positive divisor")
 
 
