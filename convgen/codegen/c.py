@@ -3,7 +3,8 @@
 The body is plain C99 with flat indexing (the buffer layout decides the
 offsets through ir.flat_index); the boilerplate around it comes from
 templates/c/. The code uses no heap and no mutable globals. Loop kinds:
-unrolled (and transposed) loops are written out iteration by iteration; vectorized and
+unrolled loops are written out iteration by iteration (a transposed loop,
+which only the LLVM backend treats apart, is a plain loop); vectorized and
 parallel loops carry OpenMP pragmas (`omp simd`, `omp parallel for`) behind
 macros that expand to nothing unless the build enables them, so the file
 compiles warning-free anywhere.
@@ -270,7 +271,7 @@ class CLikeEmitter:
     def stmt_Loop(self, node: ir.Loop, depth: int) -> None:
         name, var = node.var.name, c_name(node.var.name)
         self.ranges[name] = (0, node.extent - 1)
-        if node.kind in ("unrolled", "transposed"):   # a transpose is an LLVM rendering of an unrolled copy
+        if node.kind == "unrolled":
             for k in range(node.extent):
                 self.emit(depth, f"{{ /* {var} = {k} */")
                 self.stmt(ir.simplify(ir.substitute(node.body, {name: ir.IntImm(k)}), self.ranges), depth + 1)

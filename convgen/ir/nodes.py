@@ -21,8 +21,9 @@ INT_TYPES = (INDEX, INT8, INT32)
 
 # serial..parallel run on a CPU; gpu_block and gpu_thread bind a loop to a GPU index
 # (blockIdx / threadIdx along the loop's `axis`).
-# transposed: an unrolled loop over a vectorized copy that reads across the rows of a block,
-# which the LLVM backend emits as a register transpose (set by the pass of that name).
+# transposed: a loop over a vectorized copy that reads across the rows of a block, which the
+# LLVM backend emits unrolled as a register transpose and C as a plain loop (set by the
+# mark-transposes pass).
 LOOP_KINDS = ("serial", "vectorized", "unrolled", "parallel", "transposed", "gpu_block", "gpu_thread")
 GPU_KINDS = ("gpu_block", "gpu_thread")
 GPU_AXES = ("x", "y", "z")
