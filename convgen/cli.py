@@ -29,7 +29,7 @@ from .driver import build, emit, plan
 from .errors import ConvgenError, ConvgenWarning, ScheduleError
 from .native import llvm_assembly
 from .peak import measure_peak
-from .runtime import measure, to_storage, user_layouts
+from .runtime import measure, to_storage
 from .schedule.space import candidates
 from .schedule.steps import SCHEDULE_WORDS, load_steps
 from .spec import Spec, load_spec
@@ -335,22 +335,22 @@ def _baking(args, spec: Spec, func: ir.Func) -> Baking | None:
                            f"got {args.section!r}")
     given = _weights_file(args.weights) if args.weights else {}
     own = {"w": spec.weight_array(), "b": spec.bias_array() if spec.bias else None}
-    names = ["w", "b"] if spec.bias else ["w"]
-    params, layouts, dtypes = {p.name: p for p in func.params}, user_layouts(spec), spec.array_dtypes
-    shapes = {"w": spec.weight_shape, "b": (spec.out_channels,)}
+    takes = ir.signature(func)
     arrays = {}
-    for name in names:
+    for name in (n for n in ("w", "b") if n in takes):
+        argument = takes[name]
+        shape, dtype = argument.shape, np.dtype(argument.dtype)
         array = given.get(name, own[name])
         where = f"{args.weights}: {name}" if name in given else f"{spec.source}: {'weights' if name == 'w' else 'bias'}"
         if array is None:
             raise ConvgenError(f"compile: --bake-weights: {spec.source} gives no values for {name}; "
                                f"pass them with --weights FILE.npz (arrays w and b)")
-        if array.shape != shapes[name]:
-            raise ConvgenError(f"{where}: expected shape {list(shapes[name])}; got {list(array.shape)}")
-        converted = array.astype(dtypes[name])
-        if dtypes[name].kind == "i" and not np.array_equal(converted, array):
-            raise ConvgenError(f"{where}: expected whole numbers that fit {dtypes[name]}")
-        arrays[name] = to_storage(converted, layouts[name], params[name])
+        if array.shape != shape:
+            raise ConvgenError(f"{where}: expected shape {list(shape)}; got {list(array.shape)}")
+        converted = array.astype(dtype)
+        if dtype.kind == "i" and not np.array_equal(converted, array):
+            raise ConvgenError(f"{where}: expected whole numbers that fit {dtype}")
+        arrays[name] = to_storage(converted, argument.layout, argument.buffer)
     return Baking(arrays, args.align, args.section)
 
 

@@ -24,7 +24,7 @@ from .codegen.c import C_TYPES, Baking, CFiles, c_literals
 from .codegen.render import TEMPLATE_DIRS, render
 from .driver import emit, plan
 from .errors import CompileError, ConvgenError
-from .runtime import from_storage, to_storage, user_layouts
+from .runtime import from_storage, to_storage
 from .spec import Spec
 from .target import Target
 
@@ -144,12 +144,12 @@ def run_layer(spec: Spec, target: Target, inputs: dict[str, np.ndarray], folder:
     default). bake_weights: w and b go into the kernel's .c as const arrays."""
     chosen = plan(spec, target, schedule)
     func = chosen.func
-    params, layouts = {p.name: p for p in func.params}, user_layouts(spec)
-    arrays = {name: to_storage(array, layouts[name], params[name]) for name, array in inputs.items()}
-    y = params["y"]
+    takes = ir.signature(func)
+    arrays = {name: to_storage(array, takes[name].layout, takes[name].buffer) for name, array in inputs.items()}
+    y = takes["y"]
     baking = Baking({k: v for k, v in arrays.items() if k in ("w", "b")}) if bake_weights else None
     runs = run_on_qemu(func, emit(chosen, "c", baking), target, arrays, folder)["y"]
-    return [from_storage(flat.reshape(y.storage_shape), y, layouts["y"]) for flat in runs]
+    return [from_storage(flat.reshape(y.buffer.storage_shape), y.buffer, y.layout) for flat in runs]
 
 
 def _fill_byte(value) -> str:

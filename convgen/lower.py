@@ -52,19 +52,24 @@ def describe(spec: Spec) -> str:
 
 
 def _params(spec: Spec) -> dict[str, Buffer]:
+    """The kernel's arguments, each laid out as the caller holds it (the layouts
+    the spec names; weights OIHW), which it records as the caller's."""
     oh, ow = spec.output_size
     h, w = spec.input_size
     types = {name: str(dtype) for name, dtype in spec.array_dtypes.items()}
     activation_axes = ("N", "C", "H", "W")
-    params = {"x": Buffer("x", types["x"], activation_axes, (spec.batch, spec.in_channels, h, w),
-                          ir.parse_layout(spec.input_layout, activation_axes))}
+
+    def argument(name: str, axes: tuple[str, ...], shape: tuple[int, ...], layout: str) -> Buffer:
+        dims = ir.parse_layout(layout, axes)
+        caller_shape = tuple(shape[axes.index(d.axis)] for d in dims)
+        return Buffer(name, types[name], axes, shape, dims, caller_layout=layout, caller_shape=caller_shape)
+
+    params = {"x": argument("x", activation_axes, (spec.batch, spec.in_channels, h, w), spec.input_layout)}
     if spec.is_conv:
-        weight_axes = ("O", "I", "H", "W")
-        params["w"] = Buffer("w", types["w"], weight_axes, spec.weight_shape, ir.plain_layout(weight_axes))
+        params["w"] = argument("w", ("O", "I", "H", "W"), spec.weight_shape, "OIHW")
         if spec.bias:
-            params["b"] = Buffer("b", types["b"], ("O",), (spec.out_channels,), ir.plain_layout("O"))
-    params["y"] = Buffer("y", types["y"], activation_axes, (spec.batch, spec.out_channels, oh, ow),
-                         ir.parse_layout(spec.output_layout, activation_axes))
+            params["b"] = argument("b", ("O",), (spec.out_channels,), "O")
+    params["y"] = argument("y", activation_axes, (spec.batch, spec.out_channels, oh, ow), spec.output_layout)
     return params
 
 

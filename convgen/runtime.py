@@ -139,11 +139,6 @@ def from_storage(storage: np.ndarray, buffer: ir.Buffer, user_layout: str) -> np
     return np.transpose(logical, [buffer.axes.index(a) for a in user_layout])
 
 
-def user_layouts(spec: Spec) -> dict[str, str]:
-    """How the caller lays out each argument: activations per the spec, weights OIHW."""
-    return {"x": spec.input_layout, "w": "OIHW", "b": "O", "y": spec.output_layout}
-
-
 # ---------------------------------------------------------------------------
 # Kernels
 # ---------------------------------------------------------------------------
@@ -153,7 +148,8 @@ class Kernel:
     """A compiled layer. Call it as kernel(x, w, b) for conv2d (w and b default
     to the spec's own weights when it has them) or kernel(x) for pooling; pass
     out= to reuse an output array and threads= to override the thread count.
-    `source` holds the emitted LLVM IR or C text; `func` the scheduled IR."""
+    `source` holds the emitted LLVM IR or C text; `func` the scheduled IR;
+    `signature` what it takes, read from `func` (shapes, layouts, dtypes)."""
 
     spec: Spec
     target: str
@@ -165,18 +161,21 @@ class Kernel:
     threads: int = 1
 
     def __post_init__(self):
-        self._layouts = user_layouts(self.spec)
+        self.signature = ir.signature(self.func)
+        arguments = self.signature.arguments
+        self._layouts = {a.name: a.layout for a in arguments}
+        self._shapes = {a.name: a.shape for a in arguments}
         # decided once: which of the kernel's buffers differ from the caller's arrays
-        self._params = {p.name: p for p in self.func.params}
-        self._converts = {p.name: needs_conversion(p, self._layouts[p.name]) for p in self.func.params}
-        self._dtypes = self.spec.array_dtypes
+        self._params = {a.name: a.buffer for a in arguments}
+        self._converts = {a.name: a.converts for a in arguments}
+        self._dtypes = {a.name: np.dtype(a.dtype) for a in arguments}
         # an input that differs from the caller's only by constant padding is copied into a kept buffer
         x, x_layout = self._params["x"], self._layouts["x"]
         self._pads_only_x = (self._converts["x"] and not x.transform and x.pad_mode == "constant"
                              and _pads_only(x, x_layout))
         if self._pads_only_x:
             self._x_interior = tuple(slice(lo, lo + n) for (lo, _), n in
-                                     zip(_user_pad_widths(x, x_layout), self.spec.input_shape))
+                                     zip(_user_pad_widths(x, x_layout), self._shapes["x"]))
         self._scratch = threading.local()
 
     def __call__(self, x: np.ndarray, w: np.ndarray | None = None, b: np.ndarray | None = None,
@@ -191,23 +190,21 @@ class Kernel:
 
     def _inputs(self, x, w, b) -> dict[str, np.ndarray]:
         """The arguments checked against the caller's shapes and converted to the kernel's buffers."""
-        spec = self.spec
+        spec, takes = self.spec, self.signature
         given = {"x": x}
-        if spec.is_conv:
-            given["w"] = spec.weight_array() if w is None else w
-            if spec.bias:
-                given["b"] = spec.bias_array() if b is None else b
-            elif b is not None:
-                raise KernelCallError(f"{spec.name}: b: this layer has no bias (bias: false); got an array")
-        elif w is not None or b is not None:
+        if "w" not in takes and (w is not None or b is not None):
             raise KernelCallError(f"{spec.name}: {spec.op} takes only x")
+        if "w" in takes:
+            given["w"] = spec.weight_array() if w is None else w
+        if "b" in takes:
+            given["b"] = spec.bias_array() if b is None else b
+        elif b is not None:
+            raise KernelCallError(f"{spec.name}: b: this layer has no bias (bias: false); got an array")
         return {name: self._convert(name, array) for name, array in given.items()
                 if not (name == "x" and array is None)}
 
     def _convert(self, name: str, array) -> np.ndarray:
-        spec = self.spec
-        shape = {"x": spec.input_shape, "w": spec.weight_shape, "b": (spec.out_channels,)}[name]
-        array = _checked(name, array, shape, self._dtypes[name])
+        array = _checked(name, array, self._shapes[name], self._dtypes[name])
         if name == "x" and self._pads_only_x:
             return self._padded_x(array)
         return to_storage(array, self._layouts[name], self._params[name]) if self._converts[name] else array
@@ -231,8 +228,8 @@ class Kernel:
             raise KernelCallError(f"{spec.name}: out: expected a writeable C-contiguous {dtype} array")
         given, callers = out is not None, out   # returned as given, even as an ndarray subclass
         if not given:
-            out = empty(spec.output_shape, dtype)
-        out = _checked("out", out, spec.output_shape, dtype)
+            out = empty(self._shapes["y"], dtype)
+        out = _checked("out", out, self._shapes["y"], dtype)
         if any(np.may_share_memory(out, a) for a in arrays.values()):
             raise KernelCallError(f"{spec.name}: out: must not overlap an input array")
         y, converting = self._params["y"], self._converts["y"]
@@ -268,7 +265,7 @@ class BoundKernel:
         # owned copies, so no caller's array can alias them (out= is checked against x only)
         self.weights = {name: aligned_copy(array) for name, array in self.weights.items()}
         self._pads_x, self._threads = k._pads_only_x, k.threads
-        self._x_shape, self._x_type = tuple(k.spec.input_shape), k._dtypes["x"]
+        self._x_shape, self._x_type = k._shapes["x"], k._dtypes["x"]
         direct = (k._pads_only_x or not k._converts["x"]) and not k._converts["y"]
         self._guard, self._guard_engine = _guard(k, self.weights) if direct else (_refuse, None)
 

@@ -333,3 +333,42 @@ def test_build_and_bench_time_the_same_kernel():
         bench.build = original
     direct = convgen.build(spec, "llvm", threads=1)
     assert built["kernel"].steps == direct.steps and built["kernel"].source == direct.source
+
+
+# ---------------------------------------------------------------------------
+# Kernels describe themselves: the signature is read from the kernel's buffers
+# ---------------------------------------------------------------------------
+
+def test_the_signature_is_the_callers_arrays_whatever_the_schedule_did_to_the_buffers():
+    spec = convgen.load_spec(CONV)
+    s = Schedule.for_spec(spec).layout("x", "NCHW2c").layout("w", "OIHW4o").pad_input()
+    kernel = convgen.build(spec, "llvm", schedule=s)
+    takes = kernel.signature
+    assert [(a.name, a.role, a.layout, a.shape) for a in takes.arguments] == [
+        ("x", "input", "NHWC", (1, 6, 5, 2)), ("w", "input", "OIHW", (4, 2, 3, 3)), ("b", "input", "O", (4,)),
+        ("y", "output", "NCHW", (1, 4, 6, 5))]
+    assert takes["x"].buffer.layout_name == "NCHW2c" and takes["x"].buffer.pad and takes["x"].converts
+    assert takes.workspace_bytes == 0
+    x, w, b = _inputs()
+    np.testing.assert_allclose(kernel(x, w, b), convgen.reference(spec, x, w, b), rtol=1e-5, atol=1e-5)
+
+
+def test_a_winograd_kernel_takes_the_callers_oihw_weights():
+    from convgen.schedule.space import winograd_schedule
+    from convgen.target import host
+    spec = convgen.load_spec({"name": "wg", "op": "conv2d", "in_channels": 16, "out_channels": 16,
+                              "input_size": [8, 8], "kernel_size": 3, "padding": 1})
+    kernel = convgen.build(spec, "llvm", schedule=winograd_schedule(spec, host(), 1, 2))
+    w = kernel.signature["w"]
+    assert (w.layout, w.shape, w.buffer.axes) == ("OIHW", (16, 16, 3, 3), ("T", "O", "I")) and w.converts
+
+
+def test_a_hand_built_kernel_is_taken_as_its_buffers_say():
+    from convgen import ir
+    x = ir.Buffer("x", ir.FLOAT32, ("C", "W"), (2, 3), ir.parse_layout("WC", ("C", "W")))
+    y = ir.Buffer("y", ir.FLOAT32, ("C", "W"), (2, 3), ir.plain_layout(("C", "W")))
+    c, i = ir.Var("c"), ir.Var("i")
+    func = ir.Func("k", (x, y), ir.Loop(c, 2, ir.Loop(i, 3, ir.Store(y, (c, i), ir.Load(x, (c, i))))))
+    takes = ir.signature(func)
+    assert [(a.name, a.role, a.layout, a.shape, a.converts) for a in takes.arguments] == [
+        ("x", "input", "WC", (3, 2), False), ("y", "output", "CW", (2, 3), False)]

@@ -128,7 +128,8 @@ def emit_c(func: ir.Func, baking: Baking | None = None) -> CFiles:
         if param.name not in used:  # e.g. every tap lands in padding: say so, or -Wunused-parameter fails
             emitter.emit(1, f"(void){emitter.c_array_name(param)};")
     emitter.stmt(func.body, 1)
-    outputs = func.written_buffers()
+    takes = ir.signature(func)   # the header documents what the caller passes
+    outputs = {a.name for a in takes.outputs}
     arguments = [p for p in func.params if p.name not in baked]
     context = dict(
         name=func.name,
@@ -138,6 +139,7 @@ def emit_c(func: ir.Func, baking: Baking | None = None) -> CFiles:
         arg_names=[p.name for p in arguments],
         args=[_arg_doc(p, p.name in outputs) for p in arguments],
         baked=[_arg_doc(p, False) for p in func.params if p.name in baked],
+        workspace_bytes=takes.workspace_bytes,
     )
     header_includes = ["stddef.h"] + (["stdint.h"] if any(p.dtype in (ir.INT8, ir.INT32) for p in func.params) else [])
     header = render("c/kernel.h.j2", header_includes=header_includes, **context)

@@ -8,15 +8,18 @@
 - printer: readable pseudo-code.
 - verify: the rules every kernel keeps, checked after lowering, after each
   schedule step and after each pass.
+- signature: a kernel's arguments as its caller passes them, read from its
+  parameters.
 """
 
 from .nodes import *  # noqa: F401,F403
 from .nodes import __all__ as _nodes_all
 from .printer import format_buffer, format_expr, format_func, format_stmt
 from .simplify import Ranges, bounds, flat_index, hoist_conditions, linear_coefficient, simplify, truncation_is_floor
+from .signature import Argument, Signature, signature
 from .verify import VerifyError, verify
 from .walk import Rewriter, Visitor, children, constant_buffers, find_all, free_vars, loops_by_name, substitute
 
 __all__ = [*_nodes_all, "constant_buffers", "format_buffer", "format_expr", "format_func", "format_stmt", "Ranges", "bounds",
            "flat_index", "hoist_conditions", "linear_coefficient", "simplify", "truncation_is_floor", "Rewriter", "Visitor", "children", "find_all",
-           "free_vars", "loops_by_name", "substitute", "verify", "VerifyError"]
+           "free_vars", "loops_by_name", "substitute", "verify", "VerifyError", "Argument", "Signature", "signature"]

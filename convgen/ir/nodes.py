@@ -71,6 +71,10 @@ class Buffer:
     transform: for a parameter whose contents derive from the caller's array
         by a named transform (e.g. Winograd-transformed weights, axes T, O,
         I): whoever prepares the buffer applies it, once; "" for none.
+    caller_layout, caller_shape: for a parameter, the caller's array (its
+        layout name, e.g. NCHW or OIHW, and its shape in that layout), which
+        schedules leave alone while they change the buffer: a kernel's
+        signature (ir.signature) is read from them.
     """
 
     name: str
@@ -84,6 +88,8 @@ class Buffer:
     pad_value: float = 0.0
     values: tuple | None = None
     transform: str = ""
+    caller_layout: str = ""
+    caller_shape: tuple[int, ...] = ()
 
     def __post_init__(self):
         if len(self.axes) != len(self.shape):
