@@ -11,6 +11,7 @@ callable Kernel.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ from .schedule.space import default_schedule
 from .schedule.steps import DEFAULT, NAIVE
 from .spec import Spec, load_spec
 from .target import Target, host
+
+_PACKAGE = str(Path(__file__).resolve().parent)
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,7 @@ def choose_schedule(spec: Spec, target: Target, schedule=None, threads: int | No
         if steps:
             return tuple(steps), "default"
         warnings.warn(f"{spec.name}: no default recipe fits this layer on {target.name}; "
-                      f"it runs as the naive loop nest", ConvgenWarning, stacklevel=3)
+                      f"it runs as the naive loop nest", ConvgenWarning, stacklevel=_user_stacklevel())
         return (), "no recipe"
     if chosen == NAIVE:
         return (), "naive"
@@ -115,8 +118,9 @@ def build(spec: Spec | str | os.PathLike | dict, target: str = "llvm", schedule=
     schedule: a Schedule, a list of Steps or of YAML step data, or "naive" /
     "default"; by default the spec's own `schedule:`, else the default
     schedule for the host (`kernel.steps` and `kernel.schedule_source` say
-    what was applied: "default", "spec", "given", "naive", or "no recipe"). workdir: a folder to keep the emitted files (and the C
-    shared object) in; by default nothing is written. threads: how many
+    what was applied: "default", "spec", "given", "naive", or "no recipe").
+    workdir: a folder to keep the emitted files (and the C shared object)
+    in; by default nothing is written. threads: how many
     threads a parallel loop uses by default, and what the default schedule
     is chosen for (the host's cores); a call may override it.
     """
@@ -132,6 +136,15 @@ def build(spec: Spec | str | os.PathLike | dict, target: str = "llvm", schedule=
     return Kernel(spec, target, chosen.func, emitted.source, loaded, steps=chosen.steps,
                   schedule_source=chosen.schedule_source,
                   threads=threads or (chosen.target.cores if parallel else 1))
+
+
+def _user_stacklevel() -> int:
+    """The stack level of the first caller outside convgen, so that a warning
+    names the user's line, whichever entry point they called."""
+    frame, level = sys._getframe(2), 2   # 1 is the function that warns
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _check_threads(threads) -> None:

@@ -266,3 +266,39 @@ def test_version():
     from importlib.metadata import version
     result = convgen("--version")
     assert result.returncode == 0 and result.stdout.strip() == f"convgen {version('convgen')}"
+
+
+def test_compile_writes_the_fast_kernel_by_default(tmp_path):
+    """The C of a spec without a schedule is tiled, vectorized and parallel; naive is asked for."""
+    spec = SPECS / "layers" / "resnet_3x3_64.yaml"
+    result = convgen("compile", spec, "-t", "c", "-o", tmp_path / "fast")
+    assert result.returncode == 0, result.stderr
+    assert "schedule: the default for the target, on host" in result.stderr
+    source = (tmp_path / "fast" / "resnet_3x3_64.c").read_text()
+    assert "CONVGEN_PARALLEL_FOR" in source and "CONVGEN_SIMD" in source and "acc[" in source
+    result = convgen("compile", spec, "-t", "c", "-o", tmp_path / "naive", "--schedule", "naive")
+    assert result.returncode == 0 and "schedule: none (naive, as asked)" in result.stderr
+    naive = (tmp_path / "naive" / "resnet_3x3_64.c").read_text()
+    assert "CONVGEN_PARALLEL_FOR" not in naive and "CONVGEN_SIMD" not in naive
+
+
+def test_compile_for_cortex_m_gets_its_own_default(tmp_path):
+    """A Cortex-M target has no vector registers: its default is a scalar register tile, never x86 widths."""
+    result = convgen("compile", SPECS / "layers" / "ds_cnn_pw_int8.yaml", "-t", "c", "--target", "cortex-m4",
+                     "-o", tmp_path)
+    assert result.returncode == 0 and "schedule: the default for the target, on cortex-m4" in result.stderr
+    source = (tmp_path / "ds_cnn_pw_int8.c").read_text()
+    assert "CONVGEN_SIMD" not in source and "CONVGEN_PARALLEL_FOR" not in source
+    assert "/* oc_i = 3 */" in source     # four output channels a tile, unrolled
+
+
+def test_build_table_names_each_schedule_and_notes_layers_no_recipe_fits(tmp_path):
+    folder = tmp_path / "specs"
+    folder.mkdir()
+    for name in ("grid3_diagonal", "photo_sharpen_nhwc"):
+        (folder / f"{name}.yaml").write_text((SPECS / "examples" / f"{name}.yaml").read_text())
+    result = convgen("build", folder, "-o", tmp_path / "out", "--seed", "2")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0] + " " + line.split()[1]: line for line in result.stdout.splitlines()[3:7]}
+    assert "no recipe" in rows["grid3_diagonal llvm"] and "default" in rows["photo_sharpen_nhwc c"]
+    assert "note: grid3_diagonal: no default recipe fits this layer on host" in result.stdout
