@@ -20,6 +20,7 @@ import numpy as np
 from . import ir
 from .callguard import C_CONTIGUOUS, WRITEABLE, Operand, array_fields, guard_module
 from .errors import KernelCallError
+from .ir.signature import differs_from_caller
 from .native import jit_function, openmp
 from .schedule.winograd import WEIGHT_TRANSFORMS
 from .spec import Spec
@@ -78,10 +79,6 @@ def _storage_order(buffer: ir.Buffer) -> list[int]:
     return [parts.index((d.axis, d.block)) for d in buffer.layout]
 
 
-def needs_conversion(buffer: ir.Buffer, user_layout: str) -> bool:
-    return bool(buffer.transform or buffer.pad) or buffer.layout != ir.parse_layout(user_layout, buffer.axes)
-
-
 def _pads_only(buffer: ir.Buffer, user_layout: str) -> bool:
     """The buffer holds the caller's axes in the caller's order: at most padding differs."""
     return buffer.layout == ir.parse_layout(user_layout, buffer.axes)
@@ -108,7 +105,7 @@ def to_storage(array: np.ndarray, user_layout: str, buffer: ir.Buffer) -> np.nda
     The array itself when the buffer is laid out as the caller's."""
     if buffer.transform:  # e.g. Winograd's weights: the transform gives the buffer's logical axes
         array, user_layout = WEIGHT_TRANSFORMS[buffer.transform](array), "".join(buffer.axes)
-    if not needs_conversion(replace(buffer, transform=""), user_layout):
+    if not differs_from_caller(replace(buffer, transform=""), user_layout):
         return array
     if _pads_only(buffer, user_layout):
         return _pad(array, _user_pad_widths(buffer, user_layout), buffer)
@@ -128,7 +125,7 @@ def to_storage(array: np.ndarray, user_layout: str, buffer: ir.Buffer) -> np.nda
 
 def from_storage(storage: np.ndarray, buffer: ir.Buffer, user_layout: str) -> np.ndarray:
     """The kernel's output buffer as the caller's array (inverse of to_storage, without padding)."""
-    if not needs_conversion(buffer, user_layout):
+    if not differs_from_caller(buffer, user_layout):
         return storage.reshape(buffer.storage_shape)
     split = np.transpose(storage, np.argsort(_storage_order(buffer)))
     merged = []

@@ -16,6 +16,11 @@ import numpy as np
 from .nodes import Buffer, Func, parse_layout
 
 
+def differs_from_caller(buffer: Buffer, caller_layout: str) -> bool:
+    """Whether a buffer holds other than the caller's array laid out as caller_layout."""
+    return bool(buffer.transform or buffer.pad) or buffer.layout != parse_layout(caller_layout, buffer.axes)
+
+
 @dataclass(frozen=True)
 class Argument:
     name: str
@@ -28,8 +33,7 @@ class Argument:
     @property
     def converts(self) -> bool:
         """Whether the kernel's buffer differs from the caller's array (layout, padding, transform)."""
-        buffer = self.buffer
-        return bool(buffer.transform or buffer.pad) or buffer.layout != parse_layout(self.layout, buffer.axes)
+        return differs_from_caller(self.buffer, self.layout)
 
     @property
     def nbytes(self) -> int:
