@@ -21,7 +21,7 @@ from .codegen import BACKENDS, backend as get_backend
 from .errors import ConvgenError, ConvgenWarning
 from .lower import lower
 from .passes import run_passes
-from .runtime import Kernel
+from .runtime import Kernel, is_thread_count
 from .schedule import Step, as_steps, trace
 from .schedule.space import default_schedule
 from .schedule.steps import DEFAULT, NAIVE
@@ -148,5 +148,5 @@ def _user_stacklevel() -> int:
 
 
 def _check_threads(threads) -> None:
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+    if threads is not None and not is_thread_count(threads):
         raise ConvgenError(f"build: threads: expected a whole number of at least 1; got {threads!r}")

@@ -311,11 +311,16 @@ def _guard(kernel: Kernel, weights: dict[str, np.ndarray]):
     return function, engine
 
 
+def is_thread_count(threads) -> bool:
+    """A whole number of at least one (not a bool, not a float)."""
+    return not isinstance(threads, bool) and isinstance(threads, (int, np.integer)) and threads >= 1
+
+
 def thread_count(threads, default: int) -> int:
     """threads as given to a call (None: the kernel's default), checked."""
     if threads is None:
         return default
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+    if not is_thread_count(threads):
         raise KernelCallError(f"threads: expected a whole number of at least 1; got {threads!r}")
     return int(threads)
 
