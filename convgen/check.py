@@ -69,11 +69,13 @@ _int8_draws = {
 
 def tolerance(spec: Spec, inputs: dict[str, np.ndarray], transform: str = "") -> np.ndarray:
     """Per-output bound on float32 rounding error of any summation order; with
-    a Winograd weight transform (a kernel's w.transform), of that algorithm."""
+    a Winograd weight transform (weight_transform of the kernel), of that algorithm."""
     magnitudes = {name: np.abs(value) for name, value in inputs.items()}
     if transform:
         tile = TILE_OF[transform]
-        terms = spec.in_channels + 4 * (tile + 2) + 6
+        # the sums over channels, the input and output transforms, and the weight transform's
+        # float32 sum of up to nine products (each coefficient rounded once)
+        terms = spec.in_channels + 4 * (tile + 2) + 16
         return terms * _UNIT_ROUNDOFF * _winograd_magnitude(spec, magnitudes, tile) + 1e-30
     magnitude = reference(replace(spec, activation="none"), **magnitudes)
     terms = spec.kernel_size[0] * spec.kernel_size[1] * (spec.in_channels // spec.groups) + 2
@@ -107,8 +109,9 @@ def _winograd_magnitude(spec: Spec, magnitudes: dict[str, np.ndarray], tile: int
 
 
 def weight_transform(func) -> str:
-    """The transform of a kernel's weights ("" for none), which decides its error bound."""
-    return next((p.transform for p in func.params if p.name == "w"), "")
+    """The transform of a kernel's weights ("" for none), which decides its error bound:
+    the label of the workspace buffer its transform stage fills."""
+    return next((b.transform for b in func.workspace if b.transform), "")
 
 
 def check(kernel: Kernel, rng: np.random.Generator | int | None = None, progress=None) -> CheckResult:

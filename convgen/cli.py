@@ -29,7 +29,7 @@ from .driver import build, emit, plan
 from .errors import ConvgenError, ConvgenWarning, ScheduleError
 from .native import llvm_assembly
 from .peak import measure_peak
-from .runtime import measure, to_storage
+from .runtime import measure
 from .schedule.space import candidates
 from .schedule.steps import SCHEDULE_WORDS, load_steps
 from .spec import Spec, load_spec
@@ -321,7 +321,8 @@ def _compile(args) -> int:
 
 
 def _baking(args, spec: Spec, func: ir.Func) -> Baking | None:
-    """What --bake-weights asks for: the weights (from --weights or the spec) in the kernel's storage layout."""
+    """What --bake-weights asks for: the weights (from --weights or the spec), as the caller holds them
+    (the driver runs the prepare step on them and bakes what it fills)."""
     if not args.bake_weights:
         if args.weights or args.align or args.section:
             raise ConvgenError("compile: --weights, --align and --section go with --bake-weights")
@@ -350,7 +351,7 @@ def _baking(args, spec: Spec, func: ir.Func) -> Baking | None:
         converted = array.astype(dtype)
         if dtype.kind == "i" and not np.array_equal(converted, array):
             raise ConvgenError(f"{where}: expected whole numbers that fit {dtype}")
-        arrays[name] = to_storage(converted, argument.layout, argument.buffer)
+        arrays[name] = converted
     return Baking(arrays, args.align, args.section)
 
 

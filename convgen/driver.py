@@ -13,8 +13,10 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+import numpy as np
 
 from . import ir
 from .codegen import BACKENDS, backend as get_backend
@@ -57,8 +59,13 @@ class Plan:
 
     @property
     def func(self) -> ir.Func:
-        """The kernel the backend renders."""
+        """The kernel after the passes: its stages over its parameters and workspace."""
         return self.passes[-1][1] if self.passes else self.scheduled
+
+    @property
+    def program(self) -> ir.Program:
+        """The kernel split into stage functions, prepare and run: what a backend renders."""
+        return ir.split(self.func)
 
 
 # Where a plan's steps came from, and how to say it.
@@ -105,8 +112,47 @@ def plan(spec: Spec, target: Target | None = None, schedule=None, threads: int |
 
 
 def emit(plan: Plan, backend: str, baking=None):
-    """The plan rendered by a backend: its files (see codegen/__init__.py)."""
-    return get_backend(backend).emit(plan.func, plan.target, baking)
+    """The plan rendered by a backend: its files (see codegen/__init__.py).
+    baking (C only): a Baking of the weights, by argument name, in the
+    caller's layouts; the prepare step runs on them here, at build time, and
+    what it fills is baked in its stead."""
+    program = plan.program
+    if baking is not None:
+        program, baking = _baked(program, baking)
+    return get_backend(backend).emit(program, plan.target, baking)
+
+
+def _baked(program: ir.Program, baking):
+    """(the program without its prepare step, the Baking of what the run step
+    reads of the weights and the prepared buffers, which leave the workspace
+    for const data). The prepare step runs on this machine (LLVM JIT): it is
+    plain data movement, whatever the target."""
+    arrays = dict(baking.arrays)
+    if program.prepare:
+        arrays.update(run_prepare(program, arrays))
+    read = {load.buffer.name for stage in program.run for load in ir.find_all(stage.body, ir.Load)}
+    kept = {name: array for name, array in arrays.items() if name in read}
+    prepared = tuple(slot for slot in program.prepared if slot.buffer.name in kept)
+    return replace(program, prepare=(), prepared=prepared), replace(baking, arrays=kept)
+
+
+def run_prepare(program: ir.Program, weights: dict) -> dict:
+    """The prepared buffers (name -> flat array in storage order) that the
+    program's prepare step fills from these weights (by argument name, in
+    the caller's layouts), computed on this machine."""
+    only_prepare = replace(program, run=())
+    backend = get_backend("llvm")
+    loaded = backend.load(backend.emit(only_prepare, host()), host())
+    kernel_weights = {name: np.ascontiguousarray(array, dtype=next(p.dtype for p in program.params if p.name == name))
+                      for name, array in weights.items()}
+    area = np.zeros(max(program.prepared_bytes, 1), dtype=np.uint8)
+    pointers = [kernel_weights[p.name].ctypes.data if p.name in kernel_weights else 0 for p in program.params]
+    pointers += [area.ctypes.data + s.offset for s in program.prepared]
+    pointers += [0 for _ in program.scratch]
+    for stage in loaded.stages:
+        stage.launch(pointers, 1)
+    return {s.buffer.name: area[s.offset:s.offset + s.buffer.nbytes].view(s.buffer.dtype).copy()
+            for s in program.prepared}
 
 
 def build(spec: Spec | str | os.PathLike | dict, target: str = "llvm", schedule=None,
@@ -132,8 +178,8 @@ def build(spec: Spec | str | os.PathLike | dict, target: str = "llvm", schedule=
     chosen = plan(spec, host(), schedule, threads)
     emitted = emit(chosen, target)
     loaded = get_backend(target).load(emitted, chosen.target, Path(workdir) if workdir is not None else None)
-    parallel = loaded.convention != "serial"
-    return Kernel(spec, target, chosen.func, emitted.source, loaded, steps=chosen.steps,
+    parallel = any(stage.convention != "serial" for stage in loaded.stages)
+    return Kernel(spec, target, chosen.func, chosen.program, emitted.source, loaded, steps=chosen.steps,
                   schedule_source=chosen.schedule_source,
                   threads=threads or (chosen.target.cores if parallel else 1))
 

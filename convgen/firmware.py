@@ -24,7 +24,6 @@ from .codegen.c import C_TYPES, Baking, CFiles, c_literals
 from .codegen.render import TEMPLATE_DIRS, render
 from .driver import emit, plan
 from .errors import CompileError, ConvgenError
-from .runtime import from_storage, to_storage
 from .spec import Spec
 from .target import Target
 
@@ -73,12 +72,13 @@ class Report:
     stack: int
     stack_kind: str
     caller_bytes: int
+    workspace_bytes: int = 0
 
     def lines(self) -> list[str]:
         return [f"target {self.target}",
                 f"code size: text {self.text} B (code and const data), data {self.data} B, bss {self.bss} B",
                 f"stack: {self.stack} B ({self.stack_kind}, the kernel's own frame)",
-                f"caller RAM: {self.caller_bytes} B of argument arrays, 0 B workspace"]
+                f"caller RAM: {self.caller_bytes} B of argument arrays, {self.workspace_bytes} B workspace"]
 
 
 def report(func: ir.Func, files: CFiles, target: Target, folder: Path) -> Report:
@@ -90,17 +90,24 @@ def report(func: ir.Func, files: CFiles, target: Target, folder: Path) -> Report
     out = _run([size_tool, str(obj)], cwd=folder)
     text, data, bss = (int(v) for v in out.splitlines()[1].split()[:3])
     usage = (folder / f"{files.name}.su").read_text()
-    match = re.search(rf":{re.escape(files.name)}\s+(\d+)\s+(\S+)", usage)
-    if match is None:
-        raise CompileError(f"{folder / files.name}.su: no stack figure for {files.name}: {usage.strip()!r}")
-    caller = sum(p.size * np.dtype(p.dtype).itemsize for p in func.params if p.name not in files.baked)
-    return Report(target.name, text, data, bss, int(match.group(1)), match.group(2), caller)
+    frames = {}
+    for function in dict.fromkeys((files.name,) + files.stages):
+        match = re.search(rf":{re.escape(function)}\s+(\d+)\s+(\S+)", usage)
+        if match is None:
+            raise CompileError(f"{folder / files.name}.su: no stack figure for {function}: {usage.strip()!r}")
+        frames[function] = (int(match.group(1)), match.group(2))
+    # the entry function's frame, and under it the deepest of the stages it calls in turn
+    stages = [frames[f] for f in files.stages if f != files.name]
+    depth = frames[files.name][0] + max((size for size, _ in stages), default=0)
+    kinds = {kind for _, kind in [frames[files.name]] + stages}
+    caller = sum(p.nbytes for p in func.params if p.name not in files.baked)
+    return Report(target.name, text, data, bss, depth, ",".join(sorted(kinds)), caller, files.workspace_bytes)
 
 
 def run_on_qemu(func: ir.Func, files: CFiles, target: Target, arrays: dict[str, np.ndarray], folder: Path,
                 timeout: float = 60.0) -> dict[str, list[np.ndarray]]:
-    """Build a program that calls the kernel on `arrays` (each parameter that
-    is read, in the kernel's storage layout) once per output fill, and run it
+    """Build a program that calls the kernel on `arrays` (each argument that
+    is read, as the caller holds it) once per output fill, and run it
     on the target's emulated board; returns each output's flat results, one
     per fill, by name."""
     if not target.qemu:
@@ -117,7 +124,9 @@ def run_on_qemu(func: ir.Func, files: CFiles, target: Target, arrays: dict[str, 
     folder = Path(folder).resolve()  # the link step runs inside it, so a relative path would point elsewhere
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "main.c").write_text(render("firmware/main.c.j2", name=files.name, inputs=inputs, outputs=outs,
-                                          fills=fills, arg_names=[p.name for p in arguments]))
+                                          fills=fills, workspace_bytes=files.workspace_bytes,
+                                          arg_names=[f"{p.name}_data" for p in arguments] +
+                                          (["workspace"] if files.workspace_bytes else [])))
     compile_object(files, target, folder)
     elf = folder / "program.elf"
     _run([*target.cc, *target.cflags, "-std=c99", "--specs=rdimon.specs", "-T", str(_template_file("link.ld")),
@@ -143,13 +152,10 @@ def run_layer(spec: Spec, target: Target, inputs: dict[str, np.ndarray], folder:
     schedule: as for convgen.build (default: the spec's, else the target's
     default). bake_weights: w and b go into the kernel's .c as const arrays."""
     chosen = plan(spec, target, schedule)
-    func = chosen.func
-    takes = ir.signature(func)
-    arrays = {name: to_storage(array, takes[name].layout, takes[name].buffer) for name, array in inputs.items()}
-    y = takes["y"]
-    baking = Baking({k: v for k, v in arrays.items() if k in ("w", "b")}) if bake_weights else None
-    runs = run_on_qemu(func, emit(chosen, "c", baking), target, arrays, folder)["y"]
-    return [from_storage(flat.reshape(y.buffer.storage_shape), y.buffer, y.layout) for flat in runs]
+    y = ir.signature(chosen.func)["y"]
+    baking = Baking({k: v for k, v in inputs.items() if k in ("w", "b")}) if bake_weights else None
+    runs = run_on_qemu(chosen.func, emit(chosen, "c", baking), target, inputs, folder)["y"]
+    return [flat.reshape(y.shape) for flat in runs]
 
 
 def _fill_byte(value) -> str:

@@ -53,16 +53,14 @@ def describe(spec: Spec) -> str:
 
 def _params(spec: Spec) -> dict[str, Buffer]:
     """The kernel's arguments, each laid out as the caller holds it (the layouts
-    the spec names; weights OIHW), which it records as the caller's."""
+    the spec names; weights OIHW); weights and bias are marked as such (bind fixes them)."""
     oh, ow = spec.output_size
     h, w = spec.input_size
     types = {name: str(dtype) for name, dtype in spec.array_dtypes.items()}
     activation_axes = ("N", "C", "H", "W")
 
     def argument(name: str, axes: tuple[str, ...], shape: tuple[int, ...], layout: str) -> Buffer:
-        dims = ir.parse_layout(layout, axes)
-        caller_shape = tuple(shape[axes.index(d.axis)] for d in dims)
-        return Buffer(name, types[name], axes, shape, dims, caller_layout=layout, caller_shape=caller_shape)
+        return Buffer(name, types[name], axes, shape, ir.parse_layout(layout, axes), weight=name in ("w", "b"))
 
     params = {"x": argument("x", activation_axes, (spec.batch, spec.in_channels, h, w), spec.input_layout)}
     if spec.is_conv:

@@ -68,13 +68,22 @@ def optimized_module(llvm_ir: str, target: Target) -> llvm.ModuleRef:
 
 def jit_function(llvm_ir: str, name: str, target: Target):
     """(a no-argument ctypes function at `name`, the engine that keeps its code alive)."""
+    functions, engine = jit_functions(llvm_ir, [name], target)
+    return functions[0], engine
+
+
+def jit_functions(llvm_ir: str, names, target: Target):
+    """([a no-argument ctypes function at each name], the engine that keeps their code alive)."""
     module = optimized_module(llvm_ir, target)
     engine = llvm.create_mcjit_compiler(module, llvm_target_machine(target))
     engine.finalize_object()
-    address = engine.get_function_address(name)
-    if not address:
-        raise CompileError(f"LLVM JIT: function {name} not found after compilation")
-    return ctypes.CFUNCTYPE(None)(address), engine
+    functions = []
+    for name in names:
+        address = engine.get_function_address(name)
+        if not address:
+            raise CompileError(f"LLVM JIT: function {name} not found after compilation")
+        functions.append(ctypes.CFUNCTYPE(None)(address))
+    return functions, engine
 
 
 def compile_c_shared(files: dict[str, str], name: str, directory: Path, target: Target, flags=()) -> Path:
@@ -91,8 +100,8 @@ def compile_c_shared(files: dict[str, str], name: str, directory: Path, target: 
     return library
 
 
-def load_c(files: dict[str, str], name: str, target: Target, workdir: Path | None, flags=()):
-    """(the C function `name`, the library that holds it), built from `files`."""
+def load_c(files: dict[str, str], name: str, target: Target, workdir: Path | None, flags=()) -> ctypes.CDLL:
+    """The shared library built from `files` (<name>.c), loaded."""
     # Built and loaded from a fresh folder each time: dlopen caches by path, so
     # reloading a rebuilt library from the same path would run the old code.
     with tempfile.TemporaryDirectory(prefix="convgen-") as tmp:
@@ -102,4 +111,4 @@ def load_c(files: dict[str, str], name: str, target: Target, workdir: Path | Non
             workdir.mkdir(parents=True, exist_ok=True)
             for path in Path(tmp).iterdir():
                 shutil.copy(path, workdir / path.name)
-    return getattr(library, name), library
+    return library

@@ -59,7 +59,7 @@ def test_cpu_backends_refuse_gpu_loops_naming_them(name):
     func = gpu_schedule().func
     with pytest.raises(CodegenError, match=f"{'LLVM' if name == 'llvm' else 'C'} backend: loop oc.o is bound to a "
                                            f"GPU block index \\(gpu_block.x\\); a CPU backend cannot run it"):
-        backend(name).emit(func, host())
+        backend(name).emit(ir.split(func), host())
 
 
 def test_cache_read_into_shared_memory_stages_the_tile_between_barriers():
@@ -70,14 +70,14 @@ def test_cache_read_into_shared_memory_stages_the_tile_between_barriers():
     copy = lines.index("for x_shared_N in 0..1:")
     assert lines.count("barrier") == 2 and copy < lines.index("barrier") < lines.index("for oh in 0..6:")
     with pytest.raises(CodegenError, match="C backend: buffer x_shared is in GPU shared memory"):
-        backend("c").emit(chain().cache_read("x", "oc", scope="shared").func, host())
+        backend("c").emit(ir.split(chain().cache_read("x", "oc", scope="shared").func), host())
     with pytest.raises(CodegenError, match="LLVM backend: buffer x_shared is in GPU shared memory"):
-        backend("llvm").emit(chain().cache_read("x", "oc", scope="shared").func, host())
-    stages = _two_stages()
+        backend("llvm").emit(ir.split(chain().cache_read("x", "oc", scope="shared").func), host())
+    stages = _two_nests(stages=False)
     with_barrier = ir.Func(stages.name, stages.params, ir.Seq((stages.body.body[0], ir.Barrier(), stages.body.body[1])))
     for name, label in (("llvm", "LLVM"), ("c", "C")):
         with pytest.raises(CodegenError, match=f"{label} backend: a barrier synchronizes the threads of a GPU block"):
-            backend(name).emit(with_barrier, host())
+            backend(name).emit(ir.split(with_barrier), host())
 
 
 @pytest.mark.parametrize("target", ["llvm", "c"])
@@ -102,30 +102,34 @@ def test_cache_read_refusals(make, words):
     assert all(w in str(caught.value) for w in words), str(caught.value)
 
 
-def _two_stages():
-    """y = x + 1 and z = x * 2: two loop nests side by side, the shape of a program's stages."""
+def _two_nests(stages: bool):
+    """y = x + 1 and z = x * 2: two loop nests side by side, as two stages of a program or in one."""
     buffers = {n: ir.Buffer(n, ir.FLOAT32, ("W",), (64,), ir.plain_layout("W")) for n in "xyz"}
     i, j = ir.Var("i"), ir.Var("j")
-    body = ir.Seq((
-        ir.Loop(i, 64, ir.Store(buffers["y"], (i,), ir.Load(buffers["x"], (i,)) + 1.0)),
-        ir.Loop(j, 64, ir.Store(buffers["z"], (j,), ir.Load(buffers["x"], (j,)) * 2.0))))
-    return ir.Func("stages", (buffers["x"], buffers["y"], buffers["z"]), body)
+    nests = (ir.Loop(i, 64, ir.Store(buffers["y"], (i,), ir.Load(buffers["x"], (i,)) + 1.0)),
+             ir.Loop(j, 64, ir.Store(buffers["z"], (j,), ir.Load(buffers["x"], (j,)) * 2.0)))
+    if stages:
+        nests = (ir.Stage("add", nests[0]), ir.Stage("double", nests[1]))
+    return ir.Func("stages", (buffers["x"], buffers["y"], buffers["z"]), ir.Seq(nests))
 
 
-def test_parallel_on_two_loops_side_by_side():
+@pytest.mark.parametrize("stages", [True, False], ids=["two-stages", "one-stage"])
+@pytest.mark.parametrize("name", ["llvm", "c"])
+def test_parallel_on_two_loops_side_by_side(name, stages):
+    """Each top-level nest is a function of its own (ir.split), with its own parallel region."""
     from convgen.schedule import parallel
-    func = parallel(parallel(_two_stages(), "i"), "j")
+    func = parallel(parallel(_two_nests(stages), "i"), "j")
     assert ir.format_func(func).count("parallel for") == 2
-    c = backend("c")
-    loaded = c.load(c.emit(func, host()), host())
+    program = ir.split(func)
+    assert len(program.run) == 2
+    chosen = backend(name)
+    loaded = chosen.load(chosen.emit(program, host()), host())
     x = np.arange(64, dtype=np.float32)
     y, z = np.full(64, np.nan, np.float32), np.full(64, np.nan, np.float32)
-    loaded.launch([x.ctypes.data, y.ctypes.data, z.ctypes.data], 2)
+    for stage in loaded.stages:
+        stage.launch([x.ctypes.data, y.ctypes.data, z.ctypes.data], 2)
     np.testing.assert_array_equal(y, x + 1)
     np.testing.assert_array_equal(z, x * 2)
-    with pytest.raises(CodegenError, match=r"LLVM backend: parallel loops in separate stages or of different extents "
-                                           r"\(i, j\); it runs one parallel range per kernel"):
-        backend("llvm").emit(func, host())
 
 
 def test_parallel_still_refuses_nested_parallel_loops():

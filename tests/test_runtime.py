@@ -109,11 +109,11 @@ DIRECT = {"name": "direct", "op": "conv2d", "in_channels": 3, "out_channels": 3,
 
 
 def _without_general_path(kernel):
-    """Make the kernel's general (converting) path fail, so that a call which
-    succeeds went through the bound kernel's guard."""
+    """Make the kernel's general path fail, so that a call which succeeds went
+    through the bound kernel's guard."""
     def general_path(*args):
         raise AssertionError("the call took the general path")
-    kernel._run = general_path
+    kernel._run_step = general_path
 
 
 def test_numpy_array_fields_are_found_for_the_guard():
@@ -152,16 +152,16 @@ def _padded_schedule(spec, threads):
 
 
 @pytest.mark.parametrize("backend, threads", [("llvm", 1), ("llvm", 2), ("c", 2)])
-def test_bound_kernel_direct_path_with_padded_input_and_threads(backend, threads):
-    """The kept padded input buffer takes each call's x (its border staying zero),
-    also for parallel kernels, whose thread count a call may change."""
+def test_bound_kernel_with_padded_input_and_threads(backend, threads):
+    """The padded copy of x is scratch workspace that the stage pack_x fills on
+    each call (its border included), also for parallel kernels, whose thread
+    count a call may change."""
     kernel = convgen.build(PADDED, backend, schedule=_padded_schedule(convgen.load_spec(PADDED), threads),
                            threads=threads)
     rng = np.random.default_rng(8)
     w, b = rng.uniform(-1, 1, (32, 4, 3, 3)).astype(np.float32), rng.uniform(-1, 1, 32).astype(np.float32)
     bound = kernel.bind(w, b)
-    assert kernel._pads_only_x
-    _without_general_path(kernel)
+    assert [s.buffer.name for s in kernel.program.scratch] == ["x_packed"]
     out = np.empty((1, 32, 9, 30), np.float32)
     for call_threads in (None, 1, 3):   # the kernel's own count, then one and three threads for this call
         x = rng.uniform(-1, 1, (1, 4, 9, 30)).astype(np.float32)
@@ -176,7 +176,7 @@ def test_padded_input_buffer_is_per_thread():
     spec = convgen.load_spec({**PADDED, "in_channels": 16, "input_size": [40, 40]})
     rng = np.random.default_rng(9)
     kernel = convgen.build(spec, "llvm", schedule=_padded_schedule(spec, 1))
-    assert kernel._pads_only_x
+    assert [s.buffer.name for s in kernel.program.scratch] == ["x_packed"]
     bound = kernel.bind(rng.uniform(-1, 1, (32, 16, 3, 3)).astype(np.float32),
                                              rng.uniform(-1, 1, 32).astype(np.float32))
     xs = [rng.uniform(-1, 1, (1, 16, 40, 40)).astype(np.float32) for _ in range(4)]
@@ -252,9 +252,10 @@ def test_empty_starts_on_a_cache_line(shape, dtype):
 
 
 def test_buffers_the_runtime_makes_start_on_a_cache_line():
-    """Packed weights, the kept padded input and an allocated output are aligned
-    (a 64-byte vector access from a misaligned address touches two cache lines);
-    the kernel reads and writes aligned arrays from convgen.empty correctly."""
+    """The workspace (packed weights, the padded input) and an allocated output are
+    aligned (a 64-byte vector access from a misaligned address touches two cache
+    lines), and so is each buffer in it; the kernel reads and writes aligned
+    arrays from convgen.empty correctly."""
     spec = convgen.load_spec(PADDED)
     kernel = convgen.build(spec, "llvm", schedule=_padded_schedule(spec, 1).layout("w", "OIHW8o"))
     rng = np.random.default_rng(10)
@@ -266,7 +267,8 @@ def test_buffers_the_runtime_makes_start_on_a_cache_line():
     out = convgen.empty(spec.output_shape)
     out.fill(np.nan)
     assert bound(x, out=out) is out
-    assert kernel._padded_x(x).ctypes.data % 64 == 0
+    assert bound._prepared.ctypes.data % 64 == 0 and kernel._thread_area("scratch", 0).ctypes.data % 64 == 0
+    assert all(s.offset % 64 == 0 for s in kernel.program.prepared + kernel.program.scratch)
     np.testing.assert_allclose(out, convgen.reference(spec, x, w, b), rtol=1e-5, atol=1e-5)
     assert kernel(x, w, b).ctypes.data % 64 == 0
 
@@ -347,8 +349,11 @@ def test_the_signature_is_the_callers_arrays_whatever_the_schedule_did_to_the_bu
     assert [(a.name, a.role, a.layout, a.shape) for a in takes.arguments] == [
         ("x", "input", "NHWC", (1, 6, 5, 2)), ("w", "input", "OIHW", (4, 2, 3, 3)), ("b", "input", "O", (4,)),
         ("y", "output", "NCHW", (1, 4, 6, 5))]
-    assert takes["x"].buffer.layout_name == "NCHW2c" and takes["x"].buffer.pad and takes["x"].converts
-    assert takes.workspace_bytes == 0
+    assert takes["x"].buffer.layout_name == "NHWC" and not takes["x"].buffer.pad   # the caller's array
+    copies = {b.name: b for b in kernel.func.workspace}
+    assert copies["x_packed"].layout_name == "NCHW2c" and copies["x_packed"].pad
+    assert takes.workspace_bytes >= copies["x_packed"].nbytes + copies["w_packed"].nbytes
+    assert takes.prepared_bytes >= copies["w_packed"].nbytes
     x, w, b = _inputs()
     np.testing.assert_allclose(kernel(x, w, b), convgen.reference(spec, x, w, b), rtol=1e-5, atol=1e-5)
 
@@ -360,7 +365,9 @@ def test_a_winograd_kernel_takes_the_callers_oihw_weights():
                               "input_size": [8, 8], "kernel_size": 3, "padding": 1})
     kernel = convgen.build(spec, "llvm", schedule=winograd_schedule(spec, host(), 1, 2))
     w = kernel.signature["w"]
-    assert (w.layout, w.shape, w.buffer.axes) == ("OIHW", (16, 16, 3, 3), ("T", "O", "I")) and w.converts
+    assert (w.layout, w.shape, w.buffer.axes) == ("OIHW", (16, 16, 3, 3), ("O", "I", "H", "W"))
+    (transformed,) = [s.buffer for s in kernel.program.prepared]
+    assert transformed.axes == ("T", "O", "I") and transformed.transform == "winograd F(2x2,3x3)"
 
 
 def test_a_hand_built_kernel_is_taken_as_its_buffers_say():
@@ -370,5 +377,5 @@ def test_a_hand_built_kernel_is_taken_as_its_buffers_say():
     c, i = ir.Var("c"), ir.Var("i")
     func = ir.Func("k", (x, y), ir.Loop(c, 2, ir.Loop(i, 3, ir.Store(y, (c, i), ir.Load(x, (c, i))))))
     takes = ir.signature(func)
-    assert [(a.name, a.role, a.layout, a.shape, a.converts) for a in takes.arguments] == [
-        ("x", "input", "WC", (3, 2), False), ("y", "output", "CW", (2, 3), False)]
+    assert [(a.name, a.role, a.layout, a.shape) for a in takes.arguments] == [
+        ("x", "input", "WC", (3, 2)), ("y", "output", "CW", (2, 3))]

@@ -258,14 +258,21 @@ def test_cache_write_refusals(make, words):
                                   dict(CONV, padding_mode="replicate", padding=[2, 1, 0, 1])],
                          ids=["zeros", "maxpool", "reflect", "avgpool", "replicate"])
 def test_pad_input_removes_guards(spec):
+    """The computation reads a padded workspace copy, without guards or index remaps;
+    the stage pack_x fills it (the parameter x stays the caller's array)."""
     s = chain(spec).pad_input()
-    x = next(p for p in s.func.params if p.name == "x")
-    assert x.pad and not ir.find_all(s.func.body, ir.If) and not ir.find_all(s.func.body, ir.Call)
+    stages = {stage.name: stage for stage in s.func.stages}
+    assert list(stages) == ["pack_x", "compute"]
+    (copy,) = s.func.workspace
+    assert copy.name == "x_packed" and copy.pad and next(p for p in s.func.params if p.name == "x").pad == ()
+    compute = stages["compute"].body
+    assert not ir.find_all(compute, ir.If) and not ir.find_all(compute, ir.Call)
+    assert {load.buffer.name for load in ir.find_all(compute, ir.Load)} & {"x", "x_packed"} == {"x_packed"}
     matches_reference(spec, s)
 
 
 def test_pad_input_fills_max_pooling_with_minus_infinity():
-    x = next(p for p in chain(POOL).pad_input().func.params if p.name == "x")
+    (x,) = chain(POOL).pad_input().func.workspace
     assert x.pad_mode == "constant" and x.pad_value == float("-inf")
     assert x.shape == (1, 3, 9, 9) and x.pad == ((0, 0), (0, 0), (1, 0), (1, 0))  # the last window ends inside
 
@@ -279,9 +286,24 @@ def test_pad_input_refusals():
 @pytest.mark.parametrize("buffer, layout", [("x", "NHWC"), ("x", "NCHW4c"), ("y", "NCHW4c"), ("w", "OIHW4o"),
                                             ("w", "OIHW2i4o"), ("w", "HWIO"), ("y", "CHWN")])
 def test_layout_changes_addresses_not_results(buffer, layout):
+    """The computation uses a workspace copy in the new layout, and a stage moves
+    the data (pack before it for inputs, unpack after it for the output)."""
     s = chain().layout(buffer, layout)
-    assert next(p for p in s.func.params if p.name == buffer).layout_name == layout
+    (copy,) = s.func.workspace
+    assert copy.name == f"{buffer}_packed" and copy.layout_name == layout
+    assert next(p for p in s.func.params if p.name == buffer).layout_name == ir.format_buffer(
+        next(p for p in chain().func.params if p.name == buffer)).split()[-1]   # the parameter is unchanged
+    mover = f"unpack_{buffer}" if buffer == "y" else f"pack_{buffer}"
+    assert mover in [stage.name for stage in s.func.stages]
     matches_reference(CONV, s)
+
+
+def test_a_pack_stage_is_scheduled_like_any_other_nest():
+    """The copy's loops have names: vectorize and parallelize them as any other."""
+    s = chain(dict(CONV, layout={"input": "NHWC"})).layout("x", "NCHW4c").vectorize("x_packed.w").parallel("x_packed.c")
+    kinds = {loop.var.name: loop.kind for loop in ir.find_all(s.func.stages[0].body, ir.Loop)}
+    assert kinds["x_packed.w"] == "vectorized" and kinds["x_packed.c"] == "parallel"
+    matches_reference(dict(CONV, layout={"input": "NHWC"}), s)
 
 
 @pytest.mark.parametrize("args, words", [(("w", "OIHW8x"), ["must name one of"]), (("b", "O"), ["one axis"]),
@@ -297,9 +319,18 @@ def test_bound_weights_are_converted_once():
     w = rng.uniform(-1, 1, spec.weight_shape).astype(np.float32)
     b = rng.uniform(-1, 1, spec.out_channels).astype(np.float32)
     x = rng.uniform(-1, 1, spec.input_shape).astype(np.float32)
+    # the prepare step: pack_w (its fill of the last block's tail, then its copy)
+    assert [f.name for f in kernel.program.prepare] == [f"{spec.name}_pack_w_1", f"{spec.name}_pack_w_2"]
+    runs = []
+    kernel._prepare = tuple(type("Counted", (), {"launch": lambda self, *a, stage=stage: (runs.append(1), stage.launch(*a))})()
+                            for stage in kernel._prepare)
     bound = kernel.bind(w, b)
-    assert bound.weights["w"].shape == (2, 4, 3, 3, 4)  # O/4 rounded up, I, H, W, 4o
-    np.testing.assert_array_equal(bound(x), kernel(x, w, b))
+    (packed,) = kernel.program.prepared
+    assert packed.buffer.storage_shape == (2, 4, 3, 3, 4)  # O/4 rounded up, I, H, W, 4o
+    first, second = bound(x), bound(x)
+    assert len(runs) == 2   # packed when bound (two functions), not per call
+    np.testing.assert_array_equal(first, kernel(x, w, b))
+    np.testing.assert_array_equal(second, first)
 
 
 # -- the schedule as a whole ---------------------------------------------------
@@ -548,6 +579,6 @@ def test_direct_default_peels_padded_borders_instead_of_copying(layer, threads):
     assert "pad_input" not in primitives and "peel" in primitives
     for backend in ("llvm", "c"):
         kernel = convgen.build(spec, backend, schedule=steps, threads=threads)
-        assert not kernel._converts["x"]
+        assert "x_packed" not in {b.name for b in kernel.func.workspace}   # no copy of the input
         for seed in range(2):
             assert convgen.check(kernel, seed).passed

@@ -48,7 +48,7 @@ def test_a_variable_outside_its_loop():
 
 
 def test_a_buffer_used_without_being_declared():
-    assert "read of 't', which is neither a parameter nor allocated" in problems(ir.Loop(i, 4, copy(source=T)))
+    assert "read of 't', which is neither a parameter, a workspace buffer nor allocated" in problems(ir.Loop(i, 4, copy(source=T)))
     ir.verify(func(ir.Allocate(T, ir.Loop(i, 4, copy(source=T)))))   # allocated around the use: fine
 
 
@@ -92,3 +92,18 @@ def test_a_primitive_that_left_a_bad_kernel_is_named(monkeypatch):
     monkeypatch.setitem(schedule.PRIMITIVES, "unroll", twice)
     with pytest.raises(ir.VerifyError, match=r"after unroll\('ow'\): the IR is not well formed: two loops are named"):
         schedule.apply_schedule(lower(spec), [schedule.Step("unroll", ("ow",))])
+
+
+def test_stages_have_unique_names_and_stand_at_the_top():
+    twice = ir.Seq((ir.Stage("s", ir.Loop(i, 4, copy())), ir.Stage("s", ir.Loop(j, 4, copy(j)))))
+    assert "two stages are named 's'" in problems(twice)
+    nested = ir.Loop(i, 4, ir.Stage("inner", copy()))
+    assert "stage 'inner' stands inside another statement" in problems(nested)
+
+
+def test_a_workspace_buffer_is_declared_with_the_kernel():
+    scratch = ir.Buffer("t", ir.FLOAT32, ("W",), (4,), ir.plain_layout("W"), scope="workspace")
+    body = ir.Seq((ir.Stage("fill", ir.Loop(i, 4, ir.Store(scratch, (i,), ir.Load(X, (i,))))),
+                   ir.Stage("use", ir.Loop(j, 4, copy(j, source=scratch)))))
+    assert "neither a parameter, a workspace buffer" in problems(body)
+    ir.verify(ir.Func("k", (X, Y), body, workspace=(scratch,)))   # declared: fine

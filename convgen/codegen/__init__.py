@@ -5,13 +5,16 @@ the passes (convgen/passes.py) made every choice before it runs. A backend
 that meets a node it cannot render refuses with a CodegenError naming it.
 
 The interface (`Backend`):
-- `emit(func, target, baking=None)` -> the emitted files: an object with
-  `name` (the kernel's function), `source` (the main file's text) and
-  `files` (file name -> text);
-- `load(emitted, target, workdir=None)` -> a `Loaded` kernel: compiled for
-  this machine and loaded into the process (files kept in workdir if given);
-- `Loaded.launch(pointers, threads)`: one call, the buffers' addresses in
-  the kernel's parameter order, a parallel loop on `threads` threads.
+- `emit(program, target, baking=None)` -> the emitted files for an
+  ir.Program (a function per stage): an object with `name` (the
+  program's), `source` (the main file's text) and `files` (file name ->
+  text);
+- `load(emitted, target, workdir=None)` -> a `Loaded` program: compiled for
+  this machine and loaded into the process (files kept in workdir if given),
+  its `stages` in the program's order (prepare, then run);
+- `LoadedStage.launch(pointers, threads)`: one call of a stage, the
+  program's buffers' addresses in order (`program.buffers`: arguments, then
+  workspace buffers), a parallel loop on `threads` threads.
 
 The driver (convgen/driver.py) is the one caller of emit and load.
 """
@@ -25,17 +28,21 @@ from ..errors import CodegenError, ConvgenError
 BACKENDS = ("llvm", "c")
 
 
-class Loaded(Protocol):
+class LoadedStage(Protocol):
     function: object      # the ctypes function (the call guard calls its address)
     convention: str       # how a call starts it: "serial", "openmp" (LLVM's entry), "c-openmp"
 
     def launch(self, pointers: list[int], threads: int) -> None: ...
 
 
+class Loaded(Protocol):
+    stages: tuple[LoadedStage, ...]
+
+
 class Backend(Protocol):
     name: str
 
-    def emit(self, func, target, baking=None): ...
+    def emit(self, program, target, baking=None): ...
 
     def load(self, emitted, target, workdir=None) -> Loaded: ...
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from .. import ir
 from ..errors import CodegenError
+from ..ir.program import lay_out, workspace_end
 from ..native import load_c, openmp
 from ..target import Target
 from . import refuse_gpu
@@ -97,9 +98,11 @@ class CFiles:
     name: str
     header: str
     source: str
-    baked: tuple[str, ...] = ()   # parameters baked into the source rather than taken as arguments
+    baked: tuple[str, ...] = ()   # buffers baked into the source rather than taken as arguments
     kinds: frozenset = frozenset()   # the loop kinds in the body: which compiler flags it needs
-    params: int = 0                  # arguments the function takes
+    stages: tuple[str, ...] = ()     # the stage functions, prepare then run (each takes `params` pointers)
+    params: int = 0                  # pointers each stage function takes
+    workspace_bytes: int = 0         # the workspace the entry function takes (0: it takes none)
 
     @property
     def files(self) -> dict[str, str]:
@@ -108,9 +111,10 @@ class CFiles:
 
 @dataclass(frozen=True)
 class Baking:
-    """Parameters baked into the .c as const arrays instead of taken as
-    arguments: values in the kernel's storage layout, by parameter name, and
-    for the arrays an alignment in bytes and a linker section (GCC/Clang
+    """Buffers baked into the .c as const arrays instead of taken as
+    arguments: values in the buffer's storage layout, by buffer name (the
+    weights, or the prepared buffers the prepare step would fill from them),
+    and for the arrays an alignment in bytes and a linker section (GCC/Clang
     attributes; 0 and "" leave them to the compiler: `const` puts them in
     .rodata, which firmware links into flash)."""
 
@@ -119,40 +123,71 @@ class Baking:
     section: str = ""
 
 
-def emit_c(func: ir.Func, baking: Baking | None = None) -> CFiles:
-    """Render a kernel as a C99 header and source file."""
+def emit_c(program: ir.Func | ir.Program, baking: Baking | None = None) -> CFiles:
+    """Render a program as a C99 header and source file: one function per
+    stage, and when there are several stages or a workspace, the entry
+    function `<name>(arguments..., workspace)` that runs them in order
+    (`<name>_prepare` and `<name>_run` split it where weights can be
+    prepared once). A Func is split first."""
+    if isinstance(program, ir.Func):
+        program = ir.split(program)
     baked = baking.arrays if baking is not None else {}
-    emitter = CLikeEmitter(func.name, set(baked))
-    used = {node.buffer.name for node in ir.find_all(func.body, (ir.Load, ir.Store))}
-    for param in func.params:
-        if param.name not in used:  # e.g. every tap lands in padding: say so, or -Wunused-parameter fails
-            emitter.emit(1, f"(void){emitter.c_array_name(param)};")
-    emitter.stmt(func.body, 1)
-    takes = ir.signature(func)   # the header documents what the caller passes
-    outputs = {a.name for a in takes.outputs}
-    arguments = [p for p in func.params if p.name not in baked]
+    baked_buffers = {b.name: b for b in program.buffers + tuple(s.buffer for s in program.prepared)}
+    unknown = sorted(set(baked) - set(baked_buffers))
+    if unknown:
+        raise CodegenError(f"C backend: baked {unknown[0]}: the program has no buffer of that name")
+    emitter = CLikeEmitter(program.name, set(baked))
+    takes = [b for b in program.buffers if b.name not in baked]
+    # baked buffers are const data; the rest of the workspace is laid out again without them
+    workspace = lay_out([s.buffer for s in program.prepared + program.scratch if s.buffer.name not in baked])
+    outputs = program.outputs
+    single = len(program.stages) == 1 and not workspace
+    functions = []
+    for stage in program.stages:
+        emitter.lines = []
+        used = {node.buffer.name for node in ir.find_all(stage.body, (ir.Load, ir.Store))}
+        for buffer in takes:
+            if buffer.name not in used:  # e.g. every tap lands in padding: say so, or -Wunused-parameter fails
+                emitter.emit(1, f"(void){emitter.c_array_name(buffer)};")
+        emitter.stmt(stage.body, 1)
+        functions.append(dict(name=stage.name, params=[_c_param(b, b.name in outputs or b.scope == "workspace")
+                                                       for b in takes],
+                              body="\n".join(emitter.lines)))
+    arguments = [p for p in program.params if p.name not in baked]
+    workspace_bytes = workspace_end(workspace)
+    entry_params = [_c_param(p, p.name in outputs) for p in arguments] + (
+        ["void *CONVGEN_RESTRICT workspace"] if workspace_bytes else [])
+    steps = [dict(name=f"{program.name}_prepare", stages=[f.name for f in program.prepare]),
+             dict(name=f"{program.name}_run", stages=[f.name for f in program.run])] if program.prepare else []
     context = dict(
-        name=func.name,
-        guard=f"CONVGEN_{func.name.upper()}_H",
-        doc_lines=func.doc.splitlines() or [func.name],
-        params=[_c_param(p, p.name in outputs) for p in arguments],
-        arg_names=[p.name for p in arguments],
+        name=program.name,
+        guard=f"CONVGEN_{program.name.upper()}_H",
+        doc_lines=program.doc.splitlines() or [program.name],
+        params=entry_params,
+        arg_names=[p.name for p in arguments] + (["workspace"] if workspace_bytes else []),
         args=[_arg_doc(p, p.name in outputs) for p in arguments],
-        baked=[_arg_doc(p, False) for p in func.params if p.name in baked],
-        workspace_bytes=takes.workspace_bytes,
+        baked=[_arg_doc(baked_buffers[name], False) for name in baked],
+        workspace_bytes=workspace_bytes,
+        workspace=[dict(name=s.buffer.name, offset=s.offset, ctype=C_TYPES[s.buffer.dtype],
+                        doc=_arg_doc(s.buffer, False)) for s in workspace],
+        single=single, functions=functions, steps=steps,
+        stage_args=[b.name for b in takes],
     )
-    header_includes = ["stddef.h"] + (["stdint.h"] if any(p.dtype in (ir.INT8, ir.INT32) for p in func.params) else [])
+    header_includes = ["stddef.h"] + (["stdint.h"] if any(b.dtype in (ir.INT8, ir.INT32) for b in program.buffers)
+                                      else [])
     header = render("c/kernel.h.j2", header_includes=header_includes, **context)
-    tables = [_c_table(emitter.c_array_name(b), b.dtype, b.values) for b in ir.constant_buffers(func.body)]
-    weights = [_baked_array(emitter.c_array_name(p), p, baked[p.name]) for p in func.params if p.name in baked]
+    bodies = [f.body for f in program.stages]
+    tables = {b.name: b for stage in program.stages for b in ir.constant_buffers(stage.body)}
+    tables = [_c_table(emitter.c_array_name(b), b.dtype, b.values) for b in tables.values()]
+    weights = [_baked_array(emitter.c_array_name(baked_buffers[name]), baked_buffers[name], array)
+               for name, array in baked.items()]
     source = render("c/kernel.c.j2", includes=sorted(emitter.includes), tables=tables, weights=weights,
                     weight_attributes=_attributes(baking) if baked else "",
                     macros=[_MACROS[kind][1] for kind in sorted(emitter.macros)],
-                    helpers=[_HELPERS[key][1] for key in sorted(emitter.helpers)],
-                    body="\n".join(emitter.lines), **context)
-    kinds = frozenset(loop.kind for loop in ir.find_all(func.body, ir.Loop))
-    return CFiles(func.name, header, source, tuple(p.name for p in func.params if p.name in baked), kinds,
-                  len(arguments))
+                    helpers=[_HELPERS[key][1] for key in sorted(emitter.helpers)], **context)
+    kinds = frozenset(loop.kind for body in bodies for loop in ir.find_all(body, ir.Loop))
+    return CFiles(program.name, header, source, tuple(baked), kinds, tuple(f.name for f in program.stages),
+                  len(takes), workspace_bytes)
 
 
 def _c_table(name: str, dtype: str, values, attributes: str = "") -> str:
@@ -190,8 +225,8 @@ def _int_literal(value: int) -> str:
     return "(-2147483647 - 1)" if value == -(2**31) else str(value)
 
 
-def _c_param(buffer: ir.Buffer, is_output: bool) -> str:
-    const = "" if is_output else "const "
+def _c_param(buffer: ir.Buffer, writable: bool) -> str:
+    const = "" if writable else "const "
     return f"{const}{C_TYPES[buffer.dtype]} *CONVGEN_RESTRICT {buffer.name}"
 
 
@@ -201,7 +236,7 @@ def _arg_doc(buffer: ir.Buffer, is_output: bool) -> dict:
         fill = buffer.pad_mode if buffer.pad_mode != "constant" else f"filled with {float_literal(buffer.pad_value)}"
         pads = ", ".join(f"{a} {lo}+{hi}" for a, (lo, hi) in zip(buffer.axes, buffer.pad) if lo or hi)
         layout += f" (padded {pads}, {fill})"
-    if buffer.transform:  # the caller passes transformed weights (convgen's Python API computes them)
+    if buffer.transform:
         layout += f" ({buffer.transform} of the OIHW weights: [t][o][i] = (G g G^T)[t])"
     return dict(name=buffer.name, role="output" if is_output else "input", dtype=buffer.dtype, shape=buffer.storage_shape,
                 layout=layout, bytes=buffer.size * np.dtype(buffer.dtype).itemsize)
@@ -308,8 +343,9 @@ class CLikeEmitter:
         return f"{self.c_array_name(buffer)}[{self.expr(ir.flat_index(buffer, indices))}]"
 
     def c_array_name(self, buffer: ir.Buffer) -> str:
-        """Arguments keep their names; file-scope arrays (constant tables, baked
-        weights) take the kernel's name first, so that kernels can share a file."""
+        """Arguments and workspace buffers keep their names; file-scope arrays
+        (constant tables, baked weights) take the kernel's name first, so that
+        kernels can share a file."""
         if buffer.scope == "constant" or buffer.name in self.baked:
             return f"{self.name}_{buffer.name}"
         return buffer.name
@@ -371,22 +407,31 @@ class CLikeEmitter:
 class CBackend:
     name = "c"
 
-    def emit(self, func: ir.Func, target: Target, baking: Baking | None = None) -> CFiles:
-        return emit_c(func, baking)
+    def emit(self, program: ir.Program, target: Target, baking: Baking | None = None) -> CFiles:
+        return emit_c(program, baking)
 
     def load(self, emitted: CFiles, target: Target, workdir: Path | None = None) -> "CLoaded":
         flags = (target.simd_flags if "vectorized" in emitted.kinds else ()) + \
                 (target.openmp_flags if "parallel" in emitted.kinds else ())
-        function, library = load_c(emitted.files, emitted.name, target, workdir, flags)
-        function.argtypes = [ctypes.c_void_p] * emitted.params
-        function.restype = None
-        return CLoaded(function, library, "parallel" in emitted.kinds)
+        library = load_c(emitted.files, emitted.name, target, workdir, flags)
+        stages = []
+        for name in emitted.stages:
+            function = getattr(library, name)
+            function.argtypes = [ctypes.c_void_p] * emitted.params
+            function.restype = None
+            stages.append(CStage(function, "parallel" in emitted.kinds))
+        return CLoaded(tuple(stages), library)
 
 
 @dataclass
 class CLoaded:
+    stages: tuple["CStage", ...]   # the program's stages, prepare then run
+    library: object                # the loaded shared object; kept alive with the kernel
+
+
+@dataclass
+class CStage:
     function: object
-    library: object       # the loaded shared object; kept alive with the kernel
     parallel: bool
 
     @property

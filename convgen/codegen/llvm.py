@@ -1,6 +1,8 @@
 """LLVM backend: a walk over the IR that builds an llvmlite module.
 
-Each kernel is `void name(ptr noalias x, ...)`; indices are i64, loops are
+A program (ir.Program) becomes one module with a function per stage, each
+`void name(ptr noalias x, ...)` over the program's buffers (arguments, then
+workspace buffers); indices are i64, loops are
 counted loops with a phi, local buffers are allocas in the entry block (LLVM's
 SROA turns them into registers). Loop kinds:
 
@@ -39,7 +41,7 @@ from llvmlite import ir as ll
 
 from .. import ir
 from ..errors import CodegenError, ConvgenError
-from ..native import jit_function, openmp
+from ..native import jit_functions, openmp
 from ..target import Target
 from ..passes import next_power_of_two, transposable_read
 from . import refuse_gpu
@@ -57,13 +59,16 @@ PARALLEL_BOUNDS = ("lo", "hi")
 SHARE_COUNTER_SLOTS = 8   # 64-bit slots from one share's counter to the next: a cache line
 
 
-def emit_llvm(func: ir.Func, target: Target) -> str:
-    """The kernel as LLVM IR text, for the target's triple."""
-    module = ll.Module(name=func.name)
+def emit_llvm(func: ir.Func | ir.Program, target: Target) -> str:
+    """The kernel as LLVM IR text, for the target's triple: a function per
+    stage of its program (a Func is split first)."""
+    program = func if isinstance(func, ir.Program) else ir.split(func)
+    module = ll.Module(name=program.name)
     module.triple = target.triple
-    emitter = _LLVMEmitter(module, func)
-    if emitter.parallel is not None:
-        _emit_openmp_entry(module, emitter.function, len(func.params), emitter.parallel.extent)
+    for stage in program.stages:
+        emitter = _LLVMEmitter(module, stage)
+        if emitter.parallel is not None:
+            _emit_openmp_entry(module, emitter.function, len(stage.params), emitter.parallel.extent)
     return str(module)
 
 
@@ -83,8 +88,8 @@ def _emit_openmp_entry(module: ll.Module, kernel: ll.Function, params: int, exte
     one that loses its CPU for a while does less, not the whole layer late."""
     ptr = ll.PointerType()
     entry = ll.Function(module, ll.FunctionType(ll.VoidType(), [ptr]), name=f"{kernel.name}.omp")
-    ask = {name: ll.Function(module, ll.FunctionType(I32, []), name=name)
-           for name in ("omp_get_thread_num", "omp_get_num_threads")}
+    ask = {name: module.globals.get(name) or ll.Function(module, ll.FunctionType(I32, []), name=name)
+           for name in ("omp_get_thread_num", "omp_get_num_threads")}   # declared once per module
     start = entry.append_basic_block("entry")
     share_block, take_block, run_block, next_block, done_block = (
         entry.append_basic_block(name) for name in ("share", "take", "run", "next", "done"))
@@ -125,20 +130,22 @@ def _emit_openmp_entry(module: ll.Module, kernel: ll.Function, params: int, exte
 
 
 def parallel_loop(func: ir.Func) -> ir.Loop | None:
-    """The kernel's parallel loop, whose range the caller passes as (lo, hi).
+    """A stage function's parallel loop, whose range the caller passes as (lo, hi).
 
-    One parallel region runs the whole kernel, each thread on its share of
+    One parallel region runs the whole stage, each thread on its share of
     that range; so loops of one nest that share it (a parallel loop's copies
     for a tile's init and write-back, made by cache_write) run on the same
-    shares, and parallel loops in separate stages (which may read each
-    other's results across shares) are refused."""
+    shares, and parallel loops in separate nests of one stage (which may
+    read each other's results across shares) are refused: each stage of a
+    program is its own function, with its own parallel region."""
     loops = [loop for loop in ir.find_all(func.body, ir.Loop) if loop.kind == "parallel"]
-    stages = func.body.body if isinstance(func.body, ir.Seq) else (func.body,)
-    holders = {id(stage) for stage in stages for loop in loops if loop in ir.find_all(stage, ir.Loop)}
+    nests = func.body.body if isinstance(func.body, ir.Seq) else (func.body,)
+    holders = {id(nest) for nest in nests for loop in loops if loop in ir.find_all(nest, ir.Loop)}
     if len(holders) > 1 or len({loop.extent for loop in loops}) > 1:
-        raise CodegenError(f"LLVM backend: parallel loops in separate stages or of different extents "
-                           f"({', '.join(l.var.name for l in loops)}); it runs one parallel range per kernel "
-                           f"(the C backend runs each loop on its own): keep one stage's loop parallel")
+        raise CodegenError(f"LLVM backend: parallel loops in separate nests of one stage or of different extents "
+                           f"({', '.join(l.var.name for l in loops)}); it runs one parallel range per stage "
+                           f"(the C backend runs each loop on its own): keep one nest's loop parallel, or make "
+                           f"each nest a stage")
     return loops[0] if loops else None
 
 
@@ -596,14 +603,14 @@ class _LLVMEmitter:
 
 @dataclass(frozen=True)
 class LLVMModule:
-    """An emitted kernel: LLVM IR text, and the function a call starts (the
-    kernel, or for a parallel loop its OpenMP entry)."""
+    """An emitted program: LLVM IR text, and for each stage the function a
+    call starts (the stage's function, or for a parallel loop its OpenMP
+    entry) and whether it is that entry."""
 
     name: str
     source: str
-    entry: str
+    entries: tuple[tuple[str, bool], ...]
     params: int
-    parallel: bool
 
     @property
     def files(self) -> dict[str, str]:
@@ -613,30 +620,40 @@ class LLVMModule:
 class LLVMBackend:
     name = "llvm"
 
-    def emit(self, func: ir.Func, target: Target, baking=None) -> LLVMModule:
+    def emit(self, program: ir.Program, target: Target, baking=None) -> LLVMModule:
         if baking is not None:
             raise ConvgenError("llvm backend: baked weights are for the C backend (-t c)")
-        parallel = parallel_loop(func) is not None
-        return LLVMModule(func.name, emit_llvm(func, target), openmp_entry_name(func) if parallel else func.name,
-                          len(func.params), parallel)
+        entries = []
+        for stage in program.stages:
+            parallel = parallel_loop(stage) is not None
+            entries.append((openmp_entry_name(stage) if parallel else stage.name, parallel))
+        return LLVMModule(program.name, emit_llvm(program, target), tuple(entries), len(program.buffers))
 
     def load(self, emitted: LLVMModule, target: Target, workdir: Path | None = None) -> "LLVMLoaded":
-        if emitted.parallel:
+        if any(parallel for _, parallel in emitted.entries):
             openmp()  # the JIT resolves omp_get_thread_num in it
         if workdir is not None:
             workdir.mkdir(parents=True, exist_ok=True)
             for file_name, text in emitted.files.items():
                 (workdir / file_name).write_text(text)
-        function, engine = jit_function(emitted.source, emitted.entry, target)
-        function.argtypes = [ctypes.c_void_p] * (1 if emitted.parallel else emitted.params)
-        function.restype = None
-        return LLVMLoaded(function, engine, emitted.parallel)
+        functions, engine = jit_functions(emitted.source, [name for name, _ in emitted.entries], target)
+        stages = []
+        for function, (_, parallel) in zip(functions, emitted.entries):
+            function.argtypes = [ctypes.c_void_p] * (1 if parallel else emitted.params)
+            function.restype = None
+            stages.append(LLVMStage(function, parallel))
+        return LLVMLoaded(tuple(stages), engine)
 
 
 @dataclass
 class LLVMLoaded:
+    stages: tuple["LLVMStage", ...]   # the program's stages, prepare then run
+    engine: object                    # owns the code; kept alive with the kernel
+
+
+@dataclass
+class LLVMStage:
     function: object
-    engine: object        # owns the code; kept alive with the kernel
     parallel: bool
 
     @property

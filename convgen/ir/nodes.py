@@ -17,6 +17,7 @@ FLOAT32 = "float32"
 INT8 = "int8"
 INT32 = "int32"
 VALUE_TYPES = (FLOAT32, INT8, INT32)
+DTYPE_BYTES = {FLOAT32: 4, INT8: 1, INT32: 4, INDEX: 8}
 INT_TYPES = (INDEX, INT8, INT32)
 
 # serial..parallel run on a CPU; gpu_block and gpu_thread bind a loop to a GPU index
@@ -28,9 +29,11 @@ LOOP_KINDS = ("serial", "vectorized", "unrolled", "parallel", "transposed", "gpu
 GPU_KINDS = ("gpu_block", "gpu_thread")
 GPU_AXES = ("x", "y", "z")
 LOOP_ROLES = ("spatial", "reduction")
-# global: the caller's arrays; local: one thread's (registers, stack); constant: tables the
-# kernel carries; shared: a GPU block's shared memory, seen by all of its threads.
-SCOPES = ("global", "local", "constant", "shared")
+# global: the caller's arrays (the kernel's arguments); workspace: scratch the caller provides,
+# at an offset known at build time (copies in another layout, padded inputs, transformed
+# weights); local: one thread's (registers, stack); constant: tables the kernel carries;
+# shared: a GPU block's shared memory, seen by all of its threads.
+SCOPES = ("global", "workspace", "local", "constant", "shared")
 
 ARITH_OPS = ("+", "-", "*", "/", "//", "%", "min", "max")
 COMPARE_OPS = ("<", "<=", "==", "!=")
@@ -60,21 +63,23 @@ class Buffer:
     """A named array, indexed by logical axis.
 
     axes: the logical dimensions, in index order (e.g. N, C, H, W).
-    shape: their extents as the kernel sees them (padding included).
+    shape: their extents (a padded copy's include its padding).
     layout: the storage dimensions, outermost first (e.g. NHWC, or NCHW8c
         with C split into an outer part and an inner block of 8).
-    pad: (before, after) per axis by which the kernel's buffer extends the
-        caller's array, filled per `pad_mode` by whoever prepares the buffer
-        ("constant" fills with `pad_value`; "reflect", "replicate" copy edges).
+    scope: where it lives (SCOPES). A parameter (global) is the caller's
+        array exactly as the spec describes it; schedules never change one,
+        they add workspace copies and the stages that fill them.
     values: for scope "constant" only, the contents in storage order: a
         table the kernel carries (e.g. per-channel requantization multipliers).
-    transform: for a parameter whose contents derive from the caller's array
-        by a named transform (e.g. Winograd-transformed weights, axes T, O,
-        I): whoever prepares the buffer applies it, once; "" for none.
-    caller_layout, caller_shape: for a parameter, the caller's array (its
-        layout name, e.g. NCHW or OIHW, and its shape in that layout), which
-        schedules leave alone while they change the buffer: a kernel's
-        signature (ir.signature) is read from them.
+    pad: for a workspace copy of a parameter, (before, after) per axis by
+        which it extends the parameter, filled per `pad_mode` by the stage
+        that packs it ("constant" fills with `pad_value`; "reflect",
+        "replicate" copy edges); () for none.
+    transform: for a workspace buffer, the named transform of the stage that
+        fills it (e.g. Winograd's weights, axes T, O, I), for readers and
+        error bounds; "" for a copy.
+    weight: for a parameter, whether it is fixed when the kernel is bound
+        (weights, bias): stages that read nothing else form the prepare step.
     """
 
     name: str
@@ -83,13 +88,12 @@ class Buffer:
     shape: tuple[int, ...]
     layout: tuple[Dim, ...]
     scope: str = "global"
+    values: tuple | None = None
     pad: tuple[tuple[int, int], ...] = ()
     pad_mode: str = "constant"
     pad_value: float = 0.0
-    values: tuple | None = None
     transform: str = ""
-    caller_layout: str = ""
-    caller_shape: tuple[int, ...] = ()
+    weight: bool = False
 
     def __post_init__(self):
         if len(self.axes) != len(self.shape):
@@ -140,11 +144,8 @@ class Buffer:
         return math.prod(self.storage_shape)
 
     @property
-    def user_shape(self) -> tuple[int, ...]:
-        """Logical extents of the caller's array, before padding."""
-        if not self.pad:
-            return self.shape
-        return tuple(e - before - after for e, (before, after) in zip(self.shape, self.pad))
+    def nbytes(self) -> int:
+        return self.size * DTYPE_BYTES[self.dtype]
 
 
 def parse_layout(text: str, axes: tuple[str, ...]) -> tuple[Dim, ...]:
@@ -461,14 +462,37 @@ class Allocate(Stmt):
 
 
 @dataclass(frozen=True, eq=True)
+class Stage(Stmt):
+    """One loop nest of a program, run after the stages before it: the
+    computation itself, or data movement around it (a copy into another
+    layout or a padded buffer, a weight transform). A program's body is a
+    Seq of stages, or one statement (a single stage)."""
+
+    name: str
+    body: Stmt
+
+
+@dataclass(frozen=True, eq=True)
 class Func(Node):
-    """A kernel: parameters (global buffers, in call order) and a body.
-    `doc` says in words what it computes; backends put it in comments."""
+    """A program: parameters (the caller's arrays, in call order), workspace
+    buffers (scratch whose size is known at build time) and a body, a Seq of
+    Stages or a single statement. `doc` says in words what it computes;
+    backends put it in comments."""
 
     name: str
     params: tuple[Buffer, ...]
     body: Stmt
     doc: str = ""
+    workspace: tuple[Buffer, ...] = ()
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        """The body's stages in order; a body of one nest is one stage, "compute"."""
+        if isinstance(self.body, Stage):
+            return (self.body,)
+        if isinstance(self.body, Seq) and self.body.body and all(isinstance(s, Stage) for s in self.body.body):
+            return self.body.body
+        return (Stage("compute", self.body),)
 
     def written_buffers(self) -> set[str]:
         """Names of the parameters the body stores to (the outputs)."""
@@ -482,5 +506,5 @@ __all__ = [
     "Node", "Dim", "Buffer", "parse_layout", "plain_layout",
     "Expr", "IntImm", "BoolImm", "FloatImm", "Var", "BinOp", "Select", "Load", "Cast", "Call",
     "as_expr", "binop", "lt", "le", "minimum", "maximum", "all_of",
-    "Stmt", "Store", "Loop", "Seq", "If", "Barrier", "Allocate", "Func",
+    "Stmt", "Store", "Loop", "Seq", "If", "Barrier", "Allocate", "Stage", "Func", "DTYPE_BYTES",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from .walk import constant_buffers
-from .nodes import Allocate, Barrier, BinOp, BoolImm, Buffer, Call, Cast, Expr, FloatImm, Func, If, IntImm, Load, Loop, Select, Seq, Stmt, Store, Var
+from .nodes import Allocate, Barrier, BinOp, BoolImm, Buffer, Call, Cast, Expr, FloatImm, Func, If, IntImm, Load, Loop, Select, Seq, Stage, Stmt, Store, Var
 
 _PRECEDENCE = {"||": 1, "&&": 2, "<": 3, "<=": 3, "==": 3, "!=": 3, "+": 4, "-": 4,
                "*": 5, "/": 5, "//": 5, "%": 5}
@@ -52,7 +52,7 @@ def format_buffer(buffer: Buffer) -> str:
         fill = buffer.pad_mode if buffer.pad_mode != "constant" else format_expr(FloatImm(buffer.pad_value))
         text += f", padded ({', '.join(f'{axis} {lo}+{hi}' for axis, (lo, hi) in zip(buffer.axes, buffer.pad) if lo or hi)}; {fill})"
     if buffer.transform:
-        text += f", {buffer.transform} of the caller's array"
+        text += f", {buffer.transform}"
     return text
 
 
@@ -75,12 +75,15 @@ def format_stmt(stmt: Stmt, indent: int = 0) -> list[str]:
         return [f"{pad}{stmt.buffer.scope} {format_buffer(stmt.buffer)}"] + format_stmt(stmt.body, indent)
     if isinstance(stmt, Barrier):
         return [f"{pad}barrier"]
+    if isinstance(stmt, Stage):
+        return [f"{pad}stage {stmt.name}:"] + format_stmt(stmt.body, indent + 1)
     raise TypeError(f"cannot print {type(stmt).__name__}")
 
 
 def format_func(func: Func) -> str:
     params = ",\n    ".join(format_buffer(p) for p in func.params)
     header = f"func {func.name}(\n    {params}):"
+    workspace = [f"  workspace {format_buffer(b)}" for b in func.workspace]
     tables = [f"  const {format_buffer(b)}" for b in constant_buffers(func.body)]
-    return "\n".join([header] + tables + format_stmt(func.body, 1)) + "\n"
+    return "\n".join([header] + workspace + tables + format_stmt(func.body, 1)) + "\n"
 

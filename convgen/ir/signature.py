@@ -1,9 +1,9 @@
-"""A kernel's signature, read from its parameters: what a caller passes.
+"""A kernel's signature, read from its program: what a caller passes.
 
-Each argument is the caller's array (its shape and layout as the spec
-describes it) and the kernel's buffer for it, which schedules may have laid
-out otherwise, padded or transformed; where they differ, whoever calls the
-kernel converts (the Python Kernel does). The Python Kernel and the C header
+Each argument is the caller's array exactly as the spec describes it (a
+parameter's buffer: schedules never change one, they add workspace copies
+and the stages that fill them). The workspace sizes come from the program's
+split (ir/program.py). The Python Kernel, its call guard and the C header
 are generated from this, not from the spec.
 """
 
@@ -11,14 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
-from .nodes import Buffer, Func, parse_layout
-
-
-def differs_from_caller(buffer: Buffer, caller_layout: str) -> bool:
-    """Whether a buffer holds other than the caller's array laid out as caller_layout."""
-    return bool(buffer.transform or buffer.pad) or buffer.layout != parse_layout(caller_layout, buffer.axes)
+from .nodes import Buffer, Func
+from .program import split
 
 
 @dataclass(frozen=True)
@@ -28,23 +22,20 @@ class Argument:
     dtype: str
     shape: tuple[int, ...]       # the caller's array, in its layout
     layout: str                  # the caller's layout, e.g. NCHW, OIHW
-    buffer: Buffer               # what the kernel reads or writes
-
-    @property
-    def converts(self) -> bool:
-        """Whether the kernel's buffer differs from the caller's array (layout, padding, transform)."""
-        return differs_from_caller(self.buffer, self.layout)
+    buffer: Buffer               # the parameter
+    weight: bool = False         # fixed when the kernel is bound
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
+        return self.buffer.nbytes
 
 
 @dataclass(frozen=True)
 class Signature:
     name: str
     arguments: tuple[Argument, ...]
-    workspace_bytes: int = 0     # scratch the caller provides; none so far (tiles live on the stack)
+    workspace_bytes: int = 0     # scratch the caller provides: the prepared weights, then per-call scratch
+    prepared_bytes: int = 0      # the first part, filled by the prepare step
 
     def __getitem__(self, name: str) -> Argument:
         return next(a for a in self.arguments if a.name == name)
@@ -58,12 +49,11 @@ class Signature:
 
 
 def signature(func: Func) -> Signature:
-    """The kernel's arguments in call order. A parameter that records no caller's
-    array (a hand-built kernel) is taken as the caller's as it is."""
+    """The kernel's arguments in call order, and its workspace."""
     written = func.written_buffers()
-    arguments = []
-    for p in func.params:
-        layout = p.caller_layout or "".join(d.axis for d in p.layout if not d.block)
-        shape = p.caller_shape or tuple(p.user_shape[p.axes.index(a)] for a in layout)
-        arguments.append(Argument(p.name, "output" if p.name in written else "input", p.dtype, shape, layout, p))
-    return Signature(func.name, tuple(arguments))
+    arguments = tuple(
+        Argument(p.name, "output" if p.name in written else "input", p.dtype, p.storage_shape, p.layout_name, p,
+                 p.weight)
+        for p in func.params)
+    program = split(func)
+    return Signature(func.name, arguments, program.workspace_bytes, program.prepared_bytes)

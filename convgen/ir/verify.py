@@ -3,8 +3,9 @@ after each schedule step (tests, `convgen show --verify-each-step`) and
 before a backend renders it.
 
 - loop names are unique, and every variable is bound by an enclosing loop;
-- every buffer read or written is a parameter, a constant table, or a local
-  allocated around the access;
+- every buffer read or written is a parameter, a declared workspace buffer,
+  a constant table, or a local allocated around the access; stage names are
+  unique, and stages stand only at the top of the body;
 - types agree (a store's value has its buffer's type; a loop extent is at
   least one);
 - an index is within its axis wherever the simplifier's interval bounds can
@@ -16,7 +17,7 @@ before a backend renders it.
 
 from __future__ import annotations
 
-from .nodes import Allocate, Barrier, Buffer, Expr, Func, If, Load, Loop, Node, Seq, Store, Var
+from .nodes import Allocate, Barrier, Buffer, Expr, Func, If, Load, Loop, Node, Seq, Stage, Store, Var
 from .simplify import Ranges, bounds
 from .walk import children
 from ..errors import ConvgenError
@@ -33,7 +34,14 @@ class VerifyError(ConvgenError):
 def verify(func: Func, where: str = "") -> Func:
     """func itself when it is well formed; else a VerifyError naming `where` and each problem."""
     checker = _Verifier(func)
-    checker.stmt(func.body)
+    names = [stage.name for stage in func.stages]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        checker.note(f"two stages are named {name!r}")
+    for buffer in func.workspace:
+        if buffer.scope != "workspace":
+            checker.note(f"workspace buffer {buffer.name!r} has scope {buffer.scope!r}")
+    for stage in func.stages:
+        checker.stmt(stage.body)
     if checker.problems:
         raise VerifyError(where or func.name, list(dict.fromkeys(checker.problems)))
     return func
@@ -42,7 +50,7 @@ def verify(func: Func, where: str = "") -> Func:
 class _Verifier:
     def __init__(self, func: Func):
         self.problems: list[str] = []
-        self.buffers: dict[str, Buffer] = {p.name: p for p in func.params}
+        self.buffers: dict[str, Buffer] = {p.name: p for p in func.params + func.workspace}
         self.ranges: Ranges = {}
         self.loop_names: set[str] = set()
         self.guarded = 0          # enclosing conditions: bounds there are the guard's business
@@ -105,6 +113,10 @@ class _Verifier:
             self.note(f"store to constant table {node.buffer.name!r}")
         self.expr(node.value)
 
+    def stmt_Stage(self, node: Stage) -> None:
+        self.note(f"stage {node.name!r} stands inside another statement; stages are the body's top level")
+        self.stmt(node.body)
+
     def stmt_Barrier(self, node: Barrier) -> None:
         if self.gpu_threads:
             self.note("a barrier inside a loop bound to GPU threads: each thread must reach it, so it belongs "
@@ -126,7 +138,8 @@ class _Verifier:
         if buffer.scope == "constant":
             pass   # a table travels with the access itself
         elif known is None:
-            self.note(f"{what} {buffer.name!r}, which is neither a parameter nor allocated around the access")
+            self.note(f"{what} {buffer.name!r}, which is neither a parameter, a workspace buffer nor allocated "
+                      f"around the access")
         elif known != buffer:
             self.note(f"{what} {buffer.name!r} with another shape, layout or type than it was declared with")
         if self.guarded:

@@ -76,9 +76,9 @@ def parallel(func: ir.Func, loop: str) -> ir.Func:
     if nested:
         raise ScheduleError("parallel", f"'{nested[0]}' is parallel already and nested with '{loop}'; threads "
                                         f"do not start threads", "fuse the loops first and parallelize the fused loop")
-    stages = path[:1] if path and path[0] is func.body and isinstance(func.body, ir.Seq) else []
+    stages = _stage_holders(func, path)
     for outer, inner in zip(path, path[1:] + [target]):
-        if outer in stages:
+        if any(outer is holder for holder in stages):
             continue
         if not isinstance(outer, ir.Loop) or outer.body != inner:
             raise ScheduleError("parallel", f"'{loop}' is not in the outermost loop nest: "
@@ -95,6 +95,20 @@ def parallel(func: ir.Func, loop: str) -> ir.Func:
                                         f"'{reductions[0].buffer.name}' does not depend on it, so threads "
                                         f"would race", "parallelize a loop over output elements")
     return replace_loop(func, loop, lambda node: replace(node, kind="parallel"))
+
+
+def _stage_holders(func: ir.Func, path: list[ir.Stmt]) -> list[ir.Stmt]:
+    """The statements at the top of `path` that only hold stages side by side:
+    the program's sequence of stages, the stage, and a stage's own top-level
+    sequence of loop nests (nothing in them runs per iteration of the loop)."""
+    holders: list[ir.Stmt] = []
+    for k, node in enumerate(path):
+        top = node is func.body or (k > 0 and isinstance(path[k - 1], ir.Stage) and path[k - 1] in holders)
+        if isinstance(node, ir.Stage) or (isinstance(node, ir.Seq) and top):
+            holders.append(node)
+        else:
+            break
+    return holders
 
 
 GPU_INDICES = tuple(f"{level}.{axis}" for level in ("block", "thread") for axis in ir.GPU_AXES)

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 from .. import ir
 from ..errors import ScheduleError
+from . import stages
 from .nest import enclosing_loops, find_loop, perfect_chain, replace_loop
 
 MAX_TILE = 4096
@@ -145,40 +146,44 @@ def pad_input(func: ir.Func, buffer: str = "x") -> ir.Func:
     """Read the input from a padded copy instead of guarding each load (Halide: a
     boundary condition computed at root; TVM: pad stage).
 
-    The kernel's input becomes the padded array; whoever calls the kernel
-    pads it (the convgen runtime does, per call; C callers get the padding
-    documented in the header). The padding guards disappear, and reflect /
-    replicate index remaps become plain indices.
+    The copy is a workspace buffer, `<buffer>_packed`, filled by the stage
+    `pack_<buffer>` (schedule/stages.py) before the computation, per call.
+    The padding guards disappear, and reflect / replicate index remaps
+    become plain indices. After layout(buffer, ...), the copy is padded in
+    that layout; layout after pad_input keeps the padding.
 
-    It requires: `buffer` is a kernel parameter read outside its bounds (the
-    layer has padding), and not through a cache_read copy (whose reads keep
-    their guards; pad first, then cache_read); for zero padding, each
-    guarded update is a sum or a max, so the fill (0 or -inf) leaves it
-    unchanged.
+    It requires: `buffer` is an input parameter read outside its bounds (the
+    layer has padding), not padded already, and not through a cache_read
+    copy (whose reads keep their guards; pad first, then cache_read); for
+    zero padding, each guarded update is a sum or a max, so the fill (0 or
+    -inf) leaves it unchanged.
 
     rewrite (padding 1):
         if in_range(oh + kh - 1, 56) && in_range(ow + kw - 1, 56):
           acc[0] = acc[0] + x[0, ic, oh + kh - 1, ow + kw - 1] * w[...]
       ->
-        acc[0] = acc[0] + x[0, ic, oh + kh, ow + kw] * w[...]      (x: 58x58, padded 1 on each side)
+        stage pack_x: x_packed[n, c, h, w] = x[n, c, h - 1, w - 1] inside x, 0 outside  (58x58)
+        acc[0] = acc[0] + x_packed[0, ic, oh + kh, ow + kw] * w[...]
     """
-    params = {p.name: p for p in func.params}
-    if buffer not in params:
-        raise ScheduleError("pad_input", f"no parameter '{buffer}'; parameters are {', '.join(params)}")
-    source = params[buffer]
-    if source.pad:
+    source = stages.parameter(func, buffer, "pad_input")
+    if stages.is_output(func, buffer):
+        raise ScheduleError("pad_input", f"'{buffer}' is the kernel's output; only inputs are padded")
+    read = stages.current(func, buffer)
+    if read.pad:
         raise ScheduleError("pad_input", f"'{buffer}' is padded already")
     copies = sorted({s.buffer.name for s in ir.find_all(func.body, ir.Store) if s.buffer.scope in ("local", "shared")
-                     and isinstance(s.value, ir.Load) and s.value.buffer.name == buffer})
+                     and isinstance(s.value, ir.Load) and s.value.buffer.name == read.name})
     if copies:
         raise ScheduleError("pad_input", f"'{buffer}' is read through a cache_read copy ('{copies[0]}')",
                             "pad_input first, then cache_read")
     if source.dtype != ir.FLOAT32:
         # an int8 layer's padding is its input zero point, which the IR does not carry
         raise ScheduleError("pad_input", f"'{buffer}' is {source.dtype}; only float32 inputs are padded so far")
+    computing = [s for s in func.stages if s.name != f"pack_{buffer}"]
     spatial = tuple(i for i, a in enumerate(source.axes) if a in ("H", "W"))
-    walker = _IndexBounds(buffer, spatial)
-    walker.visit(func.body)
+    walker = _IndexBounds(read.name, spatial)
+    for stage in computing:
+        walker.visit(stage.body)
     before, after = {}, {}
     for axis in spatial:
         spans = walker.spans[axis]
@@ -188,16 +193,14 @@ def pad_input(func: ir.Func, buffer: str = "x") -> ir.Func:
         after[axis] = max([0] + [hi - (source.shape[axis] - 1) for _, hi in spans])
     if not any(before.values()) and not any(after.values()):
         raise ScheduleError("pad_input", f"'{buffer}' is never read outside its bounds: there is nothing to pad")
-    mode, fill = _padding_fill(func, buffer, walker.remaps)
-    shape = list(source.shape)
-    pads = [(0, 0)] * len(shape)
+    mode, fill = _padding_fill(func, read.name, walker.remaps)
+    pads = [(0, 0)] * len(source.shape)
     for axis in spatial:
-        shape[axis] += before[axis] + after[axis]
         pads[axis] = (before[axis], after[axis])
-    padded = replace(source, shape=tuple(shape), pad=tuple(pads), pad_mode=mode, pad_value=fill)
-    body = _PadRewrite(buffer, padded, before).visit(func.body)
-    new_params = tuple(padded if p.name == buffer else p for p in func.params)
-    return ir.simplify(replace(func, params=new_params, body=body))
+    padded = stages.sized(source, replace(stages.new_copy(source), layout=read.layout, pad=tuple(pads),
+                                          pad_mode=mode, pad_value=fill))
+    padded_func = stages.with_copy(func, buffer, padded, rewrite=_PadRewrite(read.name, padded, before))
+    return ir.simplify(padded_func)
 
 
 def _padding_fill(func: ir.Func, buffer: str, remaps: set[str]) -> tuple[str, float]:
@@ -224,24 +227,36 @@ def _padding_fill(func: ir.Func, buffer: str, remaps: set[str]) -> tuple[str, fl
 
 
 def layout(func: ir.Func, buffer: str, layout: str) -> ir.Func:
-    """Store a parameter in another layout: a permutation (NHWC) or channel
-    blocks (NCHW8c for activations, OIHW8i16o for weights). Indices stay
-    logical; only addresses change (TVM: transform_layout).
+    """Compute on a parameter stored in another layout: a permutation (NHWC)
+    or channel blocks (NCHW8c for activations, OIHW8i16o for weights).
+    Indices stay logical; only addresses change (TVM: transform_layout).
 
-    The runtime converts: weights once when bound, activations per call
-    when the caller's layout differs; C callers get the layout in the header.
+    The parameter itself stays the caller's array: the computation reads or
+    writes a workspace copy, `<buffer>_packed`, in the new layout, and a
+    stage moves the data (schedule/stages.py): `pack_<buffer>` before the
+    computation for an input (for weights, in the prepare step that bind
+    runs once), `unpack_<buffer>` after it for the output. Its loops are
+    named <buffer>_packed.<axis>. A second layout step on the same buffer
+    changes the copy's layout.
 
     It requires: `buffer` is a parameter with more than one axis, and the
     layout names each of its axes once in capitals, with at most one inner
-    block per axis (digits and the axis in lower case).
+    block per axis (digits and the axis in lower case). `buffer` may also
+    name a workspace buffer a stage fills (e.g. w_winograd): it is laid out
+    anew where it is, its stages' accesses following.
 
-    rewrite layout(w, OIHW16o):  w[oc, ic, kh, kw] reads element
-        ((((oc // 16) * I + ic) * KH + kh) * KW + kw) * 16 + oc % 16
+    rewrite layout(w, OIHW16o):
+        ... w[oc, ic, kh, kw] ...   ->   stage pack_w: w_packed[o, i, h, w] = w[o, i, h, w]
+                                         ... w_packed[oc, ic, kh, kw] ...   (element
+                                         ((((oc // 16) * I + ic) * KH + kh) * KW + kw) * 16 + oc % 16)
     """
-    params = {p.name: p for p in func.params}
-    if buffer not in params:
-        raise ScheduleError("layout", f"no parameter '{buffer}'; parameters are {', '.join(params)}")
-    source = params[buffer]
+    workspace = {b.name: b for b in func.workspace}
+    copied = {stages.copy_name(p.name): p.name for p in func.params}
+    if buffer in copied:
+        buffer = copied[buffer]          # a parameter's copy: lay out the copy, as layout(parameter) does
+    elif buffer in workspace:
+        return _relayout_workspace(func, workspace[buffer], layout)
+    source = stages.parameter(func, buffer, "layout")
     if len(source.axes) < 2:
         raise ScheduleError("layout", f"'{buffer}' has one axis and so one layout")
     if not isinstance(layout, str):
@@ -250,10 +265,19 @@ def layout(func: ir.Func, buffer: str, layout: str) -> ir.Func:
         dims = ir.parse_layout(layout, source.axes)
     except ValueError as err:
         raise ScheduleError("layout", f"'{layout}' for '{buffer}' (axes {''.join(source.axes)}): {err}") from None
-    changed = replace(source, layout=dims)
-    body = _Retarget(buffer, changed).visit(func.body)
-    new_params = tuple(changed if p.name == buffer else p for p in func.params)
-    return replace(func, params=new_params, body=body)
+    read = stages.current(func, buffer)
+    copy = read if read.scope == "workspace" else stages.new_copy(source)
+    return stages.with_copy(func, buffer, stages.sized(source, replace(copy, layout=dims)))
+
+
+def _relayout_workspace(func: ir.Func, buffer: ir.Buffer, layout: str) -> ir.Func:
+    try:
+        dims = ir.parse_layout(layout, buffer.axes)
+    except ValueError as err:
+        raise ScheduleError("layout", f"'{layout}' for '{buffer.name}' (axes {''.join(buffer.axes)}): {err}") from None
+    changed = replace(buffer, layout=dims)
+    workspace = tuple(changed if b.name == buffer.name else b for b in func.workspace)
+    return replace(func, workspace=workspace, body=_Retarget(buffer.name, changed).visit(func.body))
 
 
 def cache_read(func: ir.Func, buffer: str, at: str, scope: str = "local") -> ir.Func:
@@ -373,5 +397,5 @@ def _copy_nest(copy: ir.Buffer, source: ir.Buffer, origin, spans, outer: ir.Rang
 
 
 def _fresh_buffer_name(func: ir.Func, base: str) -> str:
-    taken = {p.name for p in func.params} | {a.buffer.name for a in ir.find_all(func.body, ir.Allocate)}
+    taken = {b.name for b in func.params + func.workspace} | {a.buffer.name for a in ir.find_all(func.body, ir.Allocate)}
     return next(name for name in [base] + [f"{base}{k}" for k in range(2, 100)] if name not in taken)

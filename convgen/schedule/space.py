@@ -403,7 +403,7 @@ def winograd_schedule(spec: Spec, target: Target, threads: int = 1, tile: int = 
          .reorder("mm_ic", "mm_oc.i.o", "mm_tw.i", "mm_oc.i.i").unroll("mm_oc.i.o").unroll("mm_tw.i")
          .vectorize("mm_oc.i.i")
          .reorder("mm_oc.i.o.init", "mm_tw.i.init", "mm_oc.i.i.init").vectorize("mm_oc.i.i.init")
-         .layout("w", "TIO")
+         .layout("w_winograd", "TIO")
          .split("out_oc", lanes, tail="perfect").vectorize("out_oc.i"))
     if threads > 1:
         s = s.fuse("ob", "tb").parallel("ob_tb")

@@ -21,9 +21,10 @@ The `winograd` primitive rewrites the lowered direct convolution into:
         M[t, th, tw, oc] = sum over mm_ic of w[t, oc, ic] V[t, th, tw, ic]
       for out_th, out_tw, out_oc:  y tile = act(b + A^T M A)     (output transform, via Q)
 
-The weights become the parameter w[T, O, I] = G g G^T, which whoever binds
-them computes once (`transform_weights`; the runtime at bind time, firmware
-baking into the .c): the buffer's `transform` names it. The transforms are
+The weights become the workspace buffer w_winograd[T, O, I] = G g G^T,
+computed by the stage `transform_w` (its loops w_winograd.o and .i), which
+reads only the weights and so belongs to the prepare step: bind runs it
+once, and firmware baking runs it at build time. The transforms are
 written out term by term with their zero coefficients dropped, rows first
 into a small local buffer, then columns (2 x 6 x 6 x 6 products at most
 instead of 6^4).
@@ -34,10 +35,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from fractions import Fraction as F
 
-import numpy as np
-
 from .. import ir
 from ..errors import ScheduleError
+from .stages import require_unscheduled_data
 
 # Lavin & Gray's matrices, points 0, 1, -1 (F(2, 3)) and 0, 1, -1, 2, -2 (F(4, 3)), plus infinity.
 MATRICES = {
@@ -61,15 +61,6 @@ def transform_name(tile: int) -> str:
     return f"winograd F({tile}x{tile},3x3)"
 
 
-def transform_weights(w: np.ndarray, tile: int) -> np.ndarray:
-    """OIHW 3x3 weights as U[t, o, i] = (G g G^T)[t], computed in float64, returned in float32."""
-    g = np.array(MATRICES[tile]["G"], dtype=np.float64)
-    u = np.einsum("ak,oikl,bl->aboi", g, w.astype(np.float64), g)
-    points = g.shape[0]
-    return u.reshape(points * points, *w.shape[:2]).astype(np.float32)
-
-
-WEIGHT_TRANSFORMS = {transform_name(t): (lambda w, t=t: transform_weights(w, t)) for t in TILES}
 TILE_OF = {transform_name(t): t for t in TILES}
 
 
@@ -98,8 +89,9 @@ def winograd(func: ir.Func, tile: int = 4, rows: int = 1, channels: int = 0) -> 
     parallelize: few large blocks of rows suit layers of many channels and
     few pixels, where each block of rows reads all the weights, while
     blocks of channels split the weights (each recomputes the input
-    transform, which is cheap there). The weights parameter becomes
-    w[T, O, I], transformed once when bound.
+    transform, which is cheap there). The weights are read transformed,
+    w_winograd[T, O, I], from the workspace; the stage `transform_w` fills
+    it (in the prepare step, once when bound).
 
     It requires: the first step of the schedule (the lowered direct loop
     nest); float32; a 3x3 kernel, stride 1, dilation 1, one group, zero or
@@ -133,8 +125,8 @@ def winograd(func: ir.Func, tile: int = 4, rows: int = 1, channels: int = 0) -> 
     v = _local("V", ("T", "TH", "TW", "C"), (points * points, rows, tile_cols, in_channels),
                storage=("TH", "TW", "T", "C"))
     m = _local("M", ("T", "TH", "TW", "O"), (points * points, rows, tile_cols, channels))
-    u = replace(conv.w, axes=("T", "O", "I"), shape=(points * points, out_channels, in_channels),
-                layout=ir.plain_layout(("T", "O", "I")), transform=transform_name(tile))
+    u = ir.Buffer("w_winograd", conv.w.dtype, ("T", "O", "I"), (points * points, out_channels, in_channels),
+                  ir.plain_layout(("T", "O", "I")), scope="workspace", transform=transform_name(tile))
     channel_block, row_block = ir.Var("ob"), ir.Var("tb")
     stages = ir.Seq((
         _input_transform(conv, v, row_block, tile, rows),
@@ -145,8 +137,27 @@ def winograd(func: ir.Func, tile: int = 4, rows: int = 1, channels: int = 0) -> 
         row_block, tile_rows // rows, ir.Allocate(v, ir.Allocate(m, stages))))
     if isinstance(conv.batch, ir.Var):
         body = ir.Loop(conv.batch, conv.x.shape[0], body)
-    params = tuple(u if p.name == conv.w.name else p for p in func.params)
-    return ir.simplify(replace(func, params=params, body=body))
+    transform = ir.Stage("transform_w", _weight_transform(conv.w, u, tile))
+    program = replace(func, workspace=(u,), body=ir.Seq((transform, ir.Stage("compute", body))))
+    return ir.simplify(program)
+
+
+def _weight_transform(w: ir.Buffer, u: ir.Buffer, tile: int) -> ir.Stmt:
+    """u[a * P + b, o, i] = sum over k, l of G[a][k] G[b][l] w[o, i, k, l], zero terms
+    dropped (the coefficients are exact fractions, rounded once to float32)."""
+    g = MATRICES[tile]["G"]
+    points = len(g)
+    o, i = ir.Var("w_winograd.o"), ir.Var("w_winograd.i")
+    stores = []
+    for a in range(points):
+        for b in range(points):
+            terms = [ir.FloatImm(float(g[a][k] * g[b][l])) * ir.Load(w, (o, i, ir.IntImm(k), ir.IntImm(l)))
+                     for k in range(3) for l in range(3) if g[a][k] * g[b][l] != 0]
+            value = terms[0]
+            for term in terms[1:]:
+                value = value + term
+            stores.append(ir.Store(u, (ir.IntImm(a * points + b), o, i), value))
+    return ir.Loop(o, w.shape[0], ir.Loop(i, w.shape[1], ir.Seq(tuple(stores))))
 
 
 def _local(name: str, axes: tuple[str, ...], shape: tuple[int, ...], storage: tuple[str, ...] = ()) -> ir.Buffer:
@@ -164,8 +175,9 @@ def _refuse(reason: str, hint: str = "") -> ScheduleError:
 
 def _match_direct_conv(func: ir.Func) -> _DirectConv:
     params = {p.name: p for p in func.params}
-    if "w" not in params or params["w"].transform:
-        raise _refuse("the kernel has no untransformed weights w: winograd is for a convolution, once")
+    if "w" not in params:
+        raise _refuse("the kernel has no weights w: winograd is for a convolution")
+    require_unscheduled_data(func, "winograd", "write winograd as the schedule's first step")
     x, w, y = params["x"], params["w"], params["y"]
     if x.dtype != ir.FLOAT32:
         raise _refuse(f"the layer is {x.dtype}; Winograd's transforms are for float32 layers")
@@ -174,8 +186,6 @@ def _match_direct_conv(func: ir.Func) -> _DirectConv:
     if w.shape[1] != x.shape[1]:
         raise _refuse(f"the layer has groups ({w.shape[1]} of {x.shape[1]} input channels per output channel); "
                       f"expected one group")
-    if x.pad or w.layout != ir.plain_layout(w.axes):
-        raise _refuse("the kernel has been scheduled already", "write winograd as the schedule's first step")
     loops = []
     node = func.body
     while isinstance(node, ir.Loop):
