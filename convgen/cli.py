@@ -283,7 +283,17 @@ def _show(args) -> int:
             previous = text
         print("\n== after the passes: what the backends render ==")
         print(previous, end="")
+    print(f"\n{_describe_program(chosen.program)}")
     return 0
+
+
+def _describe_program(program: ir.Program) -> str:
+    """The split program in one line: its functions in the two steps, and its workspace."""
+    def names(stages):
+        return ", ".join(f.name for f in stages) or "none"
+    return (f"program: prepare (once per set of weights): {names(program.prepare)}; run (per call): "
+            f"{names(program.run)}; workspace {program.workspace_bytes} bytes "
+            f"({program.prepared_bytes} prepared)")
 
 
 def _diff(before: str, after: str) -> str:

@@ -29,6 +29,16 @@ def test_show_prints_the_loop_nest():
     assert "for oh in 0..3:" in result.stdout and "acc[0] = acc[0] + x[0, 0, oh + kh, ow + kw]" in result.stdout
 
 
+def test_show_prints_the_program_split_into_its_two_steps():
+    """A default dense layer packs its weights in a prepare stage: show says so, and the workspace."""
+    result = convgen("show", SPECS / "layers" / "resnet_3x3_64.yaml", "--target", "host")
+    assert result.returncode == 0, result.stderr
+    assert "stage pack_w:" in result.stdout and "workspace w_packed: float32[O=64, I=64, H=3, W=3] OIHW" in result.stdout
+    line = result.stdout.strip().splitlines()[-1]
+    assert line.startswith("program: prepare (once per set of weights): resnet_3x3_64_pack_w; "
+                           "run (per call): resnet_3x3_64_compute; workspace 147456 bytes (147456 prepared)"), line
+
+
 def test_compile_writes_files(tmp_path):
     spec = SPECS / "layers" / "maxpool_2x2.yaml"
     result = convgen("compile", spec, "-t", "llvm", "--asm", "-o", tmp_path / "ll")

@@ -49,8 +49,7 @@ def is_output(func: ir.Func, name: str) -> bool:
     return name in func.written_buffers()
 
 
-def with_copy(func: ir.Func, name: str, copy: ir.Buffer, shift: dict[int, int] | None = None,
-              rewrite: ir.Rewriter | None = None) -> ir.Func:
+def with_copy(func: ir.Func, name: str, copy: ir.Buffer, rewrite: ir.Rewriter | None = None) -> ir.Func:
     """func computing on `copy` (new, or the parameter's copy changed) instead
     of parameter `name` or its previous copy, with the stage that moves the
     data rebuilt. rewrite: applied to every other stage instead of a plain
