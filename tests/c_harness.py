@@ -48,14 +48,15 @@ int main(int argc, char **argv)
 """
 
 
-def build_program(files: CFiles, params, folder: Path, flags) -> Path:
-    """params: the kernel's (name, size in bytes) in call order; the last is the output."""
+def build_program(files: CFiles, params, folder: Path, flags, output: str | None = None) -> Path:
+    """params: the kernel's (name, size in bytes) in call order; `output` names the
+    one written back (default: the last)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{files.name}.h").write_text(files.header)
     (folder / f"{files.name}.c").write_text(files.source)
     loads = "\n".join(f"    void *{n} = load(argv[{i + 1}], {size}u);" for i, (n, size) in enumerate(params))
     frees = "\n".join(f"    free({n});" for n, _ in params)
-    output, output_size = params[-1]
+    output, output_size = next(p for p in params if p[0] == output) if output else params[-1]
     (folder / "main.c").write_text(_MAIN.format(
         name=files.name, argc=len(params) + 2, loads=loads, frees=frees, output=output,
         output_size=output_size, args=", ".join(n for n, _ in params)))
@@ -68,7 +69,7 @@ def build_program(files: CFiles, params, folder: Path, flags) -> Path:
 
 
 def run_program(program: Path, arrays: dict[str, np.ndarray], output: np.ndarray) -> np.ndarray:
-    """Feed arrays (in call order, output last, poisoned) through files; return the output."""
+    """Feed arrays (in call order, the output poisoned) through files; return the output."""
     folder = program.parent
     paths = []
     for name, array in arrays.items():

@@ -17,6 +17,7 @@ from convgen import ir
 from convgen.check import compare, compare_runs, output_fills, random_inputs, tolerance
 from convgen.codegen.c import emit_c
 from convgen.codegen.llvm import emit_llvm
+from convgen.driver import plan
 from convgen.errors import CodegenError
 from convgen.lower import lower
 from convgen.reference import reference
@@ -74,17 +75,27 @@ def test_check_catches_a_wrong_value():
     assert not compare(out, reference(kernel.spec, **inputs), tolerance(kernel.spec, inputs)).passed
 
 
-def _run_sanitized(spec, folder, seed):
-    func = lower(spec)
-    files = emit_c(func)
-    sizes = [(p.name, p.size * np.dtype(p.dtype).itemsize) for p in func.params]
-    program = build_program(files, sizes, folder, SANITIZE_FLAGS)
+def _run_sanitized(spec, folder, seed, schedule="naive"):
+    """The emitted C built with the address and undefined-behaviour sanitizers,
+    each array (and the workspace) in a buffer of exactly its size; the
+    workspace starts as all-ones bytes (NaN floats): the kernel must not
+    depend on what it holds."""
+    program = plan(spec, host(), schedule).program
+    files = emit_c(program)
+    sizes = [(p.name, p.nbytes) for p in program.params]
+    workspace = np.full(program.workspace_bytes, 0xff, dtype=np.uint8)
+    if program.workspace_bytes:
+        sizes.append(("workspace", program.workspace_bytes))
+    built = build_program(files, sizes, folder, SANITIZE_FLAGS, output="y")
     inputs = random_inputs(spec, np.random.default_rng(seed))
     expected = reference(spec, **inputs)
 
     def run(fill):
         out = np.full(spec.output_shape, fill, dtype=spec.array_dtypes["y"])
-        return run_program(program, {p.name: inputs.get(p.name, out) for p in func.params}, out)
+        arrays = {p.name: inputs.get(p.name, out) for p in program.params}
+        if program.workspace_bytes:
+            arrays["workspace"] = workspace
+        return run_program(built, arrays, out)
 
     result = compare_runs(spec, [run(fill) for fill in output_fills(spec.array_dtypes["y"])], expected, inputs)
     assert result.passed, f"max error {result.max_abs_error}, {result.unwritten} unwritten\n{spec}"
@@ -101,6 +112,28 @@ def test_spec_files_c_under_sanitizers(tmp_path, path):
 @given(spec=specs(), seed=st.integers(0, 2**32 - 1))
 def test_random_specs_c_under_sanitizers(tmp_path_factory, spec, seed):
     _run_sanitized(spec, tmp_path_factory.mktemp("asan"), seed)
+
+
+@needs_gcc
+@settings(max_examples=25)
+@given(spec=specs(), seed=st.integers(0, 2**32 - 1))
+def test_random_specs_c_with_the_default_schedule_under_sanitizers(tmp_path_factory, spec, seed):
+    """What users get (stages, workspace, prepare and run) read and write nothing out of bounds."""
+    _run_sanitized(spec, tmp_path_factory.mktemp("asan"), seed, schedule="default")
+
+
+@needs_gcc
+@pytest.mark.parametrize("steps", [
+    [{"layout": ["x", "NCHW4c"]}, {"pad_input": "x"}, {"layout": ["w", "OIHW4o"]}, {"layout": ["y", "NHWC"]}],
+    [{"pad_input": "x"}, {"layout": ["x", "NHWC"]}, {"layout": ["w", "HWIO"]}, {"layout": ["y", "NCHW4c"]}],
+], ids=["blocked-then-padded", "padded-then-permuted"])
+@pytest.mark.parametrize("mode", ["zeros", "reflect"])
+def test_packed_and_padded_copies_in_the_workspace_under_sanitizers(tmp_path, steps, mode):
+    """Every copy stage at once, with blocks that do not divide the channels (tails filled)."""
+    spec = convgen.load_spec({"name": "packed", "op": "conv2d", "in_channels": 5, "out_channels": 6,
+                              "input_size": [7, 9], "kernel_size": 3, "padding": [1, 2, 0, 1], "padding_mode": mode,
+                              "bias": True, "activation": "relu"})
+    _run_sanitized(spec, tmp_path, 3, schedule=steps)
 
 
 @needs_gcc

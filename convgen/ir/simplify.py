@@ -19,8 +19,12 @@ def bounds(expr: Expr, ranges: Ranges) -> tuple[float, float] | None:
         return (expr.value, expr.value)
     if isinstance(expr, Var):
         return ranges.get(expr.name)
-    if isinstance(expr, Call) and expr.name in ("reflect", "clamp") and isinstance(expr.args[1], IntImm):
+    if isinstance(expr, Call) and expr.name == "clamp" and isinstance(expr.args[1], IntImm):
         return (0, expr.args[1].value - 1)
+    if isinstance(expr, Call) and expr.name == "reflect" and isinstance(expr.args[1], IntImm):
+        # one mirror at each edge: within the axis only for indices less than one axis beyond it
+        n, span = expr.args[1].value, bounds(expr.args[0], ranges)
+        return (0, n - 1) if span is not None and -(n - 1) <= span[0] and span[1] <= 2 * n - 2 else None
     if isinstance(expr, Select):
         t, f = bounds(expr.true_value, ranges), bounds(expr.false_value, ranges)
         return (min(t[0], f[0]), max(t[1], f[1])) if t and f else None

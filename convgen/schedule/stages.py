@@ -134,7 +134,13 @@ def _pack_nest(source: ir.Buffer, copy: ir.Buffer) -> ir.Stmt:
         padded = extent + before + after
         if remap is not None and (before or after):   # the padding reads the source, mirrored or at the edge
             extents.append(padded)
-            indices.append(ir.Call(remap, (ir.simplify(variable - before), ir.IntImm(extent))))
+            index = ir.Call(remap, (ir.simplify(variable - before), ir.IntImm(extent)))
+            if remap == "reflect":
+                # one mirror covers what a valid output reads (the spec keeps reflect padding under the
+                # input's size); a copy padded further for the masked lanes of a vector tail reads the edge
+                # there, as no output uses those elements
+                index = ir.Call("clamp", (index, ir.IntImm(extent)))
+            indices.append(index)
             targets.append(variable)
         else:
             extents.append(extent)
