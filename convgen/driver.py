@@ -133,7 +133,8 @@ def _baked(program: ir.Program, baking):
     read = {load.buffer.name for stage in program.run for load in ir.find_all(stage.body, ir.Load)}
     kept = {name: array for name, array in arrays.items() if name in read}
     prepared = tuple(slot for slot in program.prepared if slot.buffer.name in kept)
-    return replace(program, prepare=(), prepared=prepared), replace(baking, arrays=kept)
+    params = tuple(p for p in program.params if p.name in read or p.name not in arrays)  # weights now baked
+    return replace(program, params=params, prepare=(), prepared=prepared), replace(baking, arrays=kept)
 
 
 def run_prepare(program: ir.Program, weights: dict) -> dict:

@@ -100,7 +100,7 @@ def report(func: ir.Func, files: CFiles, target: Target, folder: Path) -> Report
     stages = [frames[f] for f in files.stages if f != files.name]
     depth = frames[files.name][0] + max((size for size, _ in stages), default=0)
     kinds = {kind for _, kind in [frames[files.name]] + stages}
-    caller = sum(p.nbytes for p in func.params if p.name not in files.baked)
+    caller = sum(p.nbytes for p in func.params if p.name in files.arguments)
     return Report(target.name, text, data, bss, depth, ",".join(sorted(kinds)), caller, files.workspace_bytes)
 
 
@@ -114,7 +114,7 @@ def run_on_qemu(func: ir.Func, files: CFiles, target: Target, arrays: dict[str, 
         raise ConvgenError(f"target {target.name}: no `qemu` board named, so it cannot run under emulation")
     require_tool("qemu-system-arm")
     outputs = func.written_buffers()
-    arguments = [p for p in func.params if p.name not in files.baked]
+    arguments = [p for p in func.params if p.name in files.arguments]
     inputs = [dict(name=p.name, ctype=C_TYPES[p.dtype],
                    literals=c_literals(p.dtype, np.ascontiguousarray(arrays[p.name], dtype=p.dtype).ravel().tolist()))
               for p in arguments if p.name not in outputs]

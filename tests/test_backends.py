@@ -267,3 +267,24 @@ def test_tile_written_back_by_transpose_matches_reference(columns, channels, act
     assert "shufflevector" in kernel.source
     for seed in range(3):
         _assert_matches(kernel, seed)
+
+
+@needs_gcc
+def test_baked_weights_are_what_the_prepare_step_fills(tmp_path):
+    """--bake-weights runs the prepare step at build time: the packed weights are const
+    data, the entry takes neither w nor a workspace, and the results still match."""
+    from convgen.codegen.c import Baking
+    from convgen.driver import emit
+    spec = convgen.load_spec({"name": "baked", "op": "conv2d", "in_channels": 3, "out_channels": 6,
+                              "input_size": [5, 7], "kernel_size": 3, "padding": 1})
+    inputs = random_inputs(spec, np.random.default_rng(4))
+    chosen = plan(spec, host(), [{"layout": ["w", "OIHW4o"]}])
+    assert [f.name for f in chosen.program.prepare] == ["baked_pack_w_1", "baked_pack_w_2"]
+    files = emit(chosen, "c", Baking({"w": inputs["w"], "b": inputs["b"]}))
+    assert files.arguments == ("x", "y") and set(files.baked) == {"w_packed", "b"} and files.workspace_bytes == 0
+    program = build_program(files, [("x", inputs["x"].nbytes), ("y", 4 * int(np.prod(spec.output_shape)))],
+                            tmp_path, STRICT_FLAGS)
+    out = np.full(spec.output_shape, np.nan, dtype=np.float32)
+    result = compare(run_program(program, {"x": inputs["x"], "y": out}, out), reference(spec, **inputs),
+                     tolerance(spec, inputs))
+    assert result.passed, result

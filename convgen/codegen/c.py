@@ -103,6 +103,7 @@ class CFiles:
     stages: tuple[str, ...] = ()     # the stage functions, prepare then run (each takes `params` pointers)
     params: int = 0                  # pointers each stage function takes
     workspace_bytes: int = 0         # the workspace the entry function takes (0: it takes none)
+    arguments: tuple[str, ...] = ()  # the entry function's array arguments, in order (then the workspace)
 
     @property
     def files(self) -> dict[str, str]:
@@ -187,7 +188,7 @@ def emit_c(program: ir.Func | ir.Program, baking: Baking | None = None) -> CFile
                     helpers=[_HELPERS[key][1] for key in sorted(emitter.helpers)], **context)
     kinds = frozenset(loop.kind for body in bodies for loop in ir.find_all(body, ir.Loop))
     return CFiles(program.name, header, source, tuple(baked), kinds, tuple(f.name for f in program.stages),
-                  len(takes), workspace_bytes)
+                  len(takes), workspace_bytes, tuple(p.name for p in arguments))
 
 
 def _c_table(name: str, dtype: str, values, attributes: str = "") -> str:
