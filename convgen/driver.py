@@ -98,12 +98,14 @@ def choose_schedule(spec: Spec, target: Target, schedule=None, threads: int | No
 
 
 def plan(spec: Spec, target: Target | None = None, schedule=None, threads: int | None = None,
-         name: str | None = None) -> Plan:
+         name: str | None = None, prefix: str = "") -> Plan:
     """Lower, schedule and run the passes. name: the kernel's function name
-    (default: the spec's name)."""
+    (default: the spec's name). prefix: lowering's name prefix for every
+    loop, stage and buffer but the arguments (for several layers in one
+    program); the schedule's steps may name loops without it."""
     target = target or host()
     steps, source = choose_schedule(spec, target, schedule, threads)
-    lowered = lower(spec)
+    lowered = lower(spec, prefix)
     if name is not None:
         lowered = ir.Func(name, lowered.params, lowered.body, lowered.doc)
     history = trace(ir.verify(lowered, f"{spec.name}: after lowering"), steps)
@@ -176,11 +178,16 @@ def build(spec: Spec | str | os.PathLike | dict, target: str = "llvm", schedule=
     if target not in BACKENDS:
         raise ConvgenError(f"build: target: expected one of {', '.join(BACKENDS)}; got {target!r}")
     _check_threads(threads)
-    chosen = plan(spec, host(), schedule, threads)
-    emitted = emit(chosen, target)
-    loaded = get_backend(target).load(emitted, chosen.target, Path(workdir) if workdir is not None else None)
+    return load(plan(spec, host(), schedule, threads), target, workdir, threads)
+
+
+def load(chosen: Plan, backend: str = "llvm", workdir: str | os.PathLike | None = None,
+         threads: int | None = None) -> Kernel:
+    """A plan for this machine emitted, compiled and loaded as a callable Kernel."""
+    emitted = emit(chosen, backend)
+    loaded = get_backend(backend).load(emitted, chosen.target, Path(workdir) if workdir is not None else None)
     parallel = any(stage.convention != "serial" for stage in loaded.stages)
-    return Kernel(spec, target, chosen.func, chosen.program, emitted.source, loaded, steps=chosen.steps,
+    return Kernel(chosen.spec, backend, chosen.func, chosen.program, emitted.source, loaded, steps=chosen.steps,
                   schedule_source=chosen.schedule_source,
                   threads=threads or (chosen.target.cores if parallel else 1))
 

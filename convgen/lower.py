@@ -24,12 +24,15 @@ from .ir import Buffer, Cast, FloatImm, IntImm, Loop, Seq, Store, Var
 from .spec import Spec
 
 
-def lower(spec: Spec) -> ir.Func:
-    """The naive loop nest for a spec, simplified."""
+def lower(spec: Spec, prefix: str = "") -> ir.Func:
+    """The naive loop nest for a spec, simplified. prefix: starts the name of
+    every loop and buffer but the parameters (e.g. "conv1_"), so that two
+    layers' loops and buffers never collide in one program; schedule steps
+    may still name loops without it (apply_step resolves them)."""
     params = _params(spec)
     body = _conv_body(spec, params) if spec.is_conv else _pool_body(spec, params)
-    func = ir.Func(spec.name, tuple(params.values()), body, doc=describe(spec))
-    return ir.simplify(func, drop_unit_loops=True)
+    func = ir.simplify(ir.Func(spec.name, tuple(params.values()), body, doc=describe(spec)), drop_unit_loops=True)
+    return ir.with_prefix(func, prefix)
 
 
 def describe(spec: Spec) -> str:

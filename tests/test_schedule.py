@@ -582,3 +582,38 @@ def test_direct_default_peels_padded_borders_instead_of_copying(layer, threads):
         assert "x_packed" not in {b.name for b in kernel.func.workspace}   # no copy of the input
         for seed in range(2):
             assert convgen.check(kernel, seed).passed
+
+
+# ---------------------------------------------------------------------------
+# Lowering's name prefix: two layers' names never collide in one program
+# ---------------------------------------------------------------------------
+
+def _names(func):
+    """Every name a kernel defines but its parameters': loops, stages, workspace, locals, tables."""
+    return ({loop.var.name for loop in ir.find_all(func.body, ir.Loop)} | {s.name for s in func.stages}
+            | {b.name for b in func.workspace} | {a.buffer.name for a in ir.find_all(func.body, ir.Allocate)}
+            | {b.name for b in ir.constant_buffers(func.body)})
+
+
+@pytest.mark.parametrize("schedule", ["default", "winograd"])
+def test_layers_lowered_with_prefixes_share_no_name_and_keep_their_schedules(schedule):
+    """The default schedule and a Winograd one are written without a prefix; applied to a
+    kernel lowered with one, they resolve to its names, and the kernel is still right."""
+    from convgen.driver import load, plan
+    from convgen.schedule.space import winograd_schedule
+    from convgen.target import host
+    first = convgen.load_spec({"name": "first", "op": "conv2d", "in_channels": 8, "out_channels": 16,
+                               "input_size": [10, 12], "kernel_size": 3, "padding": 1, "activation": "relu"})
+    second = convgen.load_spec({"name": "second", "op": "conv2d", "in_channels": 16, "out_channels": 16,
+                                "input_size": [10, 12], "kernel_size": 3, "padding": 1, "layout": {"input": "NHWC"}})
+    plans, chosen = [], {}
+    for spec, prefix in ((first, "conv1_"), (second, "conv2_")):
+        chosen[spec.name] = winograd_schedule(spec, host(), 1, 2).steps if schedule == "winograd" else "default"
+        plans.append(plan(spec, host(), chosen[spec.name], threads=1, prefix=prefix))
+        assert all(name.startswith(prefix) for name in _names(plans[-1].func)), _names(plans[-1].func)
+        result = convgen.check(load(plans[-1], "llvm"), 0)
+        assert result.passed, result
+    assert not _names(plans[0].func) & _names(plans[1].func)
+    unprefixed = plan(first, host(), chosen["first"], threads=1)   # the same kernel but for its names
+    assert {name.removeprefix("conv1_") for name in _names(plans[0].func)} == _names(unprefixed.func)
+    assert ir.with_prefix(plans[0].func, "") == unprefixed.func

@@ -477,13 +477,16 @@ class Func(Node):
     """A program: parameters (the caller's arrays, in call order), workspace
     buffers (scratch whose size is known at build time) and a body, a Seq of
     Stages or a single statement. `doc` says in words what it computes;
-    backends put it in comments."""
+    backends put it in comments. `prefix` starts the name of every loop,
+    stage and buffer but the parameters (lowering's name prefix), so that
+    two layers' names never collide in one program."""
 
     name: str
     params: tuple[Buffer, ...]
     body: Stmt
     doc: str = ""
     workspace: tuple[Buffer, ...] = ()
+    prefix: str = ""
 
     @property
     def stages(self) -> tuple[Stage, ...]:
@@ -492,7 +495,7 @@ class Func(Node):
             return (self.body,)
         if isinstance(self.body, Seq) and self.body.body and all(isinstance(s, Stage) for s in self.body.body):
             return self.body.body
-        return (Stage("compute", self.body),)
+        return (Stage(self.prefix + "compute", self.body),)
 
     def written_buffers(self) -> set[str]:
         """Names of the parameters the body stores to (the outputs)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import fields, replace
 from typing import Iterator
 
-from .nodes import Buffer, Expr, Load, Loop, Node, Var
+from .nodes import Allocate, Buffer, Expr, Func, Load, Loop, Node, Stage, Store, Var
 
 
 def children(node: Node) -> Iterator[Node]:
@@ -116,3 +116,46 @@ def constant_buffers(node) -> list[Buffer]:
             found.setdefault(load.buffer.name, load.buffer)
     return list(found.values())
 
+
+
+class _Rename(Rewriter):
+    """Every loop variable, stage and non-parameter buffer named `old`... renamed
+    `new`..., and the axes of those buffers named after loops (a cache_write tile's)."""
+
+    def __init__(self, old: str, new: str, loops: set[str]):
+        self.old, self.new, self.loops = old, new, loops
+
+    def name(self, name: str) -> str:
+        return self.new + name[len(self.old):] if name.startswith(self.old) else name
+
+    def buffer(self, buffer: Buffer) -> Buffer:
+        if buffer.scope == "global":
+            return buffer
+        axis = {a: self.name(a) if a in self.loops else a for a in buffer.axes}
+        layout = tuple(replace(d, axis=axis[d.axis]) for d in buffer.layout)
+        return replace(buffer, name=self.name(buffer.name), axes=tuple(axis[a] for a in buffer.axes), layout=layout)
+
+    def visit_Var(self, node: Var) -> Var:
+        return Var(self.name(node.name))
+
+    def visit_Stage(self, node: Stage) -> Stage:
+        return Stage(self.name(node.name), self.visit(node.body))
+
+    def visit_Load(self, node: Load) -> Load:
+        return Load(self.buffer(node.buffer), tuple(self.visit(i) for i in node.indices))
+
+    def visit_Store(self, node: Store) -> Store:
+        return Store(self.buffer(node.buffer), tuple(self.visit(i) for i in node.indices), self.visit(node.value))
+
+    def visit_Allocate(self, node: Allocate) -> Allocate:
+        return Allocate(self.buffer(node.buffer), self.visit(node.body))
+
+
+def with_prefix(func: Func, prefix: str) -> Func:
+    """func with its name prefix replaced: every loop, stage and buffer but the
+    parameters renamed from func.prefix + rest to prefix + rest."""
+    if prefix == func.prefix:
+        return func
+    rename = _Rename(func.prefix, prefix, {loop.var.name for loop in find_all(func.body, Loop)})
+    return replace(func, body=rename.visit(func.body), workspace=tuple(rename.buffer(b) for b in func.workspace),
+                   prefix=prefix)

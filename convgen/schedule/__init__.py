@@ -52,11 +52,38 @@ def apply_step(func: ir.Func, step: Step) -> ir.Func:
         except TypeError as err:
             raise ScheduleError(step.primitive, f"arguments: {err}",
                                 f"expected {step.primitive}{_signature(primitive)}") from None
-        result = primitive(*bound.args, **bound.kwargs)
+        result = primitive(*_with_prefix(func, bound).args, **bound.kwargs)
     except ScheduleError as err:
         raise err.located(step.where, ir.format_func(func)) from None
     # a primitive that leaves a malformed kernel is a bug in convgen, not in the schedule
     return ir.verify(result, f"after {step.where + ': ' if step.where else ''}{step.describe()}")
+
+
+# a primitive's arguments that name loops, and the one that names a buffer
+_LOOP_ARGUMENTS = ("loop", "loops", "a", "b", "at")
+_BUFFER_ARGUMENTS = ("buffer",)
+
+
+def _with_prefix(func: ir.Func, bound: inspect.BoundArguments) -> inspect.BoundArguments:
+    """The step's loop and buffer names resolved in a kernel lowered with a name
+    prefix: a name the kernel lacks is taken as prefix + name where that
+    exists, so that one schedule serves a layer whatever its prefix."""
+    if not func.prefix:
+        return bound
+    loops = set(loop_names(func))
+    buffers = {b.name for b in func.workspace} | {a.buffer.name for a in ir.find_all(func.body, ir.Allocate)}
+
+    def resolve(name, known):
+        if isinstance(name, str) and name not in known and func.prefix + name in known:
+            return func.prefix + name
+        return name
+
+    for key, value in list(bound.arguments.items()):
+        known = loops if key in _LOOP_ARGUMENTS else buffers if key in _BUFFER_ARGUMENTS else None
+        if known is not None:
+            bound.arguments[key] = tuple(resolve(v, known) for v in value) if isinstance(value, tuple) \
+                else resolve(value, known)
+    return bound
 
 
 def _signature(primitive) -> str:

@@ -179,7 +179,7 @@ def pad_input(func: ir.Func, buffer: str = "x") -> ir.Func:
     if source.dtype != ir.FLOAT32:
         # an int8 layer's padding is its input zero point, which the IR does not carry
         raise ScheduleError("pad_input", f"'{buffer}' is {source.dtype}; only float32 inputs are padded so far")
-    computing = [s for s in func.stages if s.name != f"pack_{buffer}"]
+    computing = [s for s in func.stages if s.name != f"{func.prefix}pack_{buffer}"]
     spatial = tuple(i for i, a in enumerate(source.axes) if a in ("H", "W"))
     walker = _IndexBounds(read.name, spatial)
     for stage in computing:
@@ -197,7 +197,7 @@ def pad_input(func: ir.Func, buffer: str = "x") -> ir.Func:
     pads = [(0, 0)] * len(source.shape)
     for axis in spatial:
         pads[axis] = (before[axis], after[axis])
-    padded = stages.sized(source, replace(stages.new_copy(source), layout=read.layout, pad=tuple(pads),
+    padded = stages.sized(source, replace(stages.new_copy(func, source), layout=read.layout, pad=tuple(pads),
                                           pad_mode=mode, pad_value=fill))
     padded_func = stages.with_copy(func, buffer, padded, rewrite=_PadRewrite(read.name, padded, before))
     return ir.simplify(padded_func)
@@ -251,7 +251,7 @@ def layout(func: ir.Func, buffer: str, layout: str) -> ir.Func:
                                          ((((oc // 16) * I + ic) * KH + kh) * KW + kw) * 16 + oc % 16)
     """
     workspace = {b.name: b for b in func.workspace}
-    copied = {stages.copy_name(p.name): p.name for p in func.params}
+    copied = {stages.copy_name(func, p.name): p.name for p in func.params}
     if buffer in copied:
         buffer = copied[buffer]          # a parameter's copy: lay out the copy, as layout(parameter) does
     elif buffer in workspace:
@@ -266,7 +266,7 @@ def layout(func: ir.Func, buffer: str, layout: str) -> ir.Func:
     except ValueError as err:
         raise ScheduleError("layout", f"'{layout}' for '{buffer}' (axes {''.join(source.axes)}): {err}") from None
     read = stages.current(func, buffer)
-    copy = read if read.scope == "workspace" else stages.new_copy(source)
+    copy = read if read.scope == "workspace" else stages.new_copy(func, source)
     return stages.with_copy(func, buffer, stages.sized(source, replace(copy, layout=dims)))
 
 
@@ -322,7 +322,7 @@ def cache_read(func: ir.Func, buffer: str, at: str, scope: str = "local") -> ir.
     if math.prod(extents) > MAX_TILE:
         raise ScheduleError("cache_read", f"the copy would hold {math.prod(extents)} elements; at most {MAX_TILE}",
                             "cache_read at an inner loop")
-    name = _fresh_buffer_name(func, f"{buffer}_{scope}")
+    name = _fresh_buffer_name(func, f"{func.prefix}{buffer.removeprefix(func.prefix)}_{scope}")
     copy = ir.Buffer(name, source.dtype, source.axes, extents, ir.plain_layout(source.axes), scope=scope)
     outer = {loop.var.name: (0, loop.extent - 1) for loop in enclosing_loops(func, at) + [target]}
     body = _Reread(buffer, copy, inner, spans).visit(target.body)

@@ -27,8 +27,8 @@ from ..errors import ScheduleError
 PAD_MODES = {"reflect": "reflect", "replicate": "clamp"}   # padding mode -> the index remap that reads it
 
 
-def copy_name(parameter: str) -> str:
-    return f"{parameter}_packed"
+def copy_name(func: ir.Func, parameter: str) -> str:
+    return f"{func.prefix}{parameter}_packed"
 
 
 def parameter(func: ir.Func, name: str, primitive: str) -> ir.Buffer:
@@ -42,7 +42,7 @@ def parameter(func: ir.Func, name: str, primitive: str) -> ir.Buffer:
 def current(func: ir.Func, name: str) -> ir.Buffer:
     """What the computation reads or writes for parameter `name`: its workspace copy when it has one."""
     copies = {b.name: b for b in func.workspace}
-    return copies.get(copy_name(name)) or next(p for p in func.params if p.name == name)
+    return copies.get(copy_name(func, name)) or next(p for p in func.params if p.name == name)
 
 
 def is_output(func: ir.Func, name: str) -> bool:
@@ -59,7 +59,7 @@ def with_copy(func: ir.Func, name: str, copy: ir.Buffer, rewrite: ir.Rewriter | 
     output = is_output(func, name)
     if copy != sized(source, copy):
         raise ValueError(f"{copy.name}: the copy's shape {copy.shape} is not what its padding and blocks make")
-    mover = f"{'unpack' if output else 'pack'}_{name}"
+    mover = f"{func.prefix}{'unpack' if output else 'pack'}_{name}"
     retarget = rewrite or _Retarget(old, copy)
     stages = [ir.Stage(s.name, retarget.visit(s.body)) for s in func.stages if s.name != mover]
     stage = ir.Stage(mover, _unpack_nest(source, copy) if output else _pack_nest(source, copy))
@@ -76,15 +76,15 @@ def insert_input_stage(func: ir.Func, stages: list[ir.Stage], stage: ir.Stage, w
         return [stage] + stages
     weights = {p.name for p in func.params if p.weight} | {b.name for b in func.workspace}
     lead = 0
-    while lead < len(stages) and stages[lead].name != "compute" and \
+    while lead < len(stages) and stages[lead].name != func.prefix + "compute" and \
             {l.buffer.name for l in ir.find_all(stages[lead].body, ir.Load)} <= weights:
         lead += 1
     return stages[:lead] + [stage] + stages[lead:]
 
 
-def new_copy(source: ir.Buffer) -> ir.Buffer:
+def new_copy(func: ir.Func, source: ir.Buffer) -> ir.Buffer:
     """A workspace copy of a parameter, laid out as it is."""
-    return replace(source, name=copy_name(source.name), scope="workspace", weight=False)
+    return replace(source, name=copy_name(func, source.name), scope="workspace", weight=False)
 
 
 def sized(source: ir.Buffer, copy: ir.Buffer) -> ir.Buffer:

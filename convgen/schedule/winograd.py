@@ -105,6 +105,8 @@ def winograd(func: ir.Func, tile: int = 4, rows: int = 1, channels: int = 0) -> 
     if tile not in TILES:
         raise ScheduleError("winograd", f"tile: expected one of {', '.join(map(str, TILES))} "
                                         f"(F(2x2,3x3) or F(4x4,3x3)); got {tile!r}")
+    if func.prefix:   # the rewrite matches and makes the names lowering gives; the prefix goes back on after
+        return ir.with_prefix(winograd(ir.with_prefix(func, ""), tile, rows, channels), func.prefix)
     conv = _match_direct_conv(func)
     out_rows, out_cols = conv.y.shape[2], conv.y.shape[3]
     tile_rows, tile_cols = -(-out_rows // tile), -(-out_cols // tile)
