@@ -14,6 +14,7 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,7 @@ class Plan:
         """The kernel after the passes: its stages over its parameters and workspace."""
         return self.passes[-1][1] if self.passes else self.scheduled
 
-    @property
+    @cached_property
     def program(self) -> ir.Program:
         """The kernel split into stage functions, prepare and run: what a backend renders."""
         return ir.split(self.func)

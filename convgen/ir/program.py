@@ -138,6 +138,6 @@ def split(func: Func) -> Program:
 
 def with_stages(func: Func, stages: list[Stage]) -> Func:
     """func with its body replaced by these stages (one stage: its body alone, as lowered)."""
-    if len(stages) == 1 and stages[0].name == "compute":
+    if len(stages) == 1 and stages[0].name == func.prefix + "compute":
         return replace(func, body=stages[0].body)
     return replace(func, body=Seq(tuple(stages)))

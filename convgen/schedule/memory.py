@@ -13,25 +13,6 @@ from .nest import enclosing_loops, find_loop, perfect_chain, replace_loop
 MAX_TILE = 4096
 
 
-class _Retarget(ir.Rewriter):
-    """Point loads and stores of one buffer at another, with new indices."""
-
-    def __init__(self, old: str, new: ir.Buffer, indices: tuple[ir.Expr, ...] | None = None):
-        self.old, self.new, self.indices = old, new, indices
-
-    def visit_Load(self, node: ir.Load):
-        node = self.generic_visit(node)
-        if node.buffer.name != self.old:
-            return node
-        return ir.Load(self.new, self.indices if self.indices is not None else node.indices)
-
-    def visit_Store(self, node: ir.Store):
-        node = self.generic_visit(node)
-        if node.buffer.name != self.old:
-            return node
-        return ir.Store(self.new, self.indices if self.indices is not None else node.indices, node.value)
-
-
 def cache_write(func: ir.Func, at: str) -> ir.Func:
     """Accumulate a tile of outputs in a local buffer allocated in loop `at`, and
     write it back once (TVM: cache_write; oneDNN: register blocking).
@@ -82,7 +63,7 @@ def cache_write(func: ir.Func, at: str) -> ir.Func:
         raise ScheduleError("cache_write", f"the tile would hold {math.prod(extents)} elements; at most {MAX_TILE}",
                             "split the loops inside it and cache_write at an inner loop")
     tile = ir.Buffer(acc.name, acc.dtype, names, extents, ir.plain_layout(names), scope="local")
-    retarget = _Retarget(acc.name, tile, tuple(ir.Var(n) for n in names))
+    retarget = stages.Retarget(acc.name, tile, tuple(ir.Var(n) for n in names))
 
     def nest(stmt: ir.Stmt, suffix: str) -> ir.Stmt:
         renamed = {n: ir.Var(n + suffix) for n in names} if suffix else {}
@@ -277,7 +258,7 @@ def _relayout_workspace(func: ir.Func, buffer: ir.Buffer, layout: str) -> ir.Fun
         raise ScheduleError("layout", f"'{layout}' for '{buffer.name}' (axes {''.join(buffer.axes)}): {err}") from None
     changed = replace(buffer, layout=dims)
     workspace = tuple(changed if b.name == buffer.name else b for b in func.workspace)
-    return replace(func, workspace=workspace, body=_Retarget(buffer.name, changed).visit(func.body))
+    return replace(func, workspace=workspace, body=stages.Retarget(buffer.name, changed).visit(func.body))
 
 
 def cache_read(func: ir.Func, buffer: str, at: str, scope: str = "local") -> ir.Func:

@@ -60,7 +60,7 @@ def with_copy(func: ir.Func, name: str, copy: ir.Buffer, rewrite: ir.Rewriter | 
     if copy != sized(source, copy):
         raise ValueError(f"{copy.name}: the copy's shape {copy.shape} is not what its padding and blocks make")
     mover = f"{func.prefix}{'unpack' if output else 'pack'}_{name}"
-    retarget = rewrite or _Retarget(old, copy)
+    retarget = rewrite or Retarget(old, copy)
     stages = [ir.Stage(s.name, retarget.visit(s.body)) for s in func.stages if s.name != mover]
     stage = ir.Stage(mover, _unpack_nest(source, copy) if output else _pack_nest(source, copy))
     stages = stages + [stage] if output else insert_input_stage(func, stages, stage, source.weight)
@@ -161,19 +161,23 @@ def _unpack_nest(target: ir.Buffer, copy: ir.Buffer) -> ir.Stmt:
     return _loops(target, variables, list(target.shape), body)
 
 
-class _Retarget(ir.Rewriter):
-    """Loads and stores of one buffer pointed at another, indices kept."""
+class Retarget(ir.Rewriter):
+    """Loads and stores of one buffer pointed at another: indices kept, or replaced by `indices`."""
 
-    def __init__(self, old: str, new: ir.Buffer):
-        self.old, self.new = old, new
+    def __init__(self, old: str, new: ir.Buffer, indices: tuple[ir.Expr, ...] | None = None):
+        self.old, self.new, self.indices = old, new, indices
 
     def visit_Load(self, node: ir.Load):
         node = self.generic_visit(node)
-        return ir.Load(self.new, node.indices) if node.buffer.name == self.old else node
+        if node.buffer.name != self.old:
+            return node
+        return ir.Load(self.new, self.indices if self.indices is not None else node.indices)
 
     def visit_Store(self, node: ir.Store):
         node = self.generic_visit(node)
-        return ir.Store(self.new, node.indices, node.value) if node.buffer.name == self.old else node
+        if node.buffer.name != self.old:
+            return node
+        return ir.Store(self.new, self.indices if self.indices is not None else node.indices, node.value)
 
 
 def require_unscheduled_data(func: ir.Func, primitive: str, hint: str) -> None:
