@@ -4,8 +4,6 @@ conv2d, per output element:
     acc = bias[oc] (or 0)
     for ic, kh, kw: acc += x[n, group_base + ic, ih, iw] * w[oc, ic, kh, kw]
     y[n, oc, oh, ow] = activation(acc)
-With a fused pool, the outputs are pooled positions (ph, pw); a pool
-accumulator runs over the window (pi, pj), each element the block above.
 with ih = oh*sh + kh*dh - pad_top (and alike for iw). Padding becomes a guard
 (zeros: the tap is skipped, so it contributes 0; for max pooling that is the
 -inf of PyTorch) or an index remap (reflect, replicate). No optimisation
@@ -15,6 +13,12 @@ An int8 layer (TFLite's scheme) accumulates in int32: acc += (x - zp_in) * w,
 so a skipped padding tap is a real zero; the epilogue requantizes per output
 channel (multiplier and shift as immediates, or constant tables when the
 channels differ), adds zp_out, clamps to the activation range and narrows.
+
+A fused pool is a second stage: the convolution (stage `conv`) writes the
+workspace buffer `conv_out`, and the pool (stage `pool`, loops pn, pc, ph,
+pw over outputs and pi, pj over the window) reads it. The schedule step
+compute_at fuses them, computing the part of conv_out a pool loop reads
+inside it, so that no whole intermediate is kept.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ def lower(spec: Spec, prefix: str = "") -> ir.Func:
     may still name loops without it (apply_step resolves them)."""
     params = _params(spec)
     body = _conv_body(spec, params) if spec.is_conv else _pool_body(spec, params)
-    func = ir.simplify(ir.Func(spec.name, tuple(params.values()), body, doc=describe(spec)), drop_unit_loops=True)
+    workspace = (conv_output(spec),) if spec.is_conv and spec.pool is not None else ()
+    func = ir.Func(spec.name, tuple(params.values()), body, doc=describe(spec), workspace=workspace)
+    func = ir.simplify(func, drop_unit_loops=True)
     return ir.with_prefix(func, prefix)
 
 
@@ -161,12 +167,15 @@ def _requantized(spec: Spec, acc: ir.Expr, oc: Var) -> ir.Expr:
 
 
 def _conv_body(spec: Spec, params: dict[str, Buffer]) -> ir.Stmt:
+    """The convolution's nest; with a fused pool, two stages: the convolution
+    into a workspace buffer, then the pool over it (compute_at fuses them)."""
     n, oc, oh, ow, ic, kh, kw = (Var(v) for v in ("n", "oc", "oh", "ow", "ic", "kh", "kw"))
     in_per_group = spec.in_channels // spec.groups
     out_per_group = spec.out_channels // spec.groups
     channel = (oc // out_per_group) * in_per_group + ic
     row, col, guard = _padded_access(spec, _input_index(spec, oh, kh, 0), _input_index(spec, ow, kw, 1))
-    x, w, y = params["x"], params["w"], params["y"]
+    x, w = params["x"], params["w"]
+    y = params["y"] if spec.pool is None else conv_output(spec)
     zero = _int32(0) if spec.is_quantized else FloatImm(0.0)
     init = ir.Load(params["b"], (oc,)) if spec.bias else zero
     pixel, weight = ir.Load(x, (n, channel, row, col)), ir.Load(w, (oc, ic, kh, kw))
@@ -178,23 +187,28 @@ def _conv_body(spec: Spec, params: dict[str, Buffer]) -> ir.Stmt:
         return _guarded(guard, store(acc + pixel * weight))
 
     taps = [("ic", in_per_group), ("kh", spec.kernel_size[0]), ("kw", spec.kernel_size[1])]
+    body = _accumulate("acc", init, taps, update, lambda v: Store(y, (n, oc, oh, ow), finish(v)))
+    rows, cols = spec.conv_output_size
+    conv = _nest([("n", spec.batch), ("oc", spec.out_channels), ("oh", rows), ("ow", cols)], body)
     if spec.pool is None:
-        body = _accumulate("acc", init, taps, update, lambda v: Store(y, (n, oc, oh, ow), finish(v)))
-        outputs = [("oh", spec.output_size[0]), ("ow", spec.output_size[1])]
-    else:
-        conv = lambda write: _accumulate("acc", init, taps, update, lambda v: write(_activation(spec, v)))
-        body = _pooled(spec, conv, lambda v: Store(y, (n, oc, Var("ph"), Var("pw")), v))
-        outputs = [("ph", spec.output_size[0]), ("pw", spec.output_size[1])]
-    return _nest([("n", spec.batch), ("oc", spec.out_channels)] + outputs, body)
+        return conv
+    return Seq((ir.Stage("conv", conv), ir.Stage("pool", _pool_stage(spec, y, params["y"]))))
 
 
-def _pooled(spec: Spec, conv, write) -> ir.Stmt:
-    """The pool that follows a convolution, with the convolution of each window
-    element (at conv output oh, ow) computed in place: bias, activation and
-    pooling all in the epilogue, no intermediate tensor. Window elements in the
-    pool's padding are skipped (max: -inf; average: zeros that count)."""
+def conv_output(spec: Spec) -> Buffer:
+    """The workspace buffer a convolution with a fused pool writes and the pool reads."""
+    rows, cols = spec.conv_output_size
+    axes = ("N", "C", "H", "W")
+    return Buffer("conv_out", ir.FLOAT32, axes, (spec.batch, spec.out_channels, rows, cols),
+                  ir.plain_layout(axes), scope="workspace")
+
+
+def _pool_stage(spec: Spec, source: Buffer, y: Buffer) -> ir.Stmt:
+    """The pool that follows a convolution, over its activated output. Window
+    elements in the pool's padding are skipped (max: -inf; average: zeros
+    that count, PyTorch's default)."""
     pool = spec.pool
-    ph, pw, pi, pj = Var("ph"), Var("pw"), Var("pi"), Var("pj")
+    n, c, ph, pw, pi, pj = (Var(v) for v in ("pn", "pc", "ph", "pw", "pi", "pj"))
     oh = ph * pool.stride[0] + pi - pool.padding[0]
     ow = pw * pool.stride[1] + pj - pool.padding[2]
     rows, cols = spec.conv_output_size
@@ -203,12 +217,15 @@ def _pooled(spec: Spec, conv, write) -> ir.Stmt:
     window = pool.kernel_size[0] * pool.kernel_size[1]
 
     def update(store, acc):
-        element = conv(lambda v: store(ir.maximum(acc, v) if is_max else acc + v))
-        return _guarded(inside, ir.substitute(element, {"oh": oh, "ow": ow}))
+        value = ir.Load(source, (n, c, oh, ow))
+        return _guarded(inside, store(ir.maximum(acc, value) if is_max else acc + value))
 
     init = FloatImm(float("-inf") if is_max else 0.0)
     taps = [("pi", pool.kernel_size[0]), ("pj", pool.kernel_size[1])]
-    return _accumulate("pool", init, taps, update, lambda v: write(v if is_max else v / FloatImm(float(window))))
+    body = _accumulate("pool", init, taps, update,
+                       lambda v: Store(y, (n, c, ph, pw), v if is_max else v / FloatImm(float(window))))
+    return _nest([("pn", spec.batch), ("pc", spec.out_channels), ("ph", spec.output_size[0]),
+                  ("pw", spec.output_size[1])], body)
 
 
 def _pool_body(spec: Spec, params: dict[str, Buffer]) -> ir.Stmt:

@@ -128,10 +128,17 @@ def _serial_loops(func, kind=None):
 
 
 def _draw_step(draw, func) -> Step | None:
-    primitive = draw(st.sampled_from(["split", "split", "tile", "reorder", "reorder", "fuse", "unroll",
-                                      "vectorize", "vectorize", "parallel", "cache_write", "cache_write",
-                                      "cache_read", "pad_input", "layout", "peel"]))
+    unfused = {stage.name for stage in func.stages} >= {"conv", "pool"}   # a fused pool, not computed at yet
+    primitive = "compute_at" if unfused and draw(st.booleans()) else draw(st.sampled_from([
+        "split", "split", "tile", "reorder", "reorder", "fuse", "unroll", "vectorize", "vectorize", "parallel",
+        "cache_write", "cache_write", "cache_read", "pad_input", "layout", "peel"]))
     loops = _serial_loops(func)
+    if primitive == "compute_at":   # a fused pool's convolution, at one of the pool's loops
+        if not unfused:
+            return None
+        pool = next(stage for stage in func.stages if stage.name == "pool")
+        loops = ir.find_all(pool.body, ir.Loop)   # none where every loop had one iteration
+        return Step("compute_at", ("conv", draw(st.sampled_from(loops)).var.name)) if loops else None
     if primitive == "pad_input":
         return Step("pad_input")
     if primitive == "layout":

@@ -617,3 +617,82 @@ def test_layers_lowered_with_prefixes_share_no_name_and_keep_their_schedules(sch
     unprefixed = plan(first, host(), chosen["first"], threads=1)   # the same kernel but for its names
     assert {name.removeprefix("conv1_") for name in _names(plans[0].func)} == _names(unprefixed.func)
     assert ir.with_prefix(plans[0].func, "") == unprefixed.func
+
+
+# -- fused pool: its own stage, fused by compute_at ---------------------------------
+
+FUSED = {"name": "fused", "op": "conv2d", "in_channels": 3, "out_channels": 5, "input_size": [9, 11],
+         "kernel_size": 3, "padding": 1, "activation": "relu",
+         "pool": {"op": "maxpool2d", "kernel_size": 3, "stride": 2, "padding": 1}}
+
+
+def test_a_fused_pool_lowers_to_a_stage_after_the_convolution():
+    func = lower(convgen.load_spec(FUSED))
+    assert [s.name for s in func.stages] == ["conv", "pool"]
+    assert [(b.name, b.shape) for b in func.workspace] == [("conv_out", (1, 5, 9, 11))]
+    conv, pool = func.stages
+    assert {s.buffer.name for s in ir.find_all(conv.body, ir.Store) if s.buffer.scope != "local"} == {"conv_out"}
+    assert {l.buffer.name for l in ir.find_all(pool.body, ir.Load) if l.buffer.scope != "local"} == {"conv_out"}
+
+
+@pytest.mark.parametrize("pool", [{"op": "maxpool2d", "kernel_size": 3, "stride": 2, "padding": 1},
+                                  {"op": "avgpool2d", "kernel_size": 2}])
+@pytest.mark.parametrize("at", ["pc", "ph", "pw", "pi"])
+def test_compute_at_computes_what_a_pool_loop_reads_and_keeps_results(pool, at):
+    spec = {**FUSED, "pool": pool}
+    s = chain(spec).compute_at("conv", at)
+    assert not s.func.workspace and [st.name for st in s.func.stages] == ["pool"]
+    region = next(a.buffer for a in ir.find_all(s.func.body, ir.Allocate) if a.buffer.name == "conv_out")
+    kernel, stride = pool["kernel_size"], pool.get("stride", pool["kernel_size"])
+    pooled_rows = convgen.load_spec(spec).output_size[0]
+    # the conv rows one iteration of `at` reads, those in the pool's padding included
+    rows = {"pc": (pooled_rows - 1) * stride + kernel, "ph": kernel, "pw": kernel, "pi": 1}[at]
+    assert region.scope == "local" and region.shape[2] == rows, region
+    if at == "pw":
+        assert region.shape[3] == kernel
+    matches_reference(spec, s, seed=3)
+
+
+def test_the_convolution_computed_at_a_pool_loop_is_scheduled_like_any_other_nest():
+    s = chain(FUSED).compute_at("conv", "ph")
+    s = s.split("ow", 4).cache_write("ow.o").reorder("ic", "kh", "kw", "ow.i").vectorize("ow.i").parallel("pc")
+    assert ir.loops_by_name(s.func.body)["ow.i"].kind == "vectorized"
+    matches_reference(FUSED, s, seed=4)
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: chain(FUSED).compute_at("convolution", "ph"), ["no stage named 'convolution'", "stages are conv, pool"]),
+    (lambda: chain(FUSED).compute_at("conv", "oh"), ["'oh' is a loop of stage 'conv' itself"]),
+    (lambda: chain(FUSED).compute_at("pool", "ph"), ["stage 'pool' writes y", "expected one workspace buffer"]),
+    (lambda: chain(CONV).compute_at("compute", "oh"), ["stage 'compute' writes y"]),
+    (lambda: chain({**FUSED, "input_size": [90, 90], "out_channels": 8}).compute_at("conv", "pn"),
+     ["no loop named 'pn'"]),
+    (lambda: chain({**FUSED, "input_size": [90, 90], "out_channels": 8, "batch": 2}).compute_at("conv", "pn"),
+     ["the region would hold 66248 elements; at most 4096"]),
+    (lambda: chain(FUSED).split("ow", 4).compute_at("conv", "ph"),
+     ["stores along axis W of 'conv_out' at ow.o * 4 + ow.i", "compute_at comes before steps"]),
+])
+def test_compute_at_refusals(make, words):
+    refusal(make, *words)
+
+
+def test_fused_pool_default_schedules_the_convolution_and_runs_the_pool_after_it():
+    from convgen.driver import plan
+    from convgen.target import host, load_target
+    chosen = plan(convgen.load_spec({**FUSED, "out_channels": 16, "input_size": [12, 12]}), host(), threads=2)
+    assert chosen.schedule_source == "default"
+    assert [s.name for s in chosen.func.stages] == ["pack_w", "conv", "pool"]
+    assert ir.loops_by_name(chosen.func.body)["pc"].kind == "parallel"
+    assert any(l.kind == "vectorized" for l in ir.find_all(chosen.func.stages[1].body, ir.Loop))
+    mcu = plan(convgen.load_spec(FUSED), load_target("cortex-m4"))
+    assert [s.describe() for s in mcu.steps] == ["compute_at('conv', 'pw')"] and not mcu.func.workspace
+
+
+@pytest.mark.parametrize("at", ["ph", "pw", "pi", "pj"])
+def test_compute_at_skips_a_one_pixel_convolution_where_the_window_is_in_the_padding(at):
+    """The convolution is one row and one column (lowering drops their loops): a window
+    element in the pool's padding has nothing to compute, and nothing may be stored for it."""
+    spec = {"name": "narrow", "op": "conv2d", "in_channels": 2, "out_channels": 3, "input_size": [3, 3],
+            "kernel_size": 3, "pool": {"op": "maxpool2d", "kernel_size": 2, "stride": 1, "padding": 1}}
+    assert convgen.load_spec(spec).conv_output_size == (1, 1)
+    matches_reference(spec, chain(spec).compute_at("conv", at), seed=6)

@@ -22,6 +22,7 @@ from typing import Iterable
 from .. import ir
 from ..errors import ScheduleError
 from .bind import bind, parallel, vectorize
+from .fusion import compute_at
 from .loops import TAILS, fuse, peel, reorder, split, tile, unroll
 from .memory import cache_read, cache_write, layout, pad_input
 from .nest import loop_names
@@ -32,7 +33,7 @@ PRIMITIVES = {
     "split": split, "tile": tile, "reorder": reorder, "fuse": fuse, "unroll": unroll, "peel": peel,
     "vectorize": vectorize, "parallel": parallel, "bind": bind,
     "cache_write": cache_write, "cache_read": cache_read, "pad_input": pad_input, "layout": layout,
-    "winograd": winograd,
+    "winograd": winograd, "compute_at": compute_at,
 }
 
 __all__ = ["Schedule", "Step", "PRIMITIVES", "TAILS", "apply_step", "apply_schedule", "trace", "as_steps",
@@ -62,6 +63,7 @@ def apply_step(func: ir.Func, step: Step) -> ir.Func:
 # a primitive's arguments that name loops, and the one that names a buffer
 _LOOP_ARGUMENTS = ("loop", "loops", "a", "b", "at")
 _BUFFER_ARGUMENTS = ("buffer",)
+_STAGE_ARGUMENTS = ("stage",)
 
 
 def _with_prefix(func: ir.Func, bound: inspect.BoundArguments) -> inspect.BoundArguments:
@@ -72,6 +74,7 @@ def _with_prefix(func: ir.Func, bound: inspect.BoundArguments) -> inspect.BoundA
         return bound
     loops = set(loop_names(func))
     buffers = {b.name for b in func.workspace} | {a.buffer.name for a in ir.find_all(func.body, ir.Allocate)}
+    stages = {s.name for s in func.stages}
 
     def resolve(name, known):
         if isinstance(name, str) and name not in known and func.prefix + name in known:
@@ -79,7 +82,8 @@ def _with_prefix(func: ir.Func, bound: inspect.BoundArguments) -> inspect.BoundA
         return name
 
     for key, value in list(bound.arguments.items()):
-        known = loops if key in _LOOP_ARGUMENTS else buffers if key in _BUFFER_ARGUMENTS else None
+        known = loops if key in _LOOP_ARGUMENTS else buffers if key in _BUFFER_ARGUMENTS \
+            else stages if key in _STAGE_ARGUMENTS else None
         if known is not None:
             bound.arguments[key] = tuple(resolve(v, known) for v in value) if isinstance(value, tuple) \
                 else resolve(value, known)
@@ -174,6 +178,9 @@ class Schedule:
 
     def layout(self, buffer: str, layout: str) -> "Schedule":
         return self.then("layout", buffer, layout)
+
+    def compute_at(self, stage: str, at: str) -> "Schedule":
+        return self.then("compute_at", stage, at)
 
     def winograd(self, tile: int = 4, rows: int = 1, channels: int = 0) -> "Schedule":
         return self.then("winograd", tile, rows=rows, channels=channels)

@@ -298,15 +298,15 @@ def cache_read(func: ir.Func, buffer: str, at: str, scope: str = "local") -> ir.
         raise ScheduleError("cache_read", f"'{buffer}' is written inside '{at}': a copy would go stale")
     source = reads[0].buffer
     inner = {loop.var.name: (0, loop.extent - 1) for loop in ir.find_all(target.body, ir.Loop)}
-    origin, spans = _read_region(reads, inner, at)
+    origin, spans = read_region(reads, inner, at, "cache_read")
     extents = tuple(hi - lo + 1 for lo, hi in spans)
     if math.prod(extents) > MAX_TILE:
         raise ScheduleError("cache_read", f"the copy would hold {math.prod(extents)} elements; at most {MAX_TILE}",
                             "cache_read at an inner loop")
-    name = _fresh_buffer_name(func, f"{func.prefix}{buffer.removeprefix(func.prefix)}_{scope}")
+    name = fresh_buffer_name(func, f"{func.prefix}{buffer.removeprefix(func.prefix)}_{scope}")
     copy = ir.Buffer(name, source.dtype, source.axes, extents, ir.plain_layout(source.axes), scope=scope)
     outer = {loop.var.name: (0, loop.extent - 1) for loop in enclosing_loops(func, at) + [target]}
-    body = _Reread(buffer, copy, inner, spans).visit(target.body)
+    body = Reread(buffer, copy, inner, spans).visit(target.body)
     staged = (_copy_nest(copy, source, origin, spans, outer), body)
     if scope == "shared":
         staged = (staged[0], ir.Barrier(), body, ir.Barrier())
@@ -323,7 +323,7 @@ def _split_terms(expr: ir.Expr, inner: set[str]) -> tuple[ir.Expr, ir.Expr]:
     return expr, ir.IntImm(0)
 
 
-def _read_region(reads: list[ir.Load], inner: ir.Ranges, at: str):
+def read_region(reads: list[ir.Load], inner: ir.Ranges, at: str, primitive: str):
     """(origin per axis, (lo, hi) per axis) of what `reads` touch as the inner loops run."""
     origin, spans = None, []
     for load in reads:
@@ -332,19 +332,19 @@ def _read_region(reads: list[ir.Load], inner: ir.Ranges, at: str):
         if origin is None:
             origin, spans = outer, [None] * len(parts)
         elif outer != origin:
-            raise ScheduleError("cache_read", f"reads of '{load.buffer.name}' start at different places outside "
+            raise ScheduleError(primitive, f"reads of '{load.buffer.name}' start at different places outside "
                                               f"'{at}': {', '.join(map(ir.format_expr, origin))} and "
                                               f"{', '.join(map(ir.format_expr, outer))}")
         for k, (_, part) in enumerate(parts):
             span = ir.bounds(part, inner)
             if span is None:
-                raise ScheduleError("cache_read", f"cannot bound index {ir.format_expr(part)} of "
+                raise ScheduleError(primitive, f"cannot bound index {ir.format_expr(part)} of "
                                                   f"'{load.buffer.name}' over the loops inside '{at}'")
             spans[k] = span if spans[k] is None else (min(spans[k][0], span[0]), max(spans[k][1], span[1]))
     return origin, [(int(lo), int(hi)) for lo, hi in spans]
 
 
-class _Reread(ir.Rewriter):
+class Reread(ir.Rewriter):
     """Reads of one buffer inside the cached loop, pointed at the copy."""
 
     def __init__(self, name: str, copy: ir.Buffer, inner: ir.Ranges, spans):
@@ -377,6 +377,6 @@ def _copy_nest(copy: ir.Buffer, source: ir.Buffer, origin, spans, outer: ir.Rang
     return body
 
 
-def _fresh_buffer_name(func: ir.Func, base: str) -> str:
+def fresh_buffer_name(func: ir.Func, base: str) -> str:
     taken = {b.name for b in func.params + func.workspace} | {a.buffer.name for a in ir.find_all(func.body, ir.Allocate)}
     return next(name for name in [base] + [f"{base}{k}" for k in range(2, 100)] if name not in taken)

@@ -17,6 +17,7 @@ from ..errors import ScheduleError
 from ..spec import Spec
 from ..target import Target
 from . import Schedule
+from .steps import Step
 from .nest import loop_names
 
 
@@ -56,7 +57,7 @@ def _direct(spec: Spec, target: Target, axis: str, lanes: int, tile: int, order:
     if axis == "channels":
         s = (s.split(channel, lanes * vectors, tail=_tail(spec.out_channels, lanes * vectors))
              .split(f"{channel}.i", lanes, tail="perfect")
-             .split("ow", tile, tail=_tail(spec.output_size[1], tile)))
+             .split("ow", tile, tail=_tail(spec.conv_output_size[1], tile)))
         blocks, vector_loop = f"{channel}.o", f"{channel}.i.i"
         tile_loops, extents = ["ow.i", f"{channel}.i.o"], [tile, vectors]
     else:
@@ -80,11 +81,11 @@ def _direct(spec: Spec, target: Target, axis: str, lanes: int, tile: int, order:
          .vectorize(vector_loop + ".init"))
     if axis == "channels" and spec.is_conv:
         s = s.layout("w", f"OIHW{lanes}o")
-        if spec.output_layout == "NCHW":
+        if _computed_layout(spec) == "NCHW":
             # write the tile back a vector of columns at a time: each channel's row is contiguous in y
             s = (s.reorder(*(f"{loop}.out" for loop in tile_loops[1:]), f"{vector_loop}.out", "ow.i.out")
                  .vectorize("ow.i.out"))
-    elif axis == "columns" and spec.output_layout == "NCHW":
+    elif axis == "columns" and _computed_layout(spec) == "NCHW":
         s = s.vectorize(f"{vector_loop}.out")   # the tile's columns are contiguous in y too
     # Zero padding left to in-range checks, with the border tiles peeled so the rest runs without
     # them: no padded copy of x per call (3x3 64: 0.96 -> 0.90 ms at one thread, 0.64 -> 0.47 ms at
@@ -140,7 +141,7 @@ def _thread_split(spec: Spec, target: Target, has_rows: bool, threads: int, coun
 def _peel_border(s: Schedule, spec: Spec, loop: str, tile: int, axis: int) -> Schedule:
     """Peel the leading and trailing iterations of `loop` (tiles of `tile` outputs
     along `axis`) whose input windows reach into the padding."""
-    extent = -(-spec.output_size[axis] // tile)
+    extent = -(-spec.conv_output_size[axis] // tile)
     front, back = _border_tiles(spec, tile, axis)
     front = min(front, extent - 1)
     back = min(back, extent - 1 - front)
@@ -149,7 +150,7 @@ def _peel_border(s: Schedule, spec: Spec, loop: str, tile: int, axis: int) -> Sc
 
 def _border_tiles(spec: Spec, tile: int, axis: int) -> tuple[int, int]:
     """(leading, trailing) tiles of `tile` outputs along `axis` that read padding."""
-    size, out = spec.input_size[axis], spec.output_size[axis]
+    size, out = spec.input_size[axis], spec.conv_output_size[axis]
     stride, dilation, kernel = spec.stride[axis], spec.dilation[axis], spec.kernel_size[axis]
     before = spec.padding[2 * axis]
     starts = [t * stride - before for t in range(0, out, tile)]
@@ -171,7 +172,7 @@ def _channel_tile(spec: Spec, target: Target) -> tuple[int, int]:
         return 1, 4
     accumulators = target.vector_registers - 4
     vectors = 2 if (spec.out_channels // spec.groups) % (2 * target.vector_lanes) == 0 else 1
-    return vectors, _tile_across(spec.output_size[1], accumulators // vectors)
+    return vectors, _tile_across(spec.conv_output_size[1], accumulators // vectors)
 
 
 def _tile_across(extent: int, limit: int) -> int:
@@ -184,6 +185,12 @@ def _tile_across(extent: int, limit: int) -> int:
 def _l2_bytes(target: Target) -> int:
     """The target's L2 cache per core, or 256 KiB where the OS does not say."""
     return target.cache("L2") or 256 * 1024
+
+
+def _computed_layout(spec: Spec) -> str:
+    """The layout the computation writes: the output's, or with a fused pool
+    that of the convolution's own output (conv_out, NCHW), which the pool reads."""
+    return "NCHW" if spec.pool is not None else spec.output_layout
 
 
 def _tail(extent: int, factor: int) -> str:
@@ -212,6 +219,31 @@ def default_schedule(spec: Spec, target: Target, threads: int = 1) -> tuple:
     among the target's vector registers. A target without vector registers
     (a Cortex-M) gets a scalar register tile (`_scalar_tile`) instead.
     """
+    if spec.pool is not None:
+        return _with_pool(spec, target, threads)
+    return _conv_or_pool(spec, target, threads)
+
+
+def _with_pool(spec: Spec, target: Target, threads: int) -> tuple:
+    """A convolution with a fused pool. With vectors: the convolution's
+    recipe into its own output (conv_out, a workspace buffer), then the pool
+    over it, its channels across threads; the pool costs a pass over conv_out,
+    a fraction of the convolution's time, where computing the convolution
+    inside the pool's loops would leave its tile no room. Without (a
+    Cortex-M): the convolution computed inside the pool's column loop
+    (compute_at), for one window at a time, so that no intermediate takes
+    RAM."""
+    if target.vector_lanes == 1:
+        return (Step("compute_at", ("conv", "pw")),)
+    steps = _conv_or_pool(spec, target, threads)
+    # lowering leaves out loops of one iteration (one channel, one row)
+    across = "pc" if spec.out_channels > 1 else "ph" if spec.output_size[0] > 1 else None
+    if steps and threads > 1 and across:
+        steps += (Step("parallel", (across,)),)
+    return steps
+
+
+def _conv_or_pool(spec: Spec, target: Target, threads: int) -> tuple:
     lanes = target.vector_lanes
     if lanes == 1:
         try:
@@ -219,9 +251,9 @@ def default_schedule(spec: Spec, target: Target, threads: int = 1) -> tuple:
         except ScheduleError:
             return ()
     recipes = []
-    if spec.is_conv and spec.groups > 1 and spec.input_layout == spec.output_layout == "NHWC":
+    if spec.is_conv and spec.groups > 1 and spec.input_layout == _computed_layout(spec) == "NHWC":
         recipes.append(lambda: _channels_last(spec, lanes, threads))
-    columns = spec.output_size[1]
+    columns = spec.conv_output_size[1]
     tile = 8 if target.vector_registers >= 32 else 4
     if spec.is_conv and (spec.out_channels // spec.groups) % lanes == 0:
         vectors, across = _channel_tile(spec, target)
@@ -257,7 +289,7 @@ def _scalar_tile(spec: Spec, target: Target) -> Schedule:
     per_group = spec.out_channels // spec.groups
     rows = next((r for r in (4, 2) if per_group % r == 0), 1)
     accumulators = max(2, target.vector_registers // 2)
-    columns = _tile_across(spec.output_size[1], max(1, accumulators // rows))
+    columns = _tile_across(spec.conv_output_size[1], max(1, accumulators // rows))
     s = Schedule.for_spec(spec)
     names = set(loop_names(s.func))
     tile_loops = []
@@ -265,7 +297,7 @@ def _scalar_tile(spec: Spec, target: Target) -> Schedule:
         s = s.split(channel, rows, tail="perfect")
         tile_loops.append(f"{channel}.i")
     if columns > 1:
-        s = s.split("ow", columns, tail=_tail(spec.output_size[1], columns))
+        s = s.split("ow", columns, tail=_tail(spec.conv_output_size[1], columns))
         tile_loops.append("ow.i")
     if not tile_loops:
         raise ScheduleError("split", "a tile of one channel by one column is the naive nest")

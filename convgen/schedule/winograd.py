@@ -179,6 +179,8 @@ def _match_direct_conv(func: ir.Func) -> _DirectConv:
     params = {p.name: p for p in func.params}
     if "w" not in params:
         raise _refuse("the kernel has no weights w: winograd is for a convolution")
+    if func.prefix + "pool" in {s.name for s in func.stages}:
+        raise _refuse("the layer has a fused pool (stage pool); Winograd's output transform writes y directly")
     require_unscheduled_data(func, "winograd", "write winograd as the schedule's first step")
     x, w, y = params["x"], params["w"], params["y"]
     if x.dtype != ir.FLOAT32:
