@@ -28,6 +28,49 @@ def hoist_conditions(func: ir.Func) -> ir.Func:
     return ir.hoist_conditions(func)
 
 
+def share_parallel_work(func: ir.Func) -> ir.Func:
+    """Each top-level nest of a stage (a stage function, ir.split) with parallel
+    loops, made one parallel loop around the whole nest: what the threads
+    share is that loop's range, each thread running the nest for its part of
+    it. The serial loops around a parallel loop (the batch) move inside it,
+    and the copies of one parallel loop that cache_write makes for a tile's
+    init and write-back become one loop: a thread runs all three for its part.
+    That is legal because the parallel step admits only a loop over outputs
+    below a perfect nest of loops over outputs, and copies of it run over
+    the same outputs. Parallel loops of different extents in one nest are
+    left as they are (C runs each; LLVM refuses them)."""
+    stages = [ir.Stage(stage.name, _per_nest(stage.body, _one_parallel_range)) for stage in func.stages]
+    return ir.with_stages(func, stages)
+
+
+def _per_nest(body: ir.Stmt, rewrite) -> ir.Stmt:
+    if isinstance(body, ir.Seq):
+        return ir.Seq(tuple(rewrite(nest) for nest in body.body))
+    return rewrite(body)
+
+
+def _one_parallel_range(nest: ir.Stmt) -> ir.Stmt:
+    loops = [loop for loop in ir.find_all(nest, ir.Loop) if loop.kind == "parallel"]
+    nested = any(inner.kind == "parallel" for loop in loops for inner in ir.find_all(loop.body, ir.Loop))
+    if not loops or (len(loops) == 1 and nest is loops[0]) or len({loop.extent for loop in loops}) > 1 or nested:
+        return nest
+    shared = loops[0]
+    return replace(shared, body=_InlineParallel(shared.var).visit(nest))
+
+
+class _InlineParallel(ir.Rewriter):
+    """Each parallel loop replaced by its body at the shared loop's index."""
+
+    def __init__(self, index: ir.Var):
+        self.index = index
+
+    def visit_Loop(self, node: ir.Loop):
+        node = self.generic_visit(node)
+        if node.kind != "parallel":
+            return node
+        return ir.substitute(node.body, {node.var.name: self.index})
+
+
 def next_power_of_two(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
@@ -70,6 +113,9 @@ def mark_transposes(func: ir.Func) -> ir.Func:
 
 
 PASSES: tuple[Pass, ...] = (
+    Pass("share-parallel-work", share_parallel_work,
+         "threads start once per stage function and share one loop's range: a parallel loop moves "
+         "outside the serial loops around it, and a tile's parallel copies become one loop"),
     Pass("hoist-conditions", hoist_conditions,
          "a check that does not depend on a loop runs once outside it, not once per iteration "
          "(a padding row's check leaves the register tile)"),

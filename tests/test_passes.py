@@ -4,10 +4,12 @@ its one rewrite, every kernel verified after each, and shown by `convgen show -v
 import subprocess
 import sys
 
+import pytest
+
 import convgen
 from convgen import ir
 from convgen.driver import plan
-from convgen.passes import PASSES, mark_transposes, run_passes
+from convgen.passes import PASSES, mark_transposes, run_passes, share_parallel_work
 from convgen.schedule import Schedule
 from convgen.target import host
 
@@ -27,7 +29,7 @@ def _write_back_schedule(spec):
 
 
 def test_the_passes_are_listed_in_order_with_a_reason():
-    assert [p.name for p in PASSES] == ["hoist-conditions", "mark-transposes"]
+    assert [p.name for p in PASSES] == ["share-parallel-work", "hoist-conditions", "mark-transposes"]
     assert all(p.why for p in PASSES)
 
 
@@ -67,5 +69,48 @@ def test_show_verbose_prints_the_kernel_after_each_pass():
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert out.startswith("schedule: the default for the target, on host")
-    assert "== pass: hoist-conditions ==" in out and "== pass: mark-transposes ==" in out
+    assert all(f"== pass: {p.name} ==" in out for p in PASSES)
     assert "transposed for" in out.split("== after the passes: what the backends render ==")[1]
+
+
+BATCHED = {"name": "batched", "op": "conv2d", "batch": 2, "in_channels": 3, "out_channels": 5, "input_size": [6, 7],
+           "kernel_size": 3, "padding": 1}
+
+
+def _parallel_loops(func):
+    return [loop for loop in ir.find_all(func.body, ir.Loop) if loop.kind == "parallel"]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Schedule.for_spec(convgen.load_spec(BATCHED)).parallel("oc"),                     # under the batch loop
+    lambda: Schedule.for_spec(convgen.load_spec(BATCHED)).parallel("oh").cache_write("oc"),   # a tile's three copies
+], ids=["under-batch", "tile-copies"])
+def test_share_parallel_work_makes_one_parallel_loop_around_each_nest(make):
+    schedule = make()
+    before = _parallel_loops(schedule.func)
+    shared = share_parallel_work(schedule.func)
+    after = _parallel_loops(shared)
+    assert len(after) == 1 and shared.body is after[0], ir.format_func(shared)
+    assert after[0].var == before[0].var and after[0].extent == before[0].extent
+    assert {loop.var.name for loop in ir.find_all(after[0].body, ir.Loop)} >= {"n"}   # the batch runs inside
+    for target in ("llvm", "c"):
+        for threads in (1, 2, 3):
+            kernel = convgen.build(BATCHED, target, schedule=schedule, threads=threads)
+            result = convgen.check(kernel, threads)
+            assert result.passed, (target, threads, result)
+
+
+def test_share_parallel_work_leaves_a_nest_it_cannot_share_and_llvm_refuses_it():
+    from convgen.codegen.llvm import emit_llvm
+    from convgen.errors import CodegenError
+    two = Schedule.for_spec(convgen.load_spec(BATCHED)).parallel("oc").peel("oc", 1, 1).func   # still one loop
+    assert len(_parallel_loops(share_parallel_work(two))) == 1
+    i, j = ir.Var("i"), ir.Var("j")
+    x = ir.Buffer("x", ir.FLOAT32, ("W",), (8,), ir.plain_layout("W"))
+    y = ir.Buffer("y", ir.FLOAT32, ("W",), (8,), ir.plain_layout("W"))
+    uneven = ir.Func("uneven", (x, y), ir.Loop(ir.Var("k"), 2, ir.Seq((
+        ir.Loop(i, 4, ir.Store(y, (i,), ir.Load(x, (i,))), kind="parallel"),
+        ir.Loop(j, 3, ir.Store(y, (j + 4,), ir.Load(x, (j + 4,))), kind="parallel")))))
+    assert share_parallel_work(uneven) == uneven
+    with pytest.raises(CodegenError, match="parallel loops i, j are not one loop around the whole stage function"):
+        emit_llvm(uneven, host())

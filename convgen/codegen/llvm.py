@@ -20,8 +20,9 @@ SROA turns them into registers). Loop kinds:
   vectors to columns): the block's rows are loaded as vectors and
   transposed with log2(P) rounds of two-vector shuffles (`transposed_copy`)
   instead of being gathered element by element;
-- parallel: the function takes two more arguments, `lo` and `hi`, and runs
-  that loop from lo to hi. A second function, `<name>.omp(ptr args)`, is
+- parallel (the whole body of a stage function, as the share-parallel-work
+  pass leaves it): the function takes two more arguments, `lo` and `hi`,
+  and runs that loop from lo to hi. A second function, `<name>.omp(ptr args)`, is
   the body of an OpenMP parallel region (libgomp's GOMP_parallel calls it
   on every thread): it runs the thread's contiguous share of the range, then
   takes what is left of the others' shares, one iteration at a time
@@ -130,23 +131,17 @@ def _emit_openmp_entry(module: ll.Module, kernel: ll.Function, params: int, exte
 
 
 def parallel_loop(func: ir.Func) -> ir.Loop | None:
-    """A stage function's parallel loop, whose range the caller passes as (lo, hi).
-
-    One parallel region runs the whole stage, each thread on its share of
-    that range; so loops of one nest that share it (a parallel loop's copies
-    for a tile's init and write-back, made by cache_write) run on the same
-    shares, and parallel loops in separate nests of one stage (which may
-    read each other's results across shares) are refused: each stage of a
-    program is its own function, with its own parallel region."""
+    """A stage function's parallel loop, whose range the caller passes as (lo, hi):
+    its whole body, as the share-parallel-work pass leaves it (passes.py).
+    One parallel region runs the function, each thread on its share of that
+    range; anything else with a parallel loop is refused."""
     loops = [loop for loop in ir.find_all(func.body, ir.Loop) if loop.kind == "parallel"]
-    nests = func.body.body if isinstance(func.body, ir.Seq) else (func.body,)
-    holders = {id(nest) for nest in nests for loop in loops if loop in ir.find_all(nest, ir.Loop)}
-    if len(holders) > 1 or len({loop.extent for loop in loops}) > 1:
-        raise CodegenError(f"LLVM backend: parallel loops in separate nests of one stage or of different extents "
-                           f"({', '.join(l.var.name for l in loops)}); it runs one parallel range per stage "
-                           f"(the C backend runs each loop on its own): keep one nest's loop parallel, or make "
-                           f"each nest a stage")
-    return loops[0] if loops else None
+    if not loops or (len(loops) == 1 and func.body is loops[0]):
+        return loops[0] if loops else None
+    raise CodegenError(f"LLVM backend: {func.name}: parallel loops {', '.join(l.var.name for l in loops)} are not "
+                       f"one loop around the whole stage function (share-parallel-work makes them one where they "
+                       f"have one extent and none holds another); it runs one parallel range per stage function "
+                       f"(the C backend runs each loop on its own): keep one loop of each nest parallel")
 
 
 class _LLVMEmitter:
