@@ -1,11 +1,12 @@
 """The benchmark suite with two versions of convgen side by side, in one process.
 
-    python benchmarks/compare_versions.py OTHER_CHECKOUT [--threads 1,2] [--rounds 7] [--only NAME]
+    python benchmarks/compare_versions.py OTHER_CHECKOUT [--threads 1,2] [--rounds 7] [--specs DIR] [--only NAME]
 
 For a change that should keep the suite's speed (a refactor): OTHER_CHECKOUT
 is a checkout of the version before it (e.g. `git worktree add ../before
 <commit>`). Its `convgen` package is loaded next to this one (as
-`convgen_before`), and for every spec in specs/bench/ both versions' default
+`convgen_before`), and for every spec in specs/bench/ (or DIR; int8 layers,
+which the peers do not run, are left out) both versions' default
 kernels (bound, as `convgen bench` times them) and the peers are timed in
 the same interleaved rounds, the two versions' order swapped every round.
 Prints, per layer, convgen / fastest peer before and after, and after /
@@ -108,11 +109,13 @@ def main() -> None:
     parser.add_argument("other", type=Path, help="a checkout of the version to compare with")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--specs", type=Path, default=ROOT / "specs" / "bench", help="a folder of specs")
     parser.add_argument("--only", default="", help="only the specs whose file name contains this")
     args = parser.parse_args()
     warnings.simplefilter("ignore", convgen.ConvgenWarning)
     other = load_other(args.other)
-    specs = sorted(p for p in (ROOT / "specs" / "bench").glob("*.yaml") if args.only in p.name)
+    specs = sorted(p for p in args.specs.glob("*.yaml")
+                   if args.only in p.name and not convgen.load_spec(p).is_quantized)
     for threads in (int(t) for t in args.threads.split(",")):
         print(f"\n{threads} thread(s), host {host().cpu}, measured FMA peak {measure_peak(threads).gflops:.0f} GFLOP/s\n")
         print("| layer | before | after | fastest peer | before / fastest peer | after / fastest peer | after / before "

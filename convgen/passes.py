@@ -71,6 +71,92 @@ class _InlineParallel(ir.Rewriter):
         return ir.substitute(node.body, {node.var.name: self.index})
 
 
+def epilogue_in_tile(func: ir.Func) -> ir.Func:
+    """A register tile's epilogue (an activation on each accumulated output)
+    applied to the tile in place, in the nest that initialised it (the
+    tile's own vector layout), before the write-back, which then only
+    copies. Applied in the write-back instead, the activation runs on the
+    vectors the write-back makes, across the tile's rows (a register
+    transpose), and LLVM kept the whole tile in memory across the reduction:
+    resnet_3x3_64 with ReLU ran 1.7x slower than without.
+
+    It applies to a tile allocated with an init, a reduction and a
+    write-back nest (cache_write's three) whose write-back stores one value
+    computed from one read of the tile, of the tile's type (not int8's
+    requantize-and-narrow, whose result is narrower than the tile)."""
+    return _EpilogueInTile().visit(func)
+
+
+class _EpilogueInTile(ir.Rewriter):
+    def visit_Allocate(self, node: ir.Allocate):
+        node = self.generic_visit(node)
+        tile = node.buffer
+        parts = node.body.body if isinstance(node.body, ir.Seq) else ()
+        if tile.scope != "local" or tile.size == 1 or len(parts) != 3:
+            return node
+        init, reduce, out = parts
+        moved = _epilogue_moved(tile, init, out)
+        return node if moved is None else replace(node, body=ir.Seq((init, reduce, *moved)))
+
+
+def _epilogue_moved(tile: ir.Buffer, init: ir.Stmt, out: ir.Stmt):
+    """(the epilogue nest, the write-back copying the tile), or None where it does not apply."""
+    stores = ir.find_all(out, ir.Store)
+    starts = [s for s in ir.find_all(init, ir.Store) if s.buffer.name == tile.name]
+    if len(stores) != 1 or len(starts) != 1 or ir.find_all(init, ir.Store) != starts:
+        return None
+    store, start = stores[0], starts[0]
+    reads = [load for load in ir.find_all(store.value, ir.Load) if load.buffer.name == tile.name]
+    if len(reads) != 1 or store.value == reads[0] or store.value.dtype != tile.dtype:
+        return None
+    indices = reads[0].indices + start.indices
+    if not all(isinstance(i, ir.Var) for i in indices) or len(set(indices)) != len(indices):
+        return None
+    epilogue_vars = {v.name: ir.Var(_epilogue_name(v.name)) for v in start.indices}
+    at = tuple(epilogue_vars[v.name] for v in start.indices)
+    in_place = ir.Store(tile, at, _ReplaceLoad(reads[0], ir.Load(tile, at)).visit(
+        ir.substitute(store.value, {o.name: epilogue_vars[i.name] for o, i in zip(reads[0].indices, start.indices)})))
+    # substitute renames the loops over the tile's axes too; any other loop of the copy gets a new name
+    epilogue = ir.substitute(_ReplaceStore(start, in_place).visit(init), epilogue_vars)
+    epilogue = _RenameLoops({v.name for v in epilogue_vars.values()}).visit(epilogue)
+    copy = _ReplaceStore(store, ir.Store(store.buffer, store.indices, reads[0])).visit(out)
+    return epilogue, copy
+
+
+def _epilogue_name(name: str) -> str:
+    return name.replace(".init", ".epi") if ".init" in name else name + ".epi"
+
+
+class _ReplaceLoad(ir.Rewriter):
+    def __init__(self, old: ir.Load, new: ir.Expr):
+        self.old, self.new = old, new
+
+    def visit_Load(self, node: ir.Load):
+        return self.new if node == self.old else self.generic_visit(node)
+
+
+class _ReplaceStore(ir.Rewriter):
+    def __init__(self, old: ir.Store, new: ir.Stmt):
+        self.old, self.new = old, new
+
+    def visit_Store(self, node: ir.Store):
+        return self.new if node == self.old else node
+
+
+class _RenameLoops(ir.Rewriter):
+    """Loops not named yet (not in `named`) renamed with _epilogue_name, in their bodies too."""
+
+    def __init__(self, named: set[str]):
+        self.named = named
+
+    def visit_Loop(self, node: ir.Loop):
+        node = self.generic_visit(node)
+        if node.var.name in self.named:
+            return node
+        new = ir.Var(_epilogue_name(node.var.name))
+        return replace(node, var=new, body=ir.substitute(node.body, {node.var.name: new}))
+
+
 def next_power_of_two(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
@@ -116,6 +202,9 @@ PASSES: tuple[Pass, ...] = (
     Pass("share-parallel-work", share_parallel_work,
          "threads start once per stage function and share one loop's range: a parallel loop moves "
          "outside the serial loops around it, and a tile's parallel copies become one loop"),
+    Pass("epilogue-in-tile", epilogue_in_tile,
+         "an activation runs on the register tile in its own layout before the write-back, not on the "
+         "transposed vectors the write-back makes (which kept the tile in memory: ReLU cost 1.7x)"),
     Pass("hoist-conditions", hoist_conditions,
          "a check that does not depend on a loop runs once outside it, not once per iteration "
          "(a padding row's check leaves the register tile)"),

@@ -9,7 +9,7 @@ import pytest
 import convgen
 from convgen import ir
 from convgen.driver import plan
-from convgen.passes import PASSES, mark_transposes, run_passes, share_parallel_work
+from convgen.passes import PASSES, epilogue_in_tile, mark_transposes, run_passes, share_parallel_work
 from convgen.schedule import Schedule
 from convgen.target import host
 
@@ -29,7 +29,8 @@ def _write_back_schedule(spec):
 
 
 def test_the_passes_are_listed_in_order_with_a_reason():
-    assert [p.name for p in PASSES] == ["share-parallel-work", "hoist-conditions", "mark-transposes"]
+    assert [p.name for p in PASSES] == ["share-parallel-work", "epilogue-in-tile", "hoist-conditions",
+                                        "mark-transposes"]
     assert all(p.why for p in PASSES)
 
 
@@ -114,3 +115,42 @@ def test_share_parallel_work_leaves_a_nest_it_cannot_share_and_llvm_refuses_it()
     assert share_parallel_work(uneven) == uneven
     with pytest.raises(CodegenError, match="parallel loops i, j are not one loop around the whole stage function"):
         emit_llvm(uneven, host())
+
+
+@pytest.mark.parametrize("activation", ["relu", "relu6"])
+def test_epilogue_in_tile_applies_the_activation_to_the_tile_before_a_plain_write_back(activation):
+    spec = convgen.load_spec({**WRITE_BACK, "activation": activation})
+    func = _write_back_schedule(spec).func
+    moved = epilogue_in_tile(func)
+    tile = next(a for a in ir.find_all(moved.body, ir.Allocate) if a.buffer.name == "acc")
+    init, reduce, epilogue, write_back = tile.body.body
+    (store,) = ir.find_all(write_back, ir.Store)
+    assert isinstance(store.value, ir.Load) and store.value.buffer.name == "acc"   # a copy
+    (in_place,) = ir.find_all(epilogue, ir.Store)
+    assert in_place.buffer.name == "acc" and ir.find_all(in_place.value, ir.BinOp)   # max (and min)
+    assert [l.kind for l in ir.find_all(epilogue, ir.Loop)] == [l.kind for l in ir.find_all(init, ir.Loop)]
+    assert epilogue_in_tile(_write_back_schedule(convgen.load_spec(WRITE_BACK)).func) == \
+        _write_back_schedule(convgen.load_spec(WRITE_BACK)).func   # no activation: nothing to move
+    for target in ("llvm", "c"):
+        result = convgen.check(convgen.build(spec, target, schedule=_write_back_schedule(spec)), 11)
+        assert result.passed, (target, result)
+
+
+def test_with_the_epilogue_in_the_tile_llvm_applies_relu_to_channel_vectors_not_transposed_columns():
+    """The write-back's vectors are 4 columns (<4 x float>); the tile's are 8 channels."""
+    from convgen.codegen.llvm import emit_llvm
+    spec = convgen.load_spec({**WRITE_BACK, "activation": "relu"})
+    func = _write_back_schedule(spec).func
+    after = emit_llvm(run_passes(func)[0], host())
+    before = emit_llvm(mark_transposes(func), host())
+    assert "llvm.maxnum.v8f32" in after and "llvm.maxnum.v4f32" not in after
+    assert "llvm.maxnum.v4f32" in before
+
+
+def test_int8_requantization_stays_in_the_write_back():
+    """Its result is narrower than the int32 tile, so it cannot be stored back into it."""
+    spec = convgen.load_spec({**WRITE_BACK, "dtype": "int8", "quantization": {
+        "input": {"scale": 0.05, "zero_point": 3}, "output": {"scale": 0.1, "zero_point": -2},
+        "weight_scales": 0.01}})
+    func = Schedule.for_spec(spec).split("ow", 4).cache_write("ow.o").func
+    assert epilogue_in_tile(func) == func
