@@ -114,8 +114,9 @@ def _epilogue_moved(tile: ir.Buffer, init: ir.Stmt, out: ir.Stmt):
         return None
     epilogue_vars = {v.name: ir.Var(_epilogue_name(v.name)) for v in start.indices}
     at = tuple(epilogue_vars[v.name] for v in start.indices)
-    in_place = ir.Store(tile, at, _ReplaceLoad(reads[0], ir.Load(tile, at)).visit(
-        ir.substitute(store.value, {o.name: epilogue_vars[i.name] for o, i in zip(reads[0].indices, start.indices)})))
+    # the write-back's value at the init's element: its read of the tile becomes tile[at]
+    in_place = ir.Store(tile, at, ir.substitute(
+        store.value, {o.name: epilogue_vars[i.name] for o, i in zip(reads[0].indices, start.indices)}))
     # substitute renames the loops over the tile's axes too; any other loop of the copy gets a new name
     epilogue = ir.substitute(_ReplaceStore(start, in_place).visit(init), epilogue_vars)
     epilogue = _RenameLoops({v.name for v in epilogue_vars.values()}).visit(epilogue)
@@ -125,14 +126,6 @@ def _epilogue_moved(tile: ir.Buffer, init: ir.Stmt, out: ir.Stmt):
 
 def _epilogue_name(name: str) -> str:
     return name.replace(".init", ".epi") if ".init" in name else name + ".epi"
-
-
-class _ReplaceLoad(ir.Rewriter):
-    def __init__(self, old: ir.Load, new: ir.Expr):
-        self.old, self.new = old, new
-
-    def visit_Load(self, node: ir.Load):
-        return self.new if node == self.old else self.generic_visit(node)
 
 
 class _ReplaceStore(ir.Rewriter):
