@@ -5,7 +5,8 @@
 Runs `convgen bench` (the Python API) on every spec in specs/bench/ for each
 thread count and prints one row per layer: convgen and each peer in
 GFLOP/s (or microseconds for the call-overhead layer), convgen's share of
-the measured FMA peak, and convgen's ratio to the fastest peer; for 3x3
+the measured FMA peak (counting the multiply-adds executed: taps in zero
+padding are skipped), and convgen's ratio to the fastest peer; for 3x3
 stride-1 layers also the Winograd kernels' ratios (F(4x4,3x3), F(2x2,3x3))
 with their relative error against the float64 reference, next to the
 direct kernel's. Seven rounds by default (`convgen bench` takes three): on
@@ -51,7 +52,7 @@ def main() -> None:
             mine = entries["convgen"]
             timed = [entries[p] for p in peers if p in entries and entries[p].seconds is not None]
             best = min(timed, key=lambda e: e.seconds) if timed else None
-            share = "-" if tiny else f"{100 * mine.gflops(spec) / peak:.0f}%"
+            share = "-" if tiny else f"{100 * mine.share_of_peak(spec, peak):.0f}%"   # executed MACs
 
             def ratio(entry):
                 if entry is None or entry.seconds is None or best is None:

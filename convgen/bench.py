@@ -39,7 +39,13 @@ class Entry:
     error: float | None = None     # max |result - reference| / max |reference| (float64 reference)
 
     def gflops(self, spec: Spec) -> float | None:
+        """GFLOP/s over the layer's nominal MACs (every tap), the same for every contender."""
         return None if self.seconds is None else 2 * spec.macs / self.seconds / 1e9
+
+    def share_of_peak(self, spec: Spec, peak_gflops: float) -> float | None:
+        """The fraction of the FMA peak the multiply-adds executed (taps in zero
+        padding skipped, spec.executed_macs) take."""
+        return None if self.seconds is None else 2 * spec.executed_macs / self.seconds / 1e9 / peak_gflops
 
     def as_dict(self, spec: Spec) -> dict:
         return {**asdict(self), "gflops": self.gflops(spec)}

@@ -517,7 +517,8 @@ def _bench(args) -> int:
     for path in paths:
         spec = load_spec(path)
         entries = bench(spec, args.threads, peers, rounds=args.rounds, winograd=(4, 2) if args.winograd else ())
-        report.append({"spec": spec.name, "macs": spec.macs, "threads": args.threads, "peak_gflops": peak,
+        report.append({"spec": spec.name, "macs": spec.macs, "executed_macs": spec.executed_macs,
+                       "threads": args.threads, "peak_gflops": peak,
                        "results": [e.as_dict(spec) for e in entries]})
         if not args.json:
             _print_bench(spec, entries, peak, args.threads)
@@ -537,7 +538,8 @@ def _print_bench(spec: Spec, entries, peak: float, threads: int) -> None:
             continue
         gflops = entry.gflops(spec)
         # Winograd multiplies less: its figure is the direct convolution's FLOPs over its time
-        share = "direct-equiv." if "winograd" in entry.name else f"{100 * gflops / peak:5.1f}% of peak"
+        # % of peak counts the multiply-adds executed: taps in zero padding are skipped
+        share = "direct-equiv." if "winograd" in entry.name else f"{100 * entry.share_of_peak(spec, peak):5.1f}% of peak"
         line = f"  {entry.name:<24} {_duration(entry.seconds)} {gflops:8.1f} GFLOP/s {share}"
         if entry.error is not None:
             line += f"  rel. error {entry.error:.1e}"

@@ -195,6 +195,7 @@ def test_bench_reports_convgen_and_peers_as_json():
     names = [r["name"] for r in report["results"]]
     assert names[0] == "convgen" and report["results"][0]["seconds"] > 0
     assert "numpy" in names and report["peak_gflops"] > 0 and report["macs"] == 165888
+    assert report["executed_macs"] == 165888   # reflect padding reads real values: no tap is skipped
 
 
 def test_bench_refuses_an_unknown_peer():

@@ -201,3 +201,32 @@ def test_loader_accepts_or_refuses_cleanly(data):
         load_spec(data)
     except SpecError as err:
         assert err.problems and all(line.startswith("<dict>: ") for line in err.problems)
+
+
+def _taps_inside_by_brute_force(spec) -> int:
+    """Every (output, tap) pair whose input row and column lie inside the input, counted one by one."""
+    (h, w), (oh, ow) = spec.input_size, spec.conv_output_size
+    (kh, kw), (sh, sw), (dh, dw) = spec.kernel_size, spec.stride, spec.dilation
+    top, left = spec.padding[0], spec.padding[2]
+    inside = sum(1 for r in range(oh) for c in range(ow) for i in range(kh) for j in range(kw)
+                 if 0 <= r * sh + i * dh - top < h and 0 <= c * sw + j * dw - left < w)
+    per_tap = spec.in_channels // spec.groups if spec.is_conv else 1
+    return spec.batch * spec.out_channels * inside * per_tap
+
+
+@pytest.mark.parametrize("layer", [
+    dict(op="conv2d", in_channels=4, out_channels=6, input_size=[5, 7], kernel_size=3, padding=1),
+    dict(op="conv2d", in_channels=4, out_channels=8, input_size=[9, 6], kernel_size=[5, 3], stride=2,
+         padding=[2, 1, 0, 1], dilation=[1, 2], groups=2, batch=2),
+    dict(op="maxpool2d", in_channels=3, input_size=[7, 7], kernel_size=3, stride=2, padding=1),
+])
+def test_executed_macs_skip_the_taps_in_zero_padding(layer):
+    spec = load_spec({"name": "t", **layer})
+    assert spec.executed_macs == _taps_inside_by_brute_force(spec) < spec.macs
+
+
+@pytest.mark.parametrize("change", [{"padding": 0}, {"padding": 1, "padding_mode": "reflect"}])
+def test_executed_macs_are_all_macs_where_no_tap_is_skipped(change):
+    spec = load_spec({"name": "t", "op": "conv2d", "in_channels": 2, "out_channels": 3, "input_size": [6, 6],
+                      "kernel_size": 3, **change})
+    assert spec.executed_macs == spec.macs
