@@ -697,3 +697,19 @@ def test_compute_at_skips_a_one_pixel_convolution_where_the_window_is_in_the_pad
             "kernel_size": 3, "pool": {"op": "maxpool2d", "kernel_size": 2, "stride": 1, "padding": 1}}
     assert convgen.load_spec(spec).conv_output_size == (1, 1)
     matches_reference(spec, chain(spec).compute_at("conv", at), seed=6)
+
+
+def test_nhwc_layers_whose_channels_fill_only_half_vectors_get_half_width_channel_vectors():
+    """Channel vectors, not column vectors that write y across its channels (24 channels, 16 lanes)."""
+    from convgen.driver import plan
+    from convgen.target import host
+    lanes = host().vector_lanes
+    if lanes < 8:
+        pytest.skip(f"the host's vectors hold {lanes} float32 lanes; half-width vectors start at 4")
+    spec = {"name": "half", "op": "conv2d", "in_channels": 16, "out_channels": lanes // 2 * 3, "input_size": [6, 10],
+            "kernel_size": 1, "layout": "NHWC"}
+    chosen = plan(convgen.load_spec(spec), host(), threads=1)
+    vectorized = [l for l in ir.find_all(chosen.func.body, ir.Loop) if l.kind == "vectorized"]
+    assert chosen.schedule_source == "default"
+    assert any(l.var.name.startswith("oc.") and l.extent == lanes // 2 for l in vectorized), ir.format_func(chosen.func)
+    matches_reference(spec, chosen.steps, seed=8)
