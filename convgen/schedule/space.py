@@ -215,9 +215,9 @@ def default_schedule(spec: Spec, target: Target, threads: int = 1) -> tuple:
       input feeds two FMAs and 28 accumulators fit, where the GEMM's tile
       has 16, and threads split channel blocks, not a few pixel groups;
     - direct over output columns;
-    - direct over half-width channel vectors, where a group's channels fill
-      only those (24 with 16 lanes): before the column vectors for NHWC
-      outputs, after them otherwise.
+    - direct over half-width channel vectors, where a float32 group's
+      channels fill only those (24 with 16 lanes): before the column vectors
+      for NHWC outputs, after them otherwise.
     The register tile leaves room for weight vectors and broadcast inputs
     among the target's vector registers. A target without vector registers
     (a Cortex-M) gets a scalar register tile (`_scalar_tile`) instead.
@@ -272,7 +272,8 @@ def _conv_or_pool(spec: Spec, target: Target, threads: int) -> tuple:
                                _direct(spec, target, "columns", vector, rows, "ic-outer", threads))
     half = lanes // 2
     half_recipes = []
-    if spec.is_conv and half >= 4 and (spec.out_channels // spec.groups) % half == 0:
+    # float32 only: not measured on int8 layers, whose lanes are not the float32 count
+    if spec.is_conv and not spec.is_quantized and half >= 4 and (spec.out_channels // spec.groups) % half == 0:
         # a group's channels fill half-width vectors only (24, 40, 56 with 16 lanes): a tile of up to
         # four half vectors of channels. In NHWC it comes before the column vectors, which write y
         # across channels (pointwise 144->24 at 56x56, one thread: 3.6 -> 56 GFLOP/s, 0.03x -> 0.8x torch)
