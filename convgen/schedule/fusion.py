@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 from .. import ir
 from ..errors import ScheduleError
-from .memory import MAX_TILE, Reread, fresh_buffer_name, read_region
+from .memory import Reread, bounded_region, fresh_buffer_name
 from .nest import enclosing_loops, find_loop, guard_stores, perfect_chain, replace_loop
 
 
@@ -50,12 +49,7 @@ def compute_at(func: ir.Func, stage: str, at: str) -> ir.Func:
         raise ScheduleError("compute_at", f"'{buffer.name}' (what stage '{stage}' writes) is read "
                                           f"{'outside' if reads else 'nowhere inside'} loop '{at}'",
                             "choose a loop that holds every read of it")
-    inner = {loop.var.name: (0, loop.extent - 1) for loop in ir.find_all(target.body, ir.Loop)}
-    origin, spans = read_region(reads, inner, at, "compute_at")
-    extents = tuple(hi - lo + 1 for lo, hi in spans)
-    if math.prod(extents) > MAX_TILE:
-        raise ScheduleError("compute_at", f"the region would hold {math.prod(extents)} elements; at most {MAX_TILE}",
-                            "compute at an inner loop")
+    inner, origin, spans, extents = bounded_region(reads, target, "compute_at", "region", "compute at an inner loop")
     others = [s for s in func.stages if s.name != producer.name]
     fused = ir.with_stages(replace(func, workspace=tuple(b for b in func.workspace if b != buffer)), others)
     region = ir.Buffer(fresh_buffer_name(fused, buffer.name), buffer.dtype, buffer.axes, extents,

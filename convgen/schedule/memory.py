@@ -297,12 +297,7 @@ def cache_read(func: ir.Func, buffer: str, at: str, scope: str = "local") -> ir.
     if any(store.buffer.name == buffer for store in ir.find_all(target.body, ir.Store)):
         raise ScheduleError("cache_read", f"'{buffer}' is written inside '{at}': a copy would go stale")
     source = reads[0].buffer
-    inner = {loop.var.name: (0, loop.extent - 1) for loop in ir.find_all(target.body, ir.Loop)}
-    origin, spans = read_region(reads, inner, at, "cache_read")
-    extents = tuple(hi - lo + 1 for lo, hi in spans)
-    if math.prod(extents) > MAX_TILE:
-        raise ScheduleError("cache_read", f"the copy would hold {math.prod(extents)} elements; at most {MAX_TILE}",
-                            "cache_read at an inner loop")
+    inner, origin, spans, extents = bounded_region(reads, target, "cache_read", "copy", "cache_read at an inner loop")
     name = fresh_buffer_name(func, f"{func.prefix}{buffer.removeprefix(func.prefix)}_{scope}")
     copy = ir.Buffer(name, source.dtype, source.axes, extents, ir.plain_layout(source.axes), scope=scope)
     outer = {loop.var.name: (0, loop.extent - 1) for loop in enclosing_loops(func, at) + [target]}
@@ -321,6 +316,18 @@ def _split_terms(expr: ir.Expr, inner: set[str]) -> tuple[ir.Expr, ir.Expr]:
     if ir.free_vars(expr) & inner:
         return ir.IntImm(0), expr
     return expr, ir.IntImm(0)
+
+
+def bounded_region(reads: list[ir.Load], target: ir.Loop, primitive: str, what: str, hint: str):
+    """(the ranges of the loops inside `target`, then origin, spans and extents
+    per axis of what `reads` touch as those loops run), refused where the
+    region would hold more than MAX_TILE elements."""
+    inner = {loop.var.name: (0, loop.extent - 1) for loop in ir.find_all(target.body, ir.Loop)}
+    origin, spans = read_region(reads, inner, target.var.name, primitive)
+    extents = tuple(hi - lo + 1 for lo, hi in spans)
+    if math.prod(extents) > MAX_TILE:
+        raise ScheduleError(primitive, f"the {what} would hold {math.prod(extents)} elements; at most {MAX_TILE}", hint)
+    return inner, origin, spans, extents
 
 
 def read_region(reads: list[ir.Load], inner: ir.Ranges, at: str, primitive: str):
