@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 import convgen
-from convgen.bench import _PEERS, PEERS
+from convgen.bench import DEFAULT_PEERS
+from convgen.peers import PEERS
 from convgen.check import random_inputs, tolerance
 from convgen.peak import measure_peak
 from convgen.reference import reference
@@ -86,9 +87,9 @@ def compare(spec_path: Path, other, threads: int, rounds: int) -> dict:
             error = float(np.nanmax(np.abs(out - expected)))
             raise SystemExit(f"{spec.name}: the {name} kernel does not match the reference (error {error:.3g})")
     peers = {}
-    for peer in PEERS:
+    for peer in DEFAULT_PEERS:
         try:
-            peers.update({name: entry[0] for name, entry in _PEERS[peer](spec, inputs, threads).items()})
+            peers.update({name: entry[0] for name, entry in PEERS[peer](spec, inputs, threads).items()})
         except (ImportError, NotImplementedError):
             continue
     times = {name: [] for name in ["before", "after", *peers]}

@@ -20,7 +20,7 @@ import argparse
 from pathlib import Path
 
 import convgen
-from convgen.bench import PEERS, bench, winograd_name
+from convgen.bench import DEFAULT_PEERS, bench, winograd_name
 from convgen.peak import measure_peak
 from convgen.target import host
 
@@ -36,13 +36,13 @@ def main() -> None:
     for threads in (int(t) for t in args.threads.split(",")):
         peak = measure_peak(threads).gflops
         print(f"\n{threads} thread(s), host {host().cpu}, measured FMA peak {peak:.0f} GFLOP/s\n")
-        peers = ["torch (NCHW)", "torch (channels_last)", "onnxruntime", "numpy"]
+        peers = ["torch (NCHW)", "torch (channels_last)", "onnxruntime", "tflite", "numpy"]
         tiles = (4, 2)
         print("| layer | convgen | " + " | ".join(peers) + " | convgen % of peak | convgen / fastest peer (rel. error) | "
               + " | ".join(f"Winograd F({t}x{t}) / fastest peer (rel. error)" for t in tiles) + " |")
         print("|---" * (len(peers) + 4 + len(tiles)) + "|")
         for spec in specs:
-            entries = {e.name: e for e in bench(spec, threads, PEERS, rounds=args.rounds, winograd=tiles)}
+            entries = {e.name: e for e in bench(spec, threads, DEFAULT_PEERS, rounds=args.rounds, winograd=tiles)}
             tiny = spec.macs < 1000
             def cell(name):
                 entry = entries.get(name)

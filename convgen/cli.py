@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from . import firmware, ir
-from .bench import PEERS, bench
+from .bench import DEFAULT_PEERS, bench
+from .peers import PEERS
 from .check import check, random_inputs
 from .codegen import BACKENDS
 from .codegen.c import Baking
@@ -168,10 +169,11 @@ def _parser() -> argparse.ArgumentParser:
     _schedule_option(check_)
     check_.set_defaults(run=_check)
 
-    bench = commands.add_parser("bench", help="time convgen against PyTorch, ONNX Runtime and NumPy")
+    bench = commands.add_parser("bench", help="time convgen against PyTorch, ONNX Runtime, TFLite and NumPy")
     bench.add_argument("spec", type=Path, help="a layer spec, or a folder of them")
     bench.add_argument("--threads", type=_whole(1), default=1, help="threads for every contender (default: 1)")
-    bench.add_argument("--vs", default=",".join(PEERS), help=f"peers, comma-separated (default: {','.join(PEERS)})")
+    bench.add_argument("--vs", default=",".join(DEFAULT_PEERS),
+                       help=f"peers, comma-separated (default: {','.join(DEFAULT_PEERS)})")
     bench.add_argument("--rounds", type=_whole(1), default=3, help="interleaved rounds (default: 3)")
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
     bench.add_argument("--winograd", action="store_true",

@@ -200,7 +200,7 @@ def test_bench_reports_convgen_and_peers_as_json():
 
 def test_bench_refuses_an_unknown_peer():
     result = convgen("bench", SPECS / "examples" / "grid3_diagonal.yaml", "--vs", "tensorflow")
-    assert result.returncode == 2 and "--vs: expected names among torch, onnxruntime, numpy" in result.stderr
+    assert result.returncode == 2 and "--vs: expected names among torch, onnxruntime, tflite, numpy" in result.stderr
 
 
 def test_peak_reports_a_rate():
