@@ -36,6 +36,7 @@ class Entry:
     seconds: float | None = None   # median seconds per call; None when not timed
     note: str = ""                 # why not timed, or what was measured
     error: float | None = None     # max |result - reference| / max |reference| (float64 reference)
+    schedule: str = ""             # convgen's kernels: the schedule applied, and the recipe if a default
 
     def gflops(self, spec: Spec) -> float | None:
         """GFLOP/s over the layer's nominal MACs (every tap), the same for every contender."""
@@ -57,12 +58,14 @@ def bench(spec: Spec, threads: int = 1, peers=DEFAULT_PEERS, schedule=None, seed
     # every contender reads the same cache-line-aligned arrays, as its own allocator would give it
     inputs = {name: aligned_copy(array) for name, array in random_inputs(spec, np.random.default_rng(seed)).items()}
     expected = reference(spec, **inputs)
-    contenders = {"convgen": _convgen(spec, inputs, schedule, threads)}
+    schedules = {}
+    contenders = {"convgen": _convgen(spec, inputs, schedule, threads, schedules, "convgen")}
     entries = {}
     for tile in winograd:
         name = winograd_name(tile)
         try:
-            contenders[name] = _convgen(spec, inputs, winograd_schedule(spec, host(), threads, tile).steps, threads)
+            steps = winograd_schedule(spec, host(), threads, tile).steps
+            contenders[name] = _convgen(spec, inputs, steps, threads, schedules, name)
         except ScheduleError as err:
             entries[name] = Entry(name, note=f"not applicable: {err.message}")
     for peer in peers:
@@ -85,13 +88,15 @@ def bench(spec: Spec, threads: int = 1, peers=DEFAULT_PEERS, schedule=None, seed
             calls[name] = call
             errors[name] = result.max_abs_error / max(float(np.abs(expected).max()), 1e-30)
         else:
-            entries[name] = Entry(name, note=f"does not match the reference (max error {result.max_abs_error:.3g})")
+            entries[name] = Entry(name, note=f"does not match the reference (max error {result.max_abs_error:.3g})",
+                                  schedule=schedules.get(name, ""))
     times = {name: [] for name in calls}
     for _ in range(rounds):
         for name, call in calls.items():
             times[name].append(measure(call, min_seconds=min_seconds))
     for name in calls:
-        entries[name] = Entry(name, float(np.median(times[name])), error=errors[name])
+        entries[name] = Entry(name, float(np.median(times[name])), error=errors[name],
+                              schedule=schedules.get(name, ""))
     mine = [n for n in entries if n.startswith("convgen")]
     order = sorted(mine, key=lambda n: n != "convgen") + [n for n in entries if n not in mine]
     return [entries[n] for n in order]
@@ -101,10 +106,13 @@ def winograd_name(tile: int) -> str:
     return f"convgen winograd F({tile}x{tile})"
 
 
-def _convgen(spec: Spec, inputs, schedule, threads: int):
+def _convgen(spec: Spec, inputs, schedule, threads: int, schedules: dict, name: str):
     """(call, to user's layout, weight transform): the transform decides the error bound.
-    schedule None: the spec's own, else the default, as convgen.build chooses it."""
+    schedule None: the spec's own, else the default, as convgen.build chooses it.
+    What was applied goes into schedules[name]."""
     kernel = build(spec, "llvm", schedule=schedule, threads=threads)
+    schedules[name] = (f"{kernel.schedule_source} schedule, {len(kernel.steps)} steps"
+                       + (f": {kernel.recipe.describe()}" if kernel.recipe else ""))
     call = kernel.bind(inputs["w"], inputs.get("b")) if spec.is_conv else kernel
     out = empty(spec.output_shape, spec.array_dtypes["y"])
     return lambda: call(inputs["x"], out=out), lambda y: y, weight_transform(kernel.func)

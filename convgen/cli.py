@@ -176,6 +176,8 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"peers, comma-separated (default: {','.join(DEFAULT_PEERS)})")
     bench.add_argument("--rounds", type=_whole(1), default=3, help="interleaved rounds (default: 3)")
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    bench.add_argument("-v", "--verbose", action="store_true",
+                       help="also say which schedule convgen applied: the recipe, its parameters and why")
     bench.add_argument("--winograd", action="store_true",
                        help="also time Winograd kernels, F(4x4,3x3) and F(2x2,3x3), for 3x3 stride-1 layers")
     bench.set_defaults(run=_bench)
@@ -256,6 +258,8 @@ def _show(args) -> int:
     chosen = plan(spec, load_target(args.target), _schedule(args))
     seed = _seed(args)
     print(f"schedule: {chosen.describe_schedule()}")
+    if chosen.recipe is not None:
+        print(f"recipe: {chosen.recipe.describe()}")
     previous = None
     for index, (step, func) in enumerate(chosen.history):
         text = ir.format_func(func)
@@ -324,6 +328,8 @@ def _compile(args) -> int:
     if args.asm:
         written.append(_write(folder / f"{emitted.name}.s", llvm_assembly(emitted.source, machine)))
     print(f"schedule: {chosen.describe_schedule()}", file=sys.stderr)
+    if chosen.recipe is not None:
+        print(f"recipe: {chosen.recipe.describe()}", file=sys.stderr)
     for path in written:
         print(path)
     if args.report:
@@ -523,13 +529,13 @@ def _bench(args) -> int:
                        "threads": args.threads, "peak_gflops": peak,
                        "results": [e.as_dict(spec) for e in entries]})
         if not args.json:
-            _print_bench(spec, entries, peak, args.threads)
+            _print_bench(spec, entries, peak, args.threads, args.verbose)
     if args.json:
         print(json.dumps({"host": host().cpu, "report": report}, indent=2))
     return 0
 
 
-def _print_bench(spec: Spec, entries, peak: float, threads: int) -> None:
+def _print_bench(spec: Spec, entries, peak: float, threads: int, verbose: bool = False) -> None:
     timed = [e for e in entries if e.seconds is not None]
     peers = [e for e in timed if not e.name.startswith("convgen")]
     best_peer = min(peers, key=lambda e: e.seconds) if peers else None
@@ -548,6 +554,8 @@ def _print_bench(spec: Spec, entries, peak: float, threads: int) -> None:
         if entry.name.startswith("convgen") and best_peer is not None:
             line += f"   {best_peer.seconds / entry.seconds:.2f}x the fastest peer ({best_peer.name})"
         print(line)
+        if verbose and entry.schedule:
+            print(f"  {'':<24} {entry.schedule}")
 
 
 def _duration(seconds: float) -> str:

@@ -26,7 +26,7 @@ from .lower import lower
 from .passes import run_passes
 from .runtime import Kernel, is_thread_count
 from .schedule import Step, as_steps, trace
-from .schedule.space import default_schedule
+from .schedule.space import Recipe, default_recipe
 from .schedule.steps import DEFAULT, NAIVE
 from .spec import Spec, load_spec
 from .target import Target, host
@@ -44,6 +44,7 @@ class Plan:
     schedule_source: str                        # where the steps came from: a key of SCHEDULE_SOURCES
     history: tuple[tuple[Step | None, ir.Func], ...]   # the kernel lowered (None), then after each step
     passes: tuple[tuple[str, ir.Func], ...]     # (pass name, the kernel after it)
+    recipe: Recipe | None = None                # the default recipe chosen, with its parameters and reason
 
     @property
     def lowered(self) -> ir.Func:
@@ -80,22 +81,23 @@ SCHEDULE_SOURCES = {
 
 
 def choose_schedule(spec: Spec, target: Target, schedule=None, threads: int | None = None):
-    """(steps, source), source a key of SCHEDULE_SOURCES. `schedule` overrides
+    """(steps, source, recipe), source a key of SCHEDULE_SOURCES, recipe the
+    default recipe where one was chosen (else None). `schedule` overrides
     the spec's own; neither, or "default", gives the default for the target
     and thread count (all its cores by default); "naive" gives no steps.
     Where no default recipe fits the layer, a ConvgenWarning says so: never a
     silent naive kernel."""
     chosen = schedule if schedule is not None else spec.schedule
     if chosen is None or chosen == DEFAULT:
-        steps = default_schedule(spec, target, threads or target.cores)
-        if steps:
-            return tuple(steps), "default"
+        recipe = default_recipe(spec, target, threads or target.cores)
+        if recipe is not None:
+            return tuple(recipe.steps), "default", recipe
         warnings.warn(f"{spec.name}: no default recipe fits this layer on {target.name}; "
                       f"it runs as the naive loop nest", ConvgenWarning, stacklevel=_user_stacklevel())
-        return (), "no recipe"
+        return (), "no recipe", None
     if chosen == NAIVE:
-        return (), "naive"
-    return as_steps(chosen), ("spec" if schedule is None else "given")
+        return (), "naive", None
+    return as_steps(chosen), ("spec" if schedule is None else "given"), None
 
 
 def plan(spec: Spec, target: Target | None = None, schedule=None, threads: int | None = None,
@@ -105,13 +107,13 @@ def plan(spec: Spec, target: Target | None = None, schedule=None, threads: int |
     loop, stage and buffer but the arguments (for several layers in one
     program); the schedule's steps may name loops without it."""
     target = target or host()
-    steps, source = choose_schedule(spec, target, schedule, threads)
+    steps, source, recipe = choose_schedule(spec, target, schedule, threads)
     lowered = lower(spec, prefix)
     if name is not None:
         lowered = ir.Func(name, lowered.params, lowered.body, lowered.doc)
     history = trace(ir.verify(lowered, f"{spec.name}: after lowering"), steps)
     _, passes = run_passes(history[-1][1])
-    return Plan(spec, target, tuple(steps), source, tuple(history), passes)
+    return Plan(spec, target, tuple(steps), source, tuple(history), passes, recipe)
 
 
 def emit(plan: Plan, backend: str, baking=None):
@@ -189,7 +191,7 @@ def load(chosen: Plan, backend: str = "llvm", workdir: str | os.PathLike | None 
     loaded = get_backend(backend).load(emitted, chosen.target, Path(workdir) if workdir is not None else None)
     parallel = any(stage.convention != "serial" for stage in loaded.stages)
     return Kernel(chosen.spec, backend, chosen.func, chosen.program, emitted.source, loaded, steps=chosen.steps,
-                  schedule_source=chosen.schedule_source,
+                  schedule_source=chosen.schedule_source, recipe=chosen.recipe,
                   threads=threads or (chosen.target.cores if parallel else 1))
 
 

@@ -85,6 +85,7 @@ class Kernel:
     _loaded: object           # the backend's loaded code (codegen/__init__.py: Loaded)
     steps: tuple = ()
     schedule_source: str = ""  # where the steps came from (driver.SCHEDULE_SOURCES)
+    recipe: object = None      # the default recipe chosen (schedule.space.Recipe), if that is where they came from
     threads: int = 1
 
     def __post_init__(self):

@@ -198,6 +198,34 @@ def test_bench_reports_convgen_and_peers_as_json():
     assert report["executed_macs"] == 165888   # reflect padding reads real values: no tap is skipped
 
 
+def test_bench_verbose_names_the_recipe_applied():
+    result = convgen("bench", SPECS / "bench" / "resnet_3x3_64.yaml", "--vs", "numpy", "--rounds", "1", "-v")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    convgen_row = next(i for i, line in enumerate(lines) if line.strip().startswith("convgen "))
+    assert lines[convgen_row + 1].strip().startswith("default schedule, 1")   # the steps, then the recipe
+    assert "direct, channel vectors (vector " in lines[convgen_row + 1]
+    assert "each group's 64 output channels fill" in lines[convgen_row + 1]
+
+
+def test_show_names_the_recipe_its_parameters_and_why():
+    from convgen.target import host
+    lines = convgen("show", SPECS / "bench" / "mobilenetv2_pw_144_24.yaml").stdout.splitlines()
+    assert lines[0].startswith("schedule: the default for the target")
+    lanes = host().vector_lanes
+    if 24 % lanes:   # AVX-512: 24 channels do not fill 16 lanes
+        assert lines[1].startswith("recipe: pointwise GEMM (tile ") and "weights OIHW" in lines[1]
+        assert lines[1].endswith(f"whose 24 output channels do not fill {lanes}-lane vectors")
+    else:
+        assert lines[1].startswith("recipe: direct, channel vectors (vector ") and "weights OIHW" in lines[1]
+        assert lines[1].endswith(f"each group's 24 output channels fill {lanes}-lane vectors")
+
+
+def test_show_names_no_recipe_for_a_given_schedule(tmp_path):
+    lines = convgen("show", SPECS / "bench" / "resnet_3x3_64.yaml", "--schedule", "naive").stdout.splitlines()
+    assert lines[0].startswith("schedule: ") and not lines[1].startswith("recipe:")
+
+
 def test_bench_refuses_an_unknown_peer():
     result = convgen("bench", SPECS / "examples" / "grid3_diagonal.yaml", "--vs", "tensorflow")
     assert result.returncode == 2 and "--vs: expected names among torch, onnxruntime, tflite, numpy" in result.stderr

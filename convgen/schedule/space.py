@@ -10,7 +10,9 @@ an outer loop across threads. Widths come from the target, never literals.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import product
+from typing import Callable
 from math import prod
 
 from ..errors import ScheduleError
@@ -197,9 +199,38 @@ def _tail(extent: int, factor: int) -> str:
     return "perfect" if extent % factor == 0 else "guard"
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """The default schedule convgen chose for a layer: the recipe's name, its
+    parameters (tile, vectors, layout, threads) and the rule that picked it."""
+
+    name: str
+    params: tuple[tuple[str, str], ...]
+    why: str
+    steps: tuple
+
+    def describe(self) -> str:
+        params = ", ".join(f"{key} {value}" for key, value in self.params)
+        return f"{self.name} ({params}): {self.why}" if params else f"{self.name}: {self.why}"
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    name: str
+    params: tuple[tuple[str, str], ...]
+    why: str
+    build: Callable[[], Schedule]
+
+
 def default_schedule(spec: Spec, target: Target, threads: int = 1) -> tuple:
-    """The steps convgen uses when a spec brings no schedule: the first recipe
-    of the layer's family that applies, else none (the naive loop nest).
+    """The steps of `default_recipe`, or none (the naive loop nest)."""
+    recipe = default_recipe(spec, target, threads)
+    return recipe.steps if recipe else ()
+
+
+def default_recipe(spec: Spec, target: Target, threads: int = 1) -> Recipe | None:
+    """The schedule convgen uses when a spec brings none: the first recipe of
+    the layer's family that applies, else None (the naive loop nest).
 
     Families, tried in this order:
     - channels-last grouped and depthwise: channel vectors innermost, `_channels_last`;
@@ -220,14 +251,29 @@ def default_schedule(spec: Spec, target: Target, threads: int = 1) -> tuple:
       for NHWC outputs, after them otherwise.
     The register tile leaves room for weight vectors and broadcast inputs
     among the target's vector registers. A target without vector registers
-    (a Cortex-M) gets a scalar register tile (`_scalar_tile`) instead.
+    (a Cortex-M) gets a scalar register tile (`_scalar_tile`) instead. A
+    recipe that applies but is refused by a step (a guarded tail it cannot
+    take, say) passes the layer on to the next; the refusal is named in `why`.
     """
     if spec.pool is not None:
         return _with_pool(spec, target, threads)
-    return _conv_or_pool(spec, target, threads)
+    return _first_that_builds(_candidates(spec, target, threads))
 
 
-def _with_pool(spec: Spec, target: Target, threads: int) -> tuple:
+def _first_that_builds(candidates: list[_Candidate]) -> Recipe | None:
+    refused = []
+    for candidate in candidates:
+        try:
+            steps = candidate.build().steps
+        except ScheduleError as err:
+            refused.append(f"{candidate.name} refused ({err.message})")
+            continue
+        why = candidate.why + "".join(f"; {reason}" for reason in refused)
+        return Recipe(candidate.name, candidate.params, why, steps)
+    return None
+
+
+def _with_pool(spec: Spec, target: Target, threads: int) -> Recipe | None:
     """A convolution with a fused pool. With vectors: the convolution's
     recipe into its own output (conv_out, a workspace buffer), then the pool
     over it, its channels across threads; the pool costs a pass over conv_out,
@@ -237,57 +283,100 @@ def _with_pool(spec: Spec, target: Target, threads: int) -> tuple:
     (compute_at), for one window at a time, so that no intermediate takes
     RAM."""
     if target.vector_lanes == 1:
-        return (Step("compute_at", ("conv", "pw")),)
-    steps = _conv_or_pool(spec, target, threads)
+        return Recipe("convolution inside the pool", (("compute_at", "conv at pw"),),
+                      "no vector registers: one pool window's convolution at a time keeps no intermediate in RAM",
+                      (Step("compute_at", ("conv", "pw")),))
+    recipe = _first_that_builds(_candidates(spec, target, threads))
+    if recipe is None:
+        return None
     # lowering leaves out loops of one iteration (one channel, one row)
     across = "pc" if spec.out_channels > 1 else "ph" if spec.output_size[0] > 1 else None
-    if steps and threads > 1 and across:
+    steps, params = recipe.steps, recipe.params + (("pool", "after the convolution, over conv_out"),)
+    if threads > 1 and across:
         steps += (Step("parallel", (across,)),)
-    return steps
+        params += (("pool threads", across),)
+    return Recipe(recipe.name, params, recipe.why, steps)
 
 
-def _conv_or_pool(spec: Spec, target: Target, threads: int) -> tuple:
+def _candidates(spec: Spec, target: Target, threads: int) -> list[_Candidate]:
+    """The recipes that apply to the layer, in the order they are tried."""
     lanes = target.vector_lanes
     if lanes == 1:
-        try:
-            return _scalar_tile(spec, target).steps
-        except ScheduleError:
-            return ()
-    recipes = []
+        return [_Candidate("scalar register tile", (), "no vector registers on " + target.name,
+                           lambda: _scalar_tile(spec, target))]
+    per_group = spec.out_channels // spec.groups
+    found = []
     if spec.is_conv and spec.groups > 1 and spec.input_layout == _computed_layout(spec) == "NHWC":
-        recipes.append(lambda: _channels_last(spec, lanes, threads))
+        params = (("vector", f"{lanes} channels"), ("tile", f"{_channels_last_tile(spec)} columns"),
+                  ("weights", f"OIHW{lanes}o")) + ((("threads", "channel blocks"),) if threads > 1 else ())
+        found.append(_Candidate("channels-last grouped", params, f"a grouped layer in NHWC ({spec.groups} groups)",
+                                lambda: _channels_last(spec, lanes, threads)))
     columns = spec.conv_output_size[1]
-    tile = 8 if target.vector_registers >= 32 else 4
-    if spec.is_conv and (spec.out_channels // spec.groups) % lanes == 0:
+    if spec.is_conv and per_group % lanes == 0:
         vectors, across = _channel_tile(spec, target)
         # with few input channels the kernel loops outside them run faster (measured on ResNet's conv1)
         order = "kernel-outer" if spec.in_channels // spec.groups < lanes else "ic-outer"
-        recipes.append(lambda: _direct(spec, target, "channels", lanes, across, order, threads, vectors))
+        found.append(_Candidate(
+            "direct, channel vectors", _direct_params(spec, target, f"{vectors} x {lanes} output channels", across,
+                                                      order, threads, -(-spec.out_channels // (lanes * vectors)), lanes),
+            f"each group's {per_group} output channels fill {lanes}-lane vectors",
+            lambda: _direct(spec, target, "channels", lanes, across, order, threads, vectors)))
     if _is_pointwise(spec):
-        recipes.append(lambda: _pointwise(spec, target, threads))
-    columns_recipes = []
+        found.append(_Candidate("pointwise GEMM", _pointwise_params(spec, target, threads),
+                                f"a 1x1 stride-1 NCHW layer whose {per_group} output channels do not fill "
+                                f"{lanes}-lane vectors", lambda: _pointwise(spec, target, threads)))
+    tile = 8 if target.vector_registers >= 32 else 4
+    column_recipes = []
     for vector in (lanes, max(lanes // 2, 2)):
         rows = max(1, min(tile if spec.is_conv else 1, columns // vector))
-        columns_recipes.append(lambda vector=vector, rows=rows:
-                               _direct(spec, target, "columns", vector, rows, "ic-outer", threads))
+        column_recipes.append(_Candidate(
+            "direct, column vectors", _direct_params(spec, target, f"{vector} output columns", rows, "ic-outer",
+                                                     threads, spec.out_channels),
+            "output columns fill the vectors where channels do not",
+            lambda vector=vector, rows=rows: _direct(spec, target, "columns", vector, rows, "ic-outer", threads)))
     half = lanes // 2
     half_recipes = []
     # float32 only: not measured on int8 layers, whose lanes are not the float32 count
-    if spec.is_conv and not spec.is_quantized and half >= 4 and (spec.out_channels // spec.groups) % half == 0:
+    if spec.is_conv and not spec.is_quantized and half >= 4 and per_group % half == 0:
         # a group's channels fill half-width vectors only (24, 40, 56 with 16 lanes): a tile of up to
         # four half vectors of channels. In NHWC it comes before the column vectors, which write y
         # across channels (pointwise 144->24 at 56x56, one thread: 3.6 -> 56 GFLOP/s, 0.03x -> 0.8x torch)
-        count = next(v for v in (4, 3, 2, 1) if (spec.out_channels // spec.groups // half) % v == 0)
+        count = next(v for v in (4, 3, 2, 1) if (per_group // half) % v == 0)
         width = _tile_across(columns, max(1, (target.vector_registers - 4) // count))
-        loops = "kernel-outer" if spec.in_channels // spec.groups < half else "ic-outer"
-        half_recipes.append(lambda: _direct(spec, target, "channels", half, width, loops, threads, count))
-    recipes += half_recipes + columns_recipes if _computed_layout(spec) == "NHWC" else columns_recipes + half_recipes
-    for recipe in recipes:
-        try:
-            return recipe().steps
-        except ScheduleError:
-            continue
-    return ()
+        order = "kernel-outer" if spec.in_channels // spec.groups < half else "ic-outer"
+        half_recipes.append(_Candidate(
+            "direct, half-width channel vectors",
+            _direct_params(spec, target, f"{count} x {half} output channels", width, order, threads,
+                           -(-spec.out_channels // (half * count)), half),
+            f"each group's {per_group} output channels fill {half}-lane vectors, not {lanes}-lane ones",
+            lambda: _direct(spec, target, "channels", half, width, order, threads, count)))
+    if _computed_layout(spec) == "NHWC":
+        return found + half_recipes + column_recipes
+    return found + column_recipes + half_recipes
+
+
+def _pointwise_params(spec: Spec, target: Target, threads: int) -> tuple[tuple[str, str], ...]:
+    try:
+        rows, vectors = _pointwise_tile(spec, target)
+    except ScheduleError:
+        return ()   # the recipe is refused when built, with this reason
+    params = (("tile", f"{rows} output channels x {vectors} vectors of {target.vector_lanes} pixels"),
+              ("weights", f"OIHW{rows}o"))
+    return params + ((("threads", "pixel groups"),) if threads > 1 else ())
+
+
+def _direct_params(spec: Spec, target: Target, vector: str, tile: int, order: str, threads: int,
+                   blocks: int, lanes: int = 0) -> tuple[tuple[str, str], ...]:
+    """`_direct`'s choices, as `Recipe.params`; lanes: of a channel vector (the weights' blocking)."""
+    has_rows = spec.conv_output_size[0] > 1
+    split = _thread_split(spec, target, has_rows, threads, blocks)
+    params = [("vector", vector), ("tile", f"{tile} columns"), ("reduction", order)]
+    if lanes:
+        params.append(("weights", f"OIHW{lanes}o"))
+    if split:
+        params.append(("threads", {"rows": "output rows", "blocks": "channel blocks",
+                                   "fused": "rows of channel blocks"}[split]))
+    return tuple(params)
 
 
 def _scalar_tile(spec: Spec, target: Target) -> Schedule:
@@ -346,12 +435,7 @@ def _pointwise(spec: Spec, target: Target, threads: int) -> Schedule:
     in parallel."""
     lanes = target.vector_lanes
     pixels = spec.output_size[0] * spec.output_size[1]
-    budget = target.vector_registers - 8   # left for pixel vectors and a broadcast weight
-    shapes = [(rows, vectors) for rows in range(2, 13) for vectors in (4, 3, 2, 1)
-              if rows * vectors <= budget and spec.out_channels % rows == 0 and pixels % (vectors * lanes) == 0]
-    if not shapes:
-        raise ScheduleError("split", f"no register tile divides {spec.out_channels} channels and {pixels} pixels")
-    rows, vectors = max(shapes, key=lambda shape: (shape[0] * shape[1], shape[0]))
+    rows, vectors = _pointwise_tile(spec, target)
     blocks = pixels // (vectors * lanes)
     block_bytes = vectors * lanes * spec.in_channels * spec.array_dtypes["x"].itemsize
     fits = max(1, _l2_bytes(target) // 4 // block_bytes)
@@ -376,6 +460,18 @@ def _pointwise(spec: Spec, target: Target, threads: int) -> Schedule:
     return s.parallel("oh_ow.o.o") if threads > 1 else s
 
 
+def _pointwise_tile(spec: Spec, target: Target) -> tuple[int, int]:
+    """(output channels, pixel vectors) of the pointwise GEMM's register tile."""
+    lanes = target.vector_lanes
+    pixels = spec.output_size[0] * spec.output_size[1]
+    budget = target.vector_registers - 8   # left for pixel vectors and a broadcast weight
+    shapes = [(rows, vectors) for rows in range(2, 13) for vectors in (4, 3, 2, 1)
+              if rows * vectors <= budget and spec.out_channels % rows == 0 and pixels % (vectors * lanes) == 0]
+    if not shapes:
+        raise ScheduleError("split", f"no register tile divides {spec.out_channels} channels and {pixels} pixels")
+    return max(shapes, key=lambda shape: (shape[0] * shape[1], shape[0]))
+
+
 def _channels_last(spec: Spec, lanes: int, threads: int) -> Schedule:
     """Grouped and depthwise layers in NHWC: output channels fill the vectors
     (a group's channels fill whole vectors, or each channel is its own group,
@@ -395,7 +491,7 @@ def _channels_last(spec: Spec, lanes: int, threads: int) -> Schedule:
     if spec.out_channels % lanes:
         raise ScheduleError("split", f"{spec.out_channels} channels do not fill {lanes}-lane vectors")
     columns = spec.output_size[1]
-    tile = next((t for t in (14, 12, 8, 7, 6, 4) if columns % t == 0), 8)
+    tile = _channels_last_tile(spec)
     s = (Schedule.for_spec(spec).split("oc", lanes, tail="perfect")
          .split("ow", tile, tail="perfect" if columns % tile == 0 else "guard"))
     names = loop_names(s.func)
@@ -409,6 +505,11 @@ def _channels_last(spec: Spec, lanes: int, threads: int) -> Schedule:
     # Border tiles and rows in copies of their own, so the rest runs without padding checks.
     s = _peel_border(s, spec, "ow.o", tile, axis=1)
     return _peel_border(s, spec, "oh", 1, axis=0) if "oh" in names else s
+
+
+def _channels_last_tile(spec: Spec) -> int:
+    """Output columns in `_channels_last`'s register tile: a divisor of the row where one fits."""
+    return next((t for t in (14, 12, 8, 7, 6, 4) if spec.output_size[1] % t == 0), 8)
 
 
 def winograd_schedule(spec: Spec, target: Target, threads: int = 1, tile: int = 4) -> Schedule:
