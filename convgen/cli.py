@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import firmware, ir
+from . import cache as kernel_cache, firmware, ir
 from .bench import DEFAULT_PEERS, bench
 from .peers import PEERS
 from .check import check, random_inputs
@@ -185,6 +185,11 @@ def _parser() -> argparse.ArgumentParser:
     peak = commands.add_parser("peak", help="measure the machine's FMA peak with a generated kernel")
     peak.add_argument("--threads", type=_whole(1), help="up to this many threads (default: all cores)")
     peak.set_defaults(run=_peak)
+
+    cache = commands.add_parser("cache", help="where built kernels are kept, and emptying it")
+    cache.add_argument("action", choices=("info", "clear"),
+                       help="info: the folder, its entries and size; clear: remove every entry")
+    cache.set_defaults(run=_cache)
 
     explore = commands.add_parser("explore", help="try a space of schedules; rank those that match by speed")
     explore.add_argument("spec", help="layer spec (YAML)")
@@ -474,6 +479,7 @@ def _build(args) -> int:
     print(_row(_COLUMNS))
     print(_row("-" * w for w in _WIDTHS))
     problems, notes, passed, total = [], [], 0, 0
+    started, timings = time.perf_counter(), {"build": 0.0, "cached": 0}
     for path in paths:
         try:
             spec = load_spec(path)
@@ -484,8 +490,9 @@ def _build(args) -> int:
             continue
         for target in BACKENDS:
             total += 1
-            passed += _build_one(spec, target, args.output / spec.name, seed, problems, notes)
-    print(f"\n{passed}/{total} passed")
+            passed += _build_one(spec, target, args.output / spec.name, seed, problems, notes, timings)
+    print(f"\n{passed}/{total} passed; {timings['build']:.1f} s building "
+          f"({timings['cached']} of {total} kernels from the cache), {time.perf_counter() - started:.1f} s in all")
     for note in dict.fromkeys(notes):
         print(f"note: {note}")
     for problem in problems:
@@ -493,12 +500,16 @@ def _build(args) -> int:
     return 0 if passed == total else 1
 
 
-def _build_one(spec: Spec, target: str, folder: Path, seed: int, problems: list[str], notes: list[str]) -> bool:
+def _build_one(spec: Spec, target: str, folder: Path, seed: int, problems: list[str], notes: list[str],
+               timings: dict) -> bool:
     shape = "x".join(str(s) for s in spec.output_shape)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvgenWarning)
+            started = time.perf_counter()
             kernel = build(spec, target, workdir=folder)
+            timings["build"] += time.perf_counter() - started
+            timings["cached"] += kernel.from_cache
         notes += [str(w.message) for w in caught if issubclass(w.category, ConvgenWarning)]
         result = check(kernel, seed)
     except ConvgenError as err:
@@ -512,6 +523,19 @@ def _build_one(spec: Spec, target: str, folder: Path, seed: int, problems: list[
     print(_row((spec.name, target, shape, f"{spec.macs:,}", kernel.schedule_source,
                 f"{result.max_abs_error:.2g}", verdict)), flush=True)
     return result.passed
+
+
+def _cache(args) -> int:
+    if kernel_cache.location() is None:
+        print("the kernel cache is off (CONVGEN_CACHE is set to turn it off)")
+        return 0
+    if args.action == "clear":
+        folder, removed = kernel_cache.clear()
+        print(f"removed {removed} kernel{'s' * (removed != 1)} from {folder}")
+        return 0
+    folder, entries, size = kernel_cache.info()
+    print(f"{folder}: {entries} kernel{'s' * (entries != 1)}, {size / 1e6:.1f} MB")
+    return 0
 
 
 def _bench(args) -> int:

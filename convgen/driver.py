@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import ir
+from . import cache as kernel_cache, ir
 from .codegen import BACKENDS, backend as get_backend
 from .errors import ConvgenError, ConvgenWarning
 from .lower import lower
@@ -162,7 +162,7 @@ def run_prepare(program: ir.Program, weights: dict) -> dict:
 
 
 def build(spec: Spec | str | os.PathLike | dict, target: str = "llvm", schedule=None,
-          workdir: str | os.PathLike | None = None, threads: int | None = None) -> Kernel:
+          workdir: str | os.PathLike | None = None, threads: int | None = None, cache: bool = True) -> Kernel:
     """Compile a layer into a callable kernel for this machine.
 
     spec: a Spec, or a path or dict for load_spec. target: the backend, "llvm"
@@ -174,24 +174,35 @@ def build(spec: Spec | str | os.PathLike | dict, target: str = "llvm", schedule=
     workdir: a folder to keep the emitted files (and the C shared object)
     in; by default nothing is written. threads: how many
     threads a parallel loop uses by default, and what the default schedule
-    is chosen for (the host's cores); a call may override it.
+    is chosen for (the host's cores); a call may override it. cache: load
+    the compiled kernel from the on-disk cache where it is there, and keep
+    it there when built (convgen/cache.py; CONVGEN_CACHE=off turns it off).
     """
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
     if target not in BACKENDS:
         raise ConvgenError(f"build: target: expected one of {', '.join(BACKENDS)}; got {target!r}")
     _check_threads(threads)
-    return load(plan(spec, host(), schedule, threads), target, workdir, threads)
+    return load(plan(spec, host(), schedule, threads), target, workdir, threads, cache)
 
 
 def load(chosen: Plan, backend: str = "llvm", workdir: str | os.PathLike | None = None,
-         threads: int | None = None) -> Kernel:
-    """A plan for this machine emitted, compiled and loaded as a callable Kernel."""
-    emitted = emit(chosen, backend)
-    loaded = get_backend(backend).load(emitted, chosen.target, Path(workdir) if workdir is not None else None)
+         threads: int | None = None, use_cache: bool = True) -> Kernel:
+    """A plan for this machine emitted, compiled and loaded as a callable
+    Kernel; from the kernel cache (cache.py) where it holds this program."""
+    coder, folder = get_backend(backend), Path(workdir) if workdir is not None else None
+    name = kernel_cache.key(chosen.program, backend, chosen.target) if use_cache else None
+    stored = kernel_cache.get(name) if name else None
+    if stored is not None:
+        emitted, loaded = stored.emitted, coder.restore(stored.emitted, stored.image, chosen.target, folder)
+    else:
+        emitted = emit(chosen, backend)
+        loaded = coder.load(emitted, chosen.target, folder)
+        if name:
+            kernel_cache.put(name, emitted, loaded.image)
     parallel = any(stage.convention != "serial" for stage in loaded.stages)
     return Kernel(chosen.spec, backend, chosen.func, chosen.program, emitted.source, loaded, steps=chosen.steps,
-                  schedule_source=chosen.schedule_source, recipe=chosen.recipe,
+                  schedule_source=chosen.schedule_source, recipe=chosen.recipe, from_cache=stored is not None,
                   threads=threads or (chosen.target.cores if parallel else 1))
 
 

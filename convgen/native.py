@@ -68,22 +68,40 @@ def optimized_module(llvm_ir: str, target: Target) -> llvm.ModuleRef:
 
 def jit_function(llvm_ir: str, name: str, target: Target):
     """(a no-argument ctypes function at `name`, the engine that keeps its code alive)."""
-    functions, engine = jit_functions(llvm_ir, [name], target)
+    functions, engine, _ = jit_functions(llvm_ir, [name], target)
     return functions[0], engine
 
 
 def jit_functions(llvm_ir: str, names, target: Target):
-    """([a no-argument ctypes function at each name], the engine that keeps their code alive)."""
+    """([a no-argument ctypes function at each name], the engine that keeps
+    their code alive, the object code it compiled, which `jit_object` loads)."""
     module = optimized_module(llvm_ir, target)
     engine = llvm.create_mcjit_compiler(module, llvm_target_machine(target))
+    compiled = []
+    engine.set_object_cache(notify_func=lambda _, image: compiled.append(bytes(image)))
     engine.finalize_object()
+    return _functions(engine, names), engine, b"".join(compiled)
+
+
+def jit_object(object_code: bytes, names, target: Target):
+    """([a no-argument ctypes function at each name], the engine that keeps their
+    code alive): object code from `jit_functions` loaded, without compiling."""
+    empty = llvm.parse_assembly("")
+    empty.triple = target.triple
+    engine = llvm.create_mcjit_compiler(empty, llvm_target_machine(target))
+    engine.add_object_file(llvm.ObjectFileRef.from_data(object_code))
+    engine.finalize_object()
+    return _functions(engine, names), engine
+
+
+def _functions(engine, names) -> list:
     functions = []
     for name in names:
         address = engine.get_function_address(name)
         if not address:
             raise CompileError(f"LLVM JIT: function {name} not found after compilation")
         functions.append(ctypes.CFUNCTYPE(None)(address))
-    return functions, engine
+    return functions
 
 
 def compile_c_shared(files: dict[str, str], name: str, directory: Path, target: Target, flags=()) -> Path:
@@ -100,8 +118,8 @@ def compile_c_shared(files: dict[str, str], name: str, directory: Path, target: 
     return library
 
 
-def load_c(files: dict[str, str], name: str, target: Target, workdir: Path | None, flags=()) -> ctypes.CDLL:
-    """The shared library built from `files` (<name>.c), loaded."""
+def load_c(files: dict[str, str], name: str, target: Target, workdir: Path | None, flags=()):
+    """(the shared library built from `files` (<name>.c), loaded; its bytes, which `load_c_image` loads)."""
     # Built and loaded from a fresh folder each time: dlopen caches by path, so
     # reloading a rebuilt library from the same path would run the old code.
     with tempfile.TemporaryDirectory(prefix="convgen-") as tmp:
@@ -111,4 +129,12 @@ def load_c(files: dict[str, str], name: str, target: Target, workdir: Path | Non
             workdir.mkdir(parents=True, exist_ok=True)
             for path in Path(tmp).iterdir():
                 shutil.copy(path, workdir / path.name)
-    return library
+        return library, built.read_bytes()
+
+
+def load_c_image(image: bytes, name: str) -> ctypes.CDLL:
+    """A shared object from `load_c`, loaded again without compiling."""
+    with tempfile.TemporaryDirectory(prefix="convgen-") as tmp:   # a fresh path: see load_c
+        path = Path(tmp) / f"{name}.so"
+        path.write_bytes(image)
+        return ctypes.CDLL(str(path))

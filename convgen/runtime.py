@@ -86,6 +86,7 @@ class Kernel:
     steps: tuple = ()
     schedule_source: str = ""  # where the steps came from (driver.SCHEDULE_SOURCES)
     recipe: object = None      # the default recipe chosen (schedule.space.Recipe), if that is where they came from
+    from_cache: bool = False   # loaded from the kernel cache rather than compiled (cache.py)
     threads: int = 1
 
     def __post_init__(self):

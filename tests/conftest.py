@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -5,6 +6,10 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, str(Path(__file__).parent))  # strategies.py, c_harness.py
+
+# Tests compile every kernel they check and leave nothing in the user's kernel cache; the cache's own
+# tests (test_cache.py) turn it on in a folder of their own. Subprocesses inherit this.
+os.environ["CONVGEN_CACHE"] = "off"
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = ROOT / "specs"

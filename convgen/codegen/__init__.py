@@ -11,7 +11,10 @@ The interface (`Backend`):
   text);
 - `load(emitted, target, workdir=None)` -> a `Loaded` program: compiled for
   this machine and loaded into the process (files kept in workdir if given),
-  its `stages` in the program's order (prepare, then run);
+  its `stages` in the program's order (prepare, then run), and its `image`,
+  the compiled code as bytes (the kernel cache keeps it: convgen/cache.py);
+- `restore(emitted, image, target, workdir=None)` -> the same `Loaded`
+  program from an image `load` gave, without compiling;
 - `LoadedStage.launch(pointers, threads)`: one call of a stage, the
   program's buffers' addresses in order (`program.buffers`: arguments, then
   workspace buffers), a parallel loop on `threads` threads.
@@ -37,6 +40,7 @@ class LoadedStage(Protocol):
 
 class Loaded(Protocol):
     stages: tuple[LoadedStage, ...]
+    image: bytes
 
 
 class Backend(Protocol):
@@ -45,6 +49,8 @@ class Backend(Protocol):
     def emit(self, program, target, baking=None): ...
 
     def load(self, emitted, target, workdir=None) -> Loaded: ...
+
+    def restore(self, emitted, image: bytes, target, workdir=None) -> Loaded: ...
 
 
 def refuse_gpu(backend_name: str, node) -> None:

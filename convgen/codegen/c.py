@@ -26,7 +26,7 @@ import numpy as np
 from .. import ir
 from ..errors import CodegenError
 from ..ir.program import lay_out, workspace_end
-from ..native import load_c, openmp
+from ..native import load_c, load_c_image, openmp
 from ..target import Target
 from . import refuse_gpu
 from .render import render
@@ -414,20 +414,34 @@ class CBackend:
     def load(self, emitted: CFiles, target: Target, workdir: Path | None = None) -> "CLoaded":
         flags = (target.simd_flags if "vectorized" in emitted.kinds else ()) + \
                 (target.openmp_flags if "parallel" in emitted.kinds else ())
-        library = load_c(emitted.files, emitted.name, target, workdir, flags)
+        library, image = load_c(emitted.files, emitted.name, target, workdir, flags)
+        return CLoaded(self._stages(emitted, library), library, image)
+
+    def restore(self, emitted: CFiles, image: bytes, target: Target, workdir: Path | None = None) -> "CLoaded":
+        if workdir is not None:
+            workdir.mkdir(parents=True, exist_ok=True)
+            for file_name, text in emitted.files.items():
+                (workdir / file_name).write_text(text)
+            (workdir / f"{emitted.name}.so").write_bytes(image)
+        library = load_c_image(image, emitted.name)
+        return CLoaded(self._stages(emitted, library), library, image)
+
+    @staticmethod
+    def _stages(emitted: CFiles, library) -> tuple["CStage", ...]:
         stages = []
         for name in emitted.stages:
             function = getattr(library, name)
             function.argtypes = [ctypes.c_void_p] * emitted.params
             function.restype = None
             stages.append(CStage(function, "parallel" in emitted.kinds))
-        return CLoaded(tuple(stages), library)
+        return tuple(stages)
 
 
 @dataclass
 class CLoaded:
     stages: tuple["CStage", ...]   # the program's stages, prepare then run
     library: object                # the loaded shared object; kept alive with the kernel
+    image: bytes                   # the shared object's bytes, for the kernel cache
 
 
 @dataclass

@@ -42,7 +42,7 @@ from llvmlite import ir as ll
 
 from .. import ir
 from ..errors import CodegenError, ConvgenError
-from ..native import jit_functions, openmp
+from ..native import jit_functions, jit_object, openmp
 from ..target import Target
 from ..passes import next_power_of_two, transposable_read
 from . import refuse_gpu
@@ -625,25 +625,40 @@ class LLVMBackend:
         return LLVMModule(program.name, emit_llvm(program, target), tuple(entries), len(program.buffers))
 
     def load(self, emitted: LLVMModule, target: Target, workdir: Path | None = None) -> "LLVMLoaded":
+        self._prepare(emitted, workdir)
+        functions, engine, image = jit_functions(emitted.source, [name for name, _ in emitted.entries], target)
+        return LLVMLoaded(self._stages(emitted, functions), engine, image)
+
+    def restore(self, emitted: LLVMModule, image: bytes, target: Target,
+                workdir: Path | None = None) -> "LLVMLoaded":
+        self._prepare(emitted, workdir)
+        functions, engine = jit_object(image, [name for name, _ in emitted.entries], target)
+        return LLVMLoaded(self._stages(emitted, functions), engine, image)
+
+    @staticmethod
+    def _prepare(emitted: LLVMModule, workdir: Path | None) -> None:
         if any(parallel for _, parallel in emitted.entries):
             openmp()  # the JIT resolves omp_get_thread_num in it
         if workdir is not None:
             workdir.mkdir(parents=True, exist_ok=True)
             for file_name, text in emitted.files.items():
                 (workdir / file_name).write_text(text)
-        functions, engine = jit_functions(emitted.source, [name for name, _ in emitted.entries], target)
+
+    @staticmethod
+    def _stages(emitted: LLVMModule, functions) -> tuple["LLVMStage", ...]:
         stages = []
         for function, (_, parallel) in zip(functions, emitted.entries):
             function.argtypes = [ctypes.c_void_p] * (1 if parallel else emitted.params)
             function.restype = None
             stages.append(LLVMStage(function, parallel))
-        return LLVMLoaded(tuple(stages), engine)
+        return tuple(stages)
 
 
 @dataclass
 class LLVMLoaded:
     stages: tuple["LLVMStage", ...]   # the program's stages, prepare then run
     engine: object                    # owns the code; kept alive with the kernel
+    image: bytes                      # the object code, for the kernel cache
 
 
 @dataclass
