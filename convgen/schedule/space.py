@@ -87,6 +87,8 @@ def _direct(spec: Spec, target: Target, axis: str, lanes: int, tile: int, order:
             # write the tile back a vector of columns at a time: each channel's row is contiguous in y
             s = (s.reorder(*(f"{loop}.out" for loop in tile_loops[1:]), f"{vector_loop}.out", "ow.i.out")
                  .vectorize("ow.i.out"))
+        else:
+            s = s.vectorize(f"{vector_loop}.out")   # a pixel's channels are contiguous in y
     elif axis == "columns" and _computed_layout(spec) == "NCHW":
         s = s.vectorize(f"{vector_loop}.out")   # the tile's columns are contiguous in y too
     # Zero padding left to in-range checks, with the border tiles peeled so the rest runs without
@@ -175,6 +177,15 @@ def _channel_tile(spec: Spec, target: Target) -> tuple[int, int]:
     accumulators = target.vector_registers - 4
     vectors = 2 if (spec.out_channels // spec.groups) % (2 * target.vector_lanes) == 0 else 1
     return vectors, _tile_across(spec.conv_output_size[1], accumulators // vectors)
+
+
+def _masked_channel_tile(spec: Spec, target: Target) -> tuple[int, int]:
+    """`_channel_tile` for channels that fill no whole number of vectors: one or
+    two vectors, whichever computes fewer channels past the end (two where
+    equal, for the reuse), by as many columns as accumulators allow."""
+    lanes, channels = target.vector_lanes, spec.out_channels
+    vectors = min((2, 1), key=lambda v: -(-channels // (v * lanes)) * v * lanes - channels)
+    return vectors, _tile_across(spec.conv_output_size[1], (target.vector_registers - 4) // vectors)
 
 
 def _tile_across(extent: int, limit: int) -> int:
@@ -350,9 +361,23 @@ def _candidates(spec: Spec, target: Target, threads: int) -> list[_Candidate]:
                            -(-spec.out_channels // (half * count)), half),
             f"each group's {per_group} output channels fill {half}-lane vectors, not {lanes}-lane ones",
             lambda: _direct(spec, target, "channels", half, width, order, threads, count)))
-    if _computed_layout(spec) == "NHWC":
-        return found + half_recipes + column_recipes
-    return found + column_recipes + half_recipes
+    masked = []
+    if spec.is_conv and spec.groups == 1 and per_group % lanes and not spec.is_quantized:   # float32: as half-width
+        # channels that fill no whole number of vectors: the last block's vector is masked, the weights
+        # padded with zeros in their blocked layout (NHWC 116->116 1x1 at 14x14: 5 -> 58 GFLOP/s)
+        vectors, across = _masked_channel_tile(spec, target)
+        order = "kernel-outer" if spec.in_channels < lanes else "ic-outer"
+        masked.append(_Candidate(
+            "direct, channel vectors, masked last block",
+            _direct_params(spec, target, f"{vectors} x {lanes} output channels", across, order, threads,
+                           -(-spec.out_channels // (lanes * vectors)), lanes),
+            f"{spec.out_channels} output channels fill {lanes}-lane vectors but for the last",
+            lambda: _direct(spec, target, "channels", lanes, across, order, threads, vectors)))
+    # Measured one thread, ReLU (GFLOP/s, this recipe against the next that applies): half-width vectors
+    # before a masked block (NCHW 3x3 48->40 at 28x28: 41 against 37; NHWC 1x1 80->200 at 14x14: 72
+    # against 66), a masked block before column vectors (NCHW 3x3 17->23: 27 against 13; NHWC 1x1
+    # 24->58 at 56x56: 92 against 5)
+    return found + half_recipes + masked + column_recipes
 
 
 def _pointwise_params(spec: Spec, target: Target, threads: int) -> tuple[tuple[str, str], ...]:
