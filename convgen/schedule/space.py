@@ -513,11 +513,10 @@ def _channels_last(spec: Spec, lanes: int, threads: int) -> Schedule:
     if (spec.out_channels // spec.groups) % lanes and spec.out_channels // spec.groups != 1:
         raise ScheduleError("split", f"{spec.out_channels // spec.groups} channels per group do not fill "
                                      f"{lanes}-lane vectors")
-    if spec.out_channels % lanes:
-        raise ScheduleError("split", f"{spec.out_channels} channels do not fill {lanes}-lane vectors")
     columns = spec.output_size[1]
     tile = _channels_last_tile(spec)
-    s = (Schedule.for_spec(spec).split("oc", lanes, tail="perfect")
+    # depthwise channels that fill no whole number of vectors: the last block masked
+    s = (Schedule.for_spec(spec).split("oc", lanes, tail=_tail(spec.out_channels, lanes))
          .split("ow", tile, tail="perfect" if columns % tile == 0 else "guard"))
     names = loop_names(s.func)
     # lowering leaves out loops of one iteration: batch 1, and a single output row
