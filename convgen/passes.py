@@ -166,13 +166,15 @@ def transposable_read(node: ir.Loop) -> ir.Load | None:
     if min(node.extent, inner.extent) < 2 or next_power_of_two(max(node.extent, inner.extent)) > 16:
         return None
     store, lane, name = inner.body, inner.var.name, node.var.name
-    if ir.linear_coefficient(ir.flat_index(store.buffer, store.indices), lane) != 1:
+    # with the two loops' ranges, a blocked layout's (c.o * 16 + c) % 16 is the lane c
+    ranges = {lane: (0, inner.extent - 1), name: (0, node.extent - 1)}
+    if ir.linear_coefficient(ir.simplify(ir.flat_index(store.buffer, store.indices), ranges), lane) != 1:
         return None
     reads = [load for load in ir.find_all(store.value, ir.Load)
              if lane in ir.free_vars(ir.flat_index(load.buffer, load.indices))]
     if len(reads) != 1:
         return None
-    offset = ir.flat_index(reads[0].buffer, reads[0].indices)
+    offset = ir.simplify(ir.flat_index(reads[0].buffer, reads[0].indices), ranges)
     stride = ir.linear_coefficient(offset, lane)
     if ir.linear_coefficient(offset, name) != 1 or stride is None:
         return None

@@ -283,7 +283,7 @@ class _LLVMEmitter:
         return rows
 
     def stmt_Store(self, node: ir.Store) -> None:
-        offset = self.offset(node.buffer, node.indices)
+        offset = self.offset(node.buffer, node.indices, masked_only=False)
         value = self.expr(node.value)
         if self.lane_var is None:
             self.builder.store(value, self.pointer(node.buffer, self.expr(offset)))
@@ -371,17 +371,17 @@ class _LLVMEmitter:
         return self.builder.gep(self.pointers[buffer.name], [offset], inbounds=True,
                                 source_etype=_TYPES[buffer.dtype])
 
-    def offset(self, buffer: ir.Buffer, indices) -> ir.Expr:
-        """The element offset of buffer[indices]; under a lane mask, simplified
-        with the loops' ranges where that shows it contiguous (a channel block's
-        lanes in a blocked layout: (c.o * 16 + lane) % 16 is the lane), so that
-        a masked block loads a vector: gathered, its lanes each read through a
-        select that LLVM cannot merge (NHWC 116->116 1x1: 5 -> 58 GFLOP/s).
-        Without a mask the gathered lanes' loads are merged by LLVM into a
-        vector load, and taking the simplified form there instead made it
-        spill the 3x3 64 tile (0.36x the speed)."""
+    def offset(self, buffer: ir.Buffer, indices, masked_only: bool = True) -> ir.Expr:
+        """The element offset of buffer[indices]; for a store, or a load under
+        a lane mask, simplified with the loops' ranges where that shows it
+        contiguous (a channel block's lanes in a blocked layout: (c.o * 16 +
+        lane) % 16 is the lane), so that it is one vector access: a masked
+        block's lanes gathered each read through a select that LLVM cannot
+        merge (NHWC 116->116 1x1: 5 -> 58 GFLOP/s). An unmasked load keeps
+        the gathered form, whose lanes LLVM merges into a vector load: the
+        simplified form there made LLVM spill the 3x3 64 tile (0.36x)."""
         offset = ir.flat_index(buffer, indices)
-        if self.mask is None or self.lane_var is None or self.contiguous(offset):
+        if (masked_only and self.mask is None) or self.lane_var is None or self.contiguous(offset):
             return offset
         simpler = ir.simplify(offset, self.ranges)
         return simpler if self.contiguous(simpler) else offset
