@@ -29,9 +29,11 @@ from .codegen.c import Baking
 from .driver import build, emit, plan
 from .errors import ConvgenError, ConvgenWarning, ScheduleError
 from .native import llvm_assembly
-from .peak import measure_peak
+from .peak import measure_bandwidth, measure_peak
+from .roofline import plot_roofline
 from .runtime import measure
 from .schedule.space import candidates
+from .schedule_page import schedule_page
 from .schedule.steps import SCHEDULE_WORDS, load_steps
 from .spec import Spec, load_spec
 from .target import host, load_target
@@ -131,6 +133,8 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--seed", type=_seed_value, help="with --verify-each-step: seed for the random inputs")
     show.add_argument("--target", default="host", metavar="NAME",
                       help="the CPU whose default schedule to show: host (default) or a name in specs/targets/")
+    show.add_argument("--html", type=Path, metavar="FILE",
+                      help="also write one page joining the steps, the loop nest after each and the emitted code")
     show.add_argument("-v", "--verbose", action="store_true",
                       help="also print the kernel after each pass; on a refused step, show the nest it met")
     show.set_defaults(run=_show)
@@ -176,6 +180,8 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"peers, comma-separated (default: {','.join(DEFAULT_PEERS)})")
     bench.add_argument("--rounds", type=_whole(1), default=3, help="interleaved rounds (default: 3)")
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    bench.add_argument("--plot", type=Path, metavar="FILE.png",
+                       help="also draw the machine's roofline with every layer's results on it (needs matplotlib)")
     bench.add_argument("-v", "--verbose", action="store_true",
                        help="also say which schedule convgen applied: the recipe, its parameters and why")
     bench.add_argument("--winograd", action="store_true",
@@ -259,6 +265,8 @@ def _info(args) -> int:
 
 
 def _show(args) -> int:
+    if args.html is not None and args.html.is_dir():
+        raise ConvgenError(f"show: --html {args.html}: expected a file to write; it is a folder")
     spec = load_spec(args.spec)
     chosen = plan(spec, load_target(args.target), _schedule(args))
     seed = _seed(args)
@@ -295,6 +303,9 @@ def _show(args) -> int:
         print("\n== after the passes: what the backends render ==")
         print(previous, end="")
     print(f"\n{_describe_program(chosen.program)}")
+    if args.html is not None:
+        args.html.parent.mkdir(parents=True, exist_ok=True)
+        print(_write(args.html, schedule_page(chosen)))
     return 0
 
 
@@ -544,11 +555,14 @@ def _bench(args) -> int:
     if unknown:
         raise ConvgenError(f"bench: --vs: expected names among {', '.join(PEERS)}; got {unknown[0]!r}")
     paths = [args.spec] if args.spec.is_file() else _spec_files(args.spec)
+    if args.plot is not None and args.plot.suffix.lower() != ".png":
+        raise ConvgenError(f"bench: --plot {args.plot}: expected a .png file name")
     peak = measure_peak(args.threads).gflops
-    report = []
+    report, measured = [], []
     for path in paths:
         spec = load_spec(path)
         entries = bench(spec, args.threads, peers, rounds=args.rounds, winograd=(4, 2) if args.winograd else ())
+        measured.append((spec, entries))
         report.append({"spec": spec.name, "macs": spec.macs, "executed_macs": spec.executed_macs,
                        "threads": args.threads, "peak_gflops": peak,
                        "results": [e.as_dict(spec) for e in entries]})
@@ -556,6 +570,10 @@ def _bench(args) -> int:
             _print_bench(spec, entries, peak, args.threads, args.verbose)
     if args.json:
         print(json.dumps({"host": host().cpu, "report": report}, indent=2))
+    if args.plot is not None:
+        title = f"{host().cpu}, {args.threads} thread(s): {args.spec.name}"
+        written = plot_roofline(measured, peak, measure_bandwidth(), args.plot, title)
+        print(f"roofline: {written}", file=sys.stderr)
     return 0
 
 

@@ -112,3 +112,14 @@ def measure_peak(threads: int = 1, target: Target | None = None, seconds: float 
     flops = 2.0 * rounds * CHAINS * target.vector_lanes * threads
     del engine  # kept alive until here: the code lives in it
     return Peak(threads, flops / seconds_per_call / 1e9, target.vector_lanes)
+
+
+def measure_bandwidth(megabytes: int = 128, seconds: float = 0.3) -> float:
+    """The machine's memory bandwidth in GB/s as one thread sees it: bytes read
+    and written by a copy of `megabytes` MiB (beyond any cache), per second.
+    The roofline's slope: the ceiling of a layer that moves more bytes than
+    its arithmetic can hide."""
+    count = megabytes * 2**20 // 4
+    source, target = np.ones(count, np.float32), np.empty(count, np.float32)
+    seconds_per_copy = measure(lambda: np.copyto(target, source), min_seconds=seconds)
+    return 2 * source.nbytes / seconds_per_copy / 1e9

@@ -226,6 +226,46 @@ def test_show_names_no_recipe_for_a_given_schedule(tmp_path):
     assert lines[0].startswith("schedule: ") and not lines[1].startswith("recipe:")
 
 
+def test_show_html_joins_steps_nests_and_emitted_code(tmp_path):
+    import html as escaping
+    page = tmp_path / "out" / "page.html"
+    result = convgen("show", SPECS / "bench" / "resnet_3x3_64.yaml", "--html", page)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == str(page)
+    html = escaping.unescape(page.read_text())
+    steps = [line.split("== step ", 1)[1].rstrip(" =") for line in result.stdout.splitlines()
+             if line.startswith("== step ")]
+    assert len(steps) > 5
+    for step in steps:   # every step the text view lists, as a section heading of the page
+        assert f"<h3>step {step}</h3>" in html
+    assert "bench_resnet_3x3_64.c</summary>" in html and "bench_resnet_3x3_64.ll</summary>" in html
+    assert "recipe: direct, channel vectors" in html
+    assert "for (" in html and "float *CONVGEN_RESTRICT" in html
+    assert "for (ptrdiff_t w_packed_o = 0; w_packed_o &lt; 64;" in page.read_text()   # escaped, not a tag
+
+
+def test_show_html_refuses_a_folder(tmp_path):
+    result = convgen("show", SPECS / "bench" / "resnet_3x3_64.yaml", "--html", tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip() == f"show: --html {tmp_path}: expected a file to write; it is a folder"
+
+
+def test_bench_plot_draws_the_roofline(tmp_path):
+    pytest.importorskip("matplotlib", reason="the plot is an optional extra: pip install -e '.[plot]'")
+    picture = tmp_path / "roofline.png"
+    result = convgen("bench", SPECS / "bench" / "tiny_ramp.yaml", "--vs", "numpy", "--rounds", "1",
+                     "--plot", picture)
+    assert result.returncode == 0, result.stderr
+    assert f"roofline: {picture}" in result.stderr
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and picture.stat().st_size > 10_000
+
+
+def test_bench_plot_refuses_a_name_that_is_not_png(tmp_path):
+    result = convgen("bench", SPECS / "bench" / "tiny_ramp.yaml", "--vs", "numpy", "--plot", tmp_path / "r.svg")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"bench: --plot {tmp_path / 'r.svg'}: expected a .png file name"
+
+
 def test_bench_refuses_an_unknown_peer():
     result = convgen("bench", SPECS / "examples" / "grid3_diagonal.yaml", "--vs", "tensorflow")
     assert result.returncode == 2 and "--vs: expected names among torch, onnxruntime, tflite, numpy" in result.stderr
