@@ -534,6 +534,42 @@ def test_one_row_layers_get_the_default_schedule(layer, threads):
         assert convgen.check(convgen.build(spec, "llvm", schedule=steps, threads=threads), seed).passed
 
 
+@pytest.mark.parametrize("layer, recipe", [
+    # a squeeze-excite's FCs and a 3x3 kernel over a 3x3 map: one output pixel, no row or column loop
+    ({"in_channels": 480, "out_channels": 120, "input_size": [1, 1], "kernel_size": 1, "activation": "relu"},
+     "one output pixel"),
+    ({"in_channels": 20, "out_channels": 72, "input_size": [1, 1], "kernel_size": 1, "layout": "NHWC"},
+     "one output pixel"),
+    ({"in_channels": 6, "out_channels": 40, "input_size": [3, 3], "kernel_size": 3, "batch": 2}, "one output pixel"),
+    # channels that fill no whole number of vectors of 16 or 8 lanes: the last block masked
+    ({"in_channels": 24, "out_channels": 58, "input_size": [5, 9], "kernel_size": 1, "layout": "NHWC",
+      "activation": "relu"}, "direct, channel vectors, masked last block"),
+    ({"in_channels": 17, "out_channels": 23, "input_size": [6, 7], "kernel_size": 3, "padding": 1},
+     "direct, channel vectors, masked last block"),
+    # depthwise NHWC with a masked block, depthwise NCHW through channel blocks
+    ({"in_channels": 36, "out_channels": 36, "groups": 36, "input_size": [7, 9], "kernel_size": 3, "padding": 1,
+      "layout": "NHWC"}, "channels-last grouped"),
+    ({"in_channels": 32, "out_channels": 32, "groups": 32, "input_size": [9, 10], "kernel_size": 3, "padding": 1,
+      "stride": 2, "activation": "relu6"}, "channel-blocked depthwise"),
+])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_recipes_for_odd_shapes_are_chosen_and_match(layer, recipe, threads):
+    from convgen.schedule.space import default_recipe
+    from convgen.target import host
+    spec = convgen.load_spec({"name": "odd", "op": "conv2d", **layer})
+    chosen = default_recipe(spec, host(), threads)
+    lanes = host().vector_lanes
+    if "masked" in recipe and spec.out_channels % lanes == 0 or "blocked" in recipe and spec.out_channels % lanes:
+        pytest.skip(f"with {lanes}-lane vectors this layer's channels fill whole vectors or not as the case needs")
+    assert chosen is not None and chosen.name == recipe
+    for backend in ("llvm", "c"):
+        kernel = convgen.build(spec, backend, threads=threads)
+        assert kernel.recipe == chosen
+        for seed in range(2):
+            result = convgen.check(kernel, seed)
+            assert result.passed and result.unwritten == 0
+
+
 # Blocks are two channel vectors: 64 channels make 2 or 4 blocks (16 or 8 lanes), 96 make 3 or 6,
 # 256 make 8 or 16; the 512-channel input makes the weights (1.7 MB) outgrow half of any L2 cache.
 @pytest.mark.parametrize("layer, parallel", [

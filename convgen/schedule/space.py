@@ -332,6 +332,13 @@ def _candidates(spec: Spec, target: Target, threads: int) -> list[_Candidate]:
                                                                       if threads > 1 else ()),
                                 "a depthwise layer in NCHW: its input copied into channel blocks",
                                 lambda: _channels_last(spec, lanes, threads)))
+    if spec.is_conv and spec.conv_output_size == (1, 1) and spec.groups == 1 and not spec.is_quantized:
+        vectors = min(4, -(-spec.out_channels // lanes))
+        found.append(_Candidate(
+            "one output pixel", (("vector", f"{vectors} x {lanes} output channels"), ("weights", f"OIHW{lanes}o")),
+            "the output is one pixel (a squeeze-excite's or a classifier's fully connected layer): "
+            "channel vectors, each its own chain of FMAs",
+            lambda: _one_pixel(spec, lanes, vectors)))
     columns = spec.conv_output_size[1]
     if spec.is_conv and per_group % lanes == 0:
         vectors, across = _channel_tile(spec, target)
@@ -545,6 +552,22 @@ def _channels_last(spec: Spec, lanes: int, threads: int) -> Schedule:
     # Border tiles and rows in copies of their own, so the rest runs without padding checks.
     s = _peel_border(s, spec, "ow.o", tile, axis=1)
     return _peel_border(s, spec, "oh", 1, axis=0) if "oh" in names else s
+
+
+def _one_pixel(spec: Spec, lanes: int, vectors: int) -> Schedule:
+    """A layer whose output is one pixel: a tile of `vectors` vectors of output
+    channels (the last block masked where they do not fill it), the reduction
+    outside it. Lowering leaves out the loops of one iteration, so only the
+    channel and reduction loops are there; with the naive nest, MobileNetV3's
+    480->120 squeeze-excite ran at 50 us a call, with this 6.6 (ONNX Runtime
+    17.7, torch 25, one thread)."""
+    block = lanes * vectors
+    s = (Schedule.for_spec(spec).split("oc", block, tail=_tail(spec.out_channels, block))
+         .split("oc.i", lanes, tail="perfect").cache_write("oc.o"))
+    reduction = [n for n in ("ic", "kh", "kw") if n in loop_names(s.func)]
+    return (s.reorder(*reduction, "oc.i.o", "oc.i.i").unroll("oc.i.o").vectorize("oc.i.i")
+            .reorder("oc.i.o.init", "oc.i.i.init").vectorize("oc.i.i.init").vectorize("oc.i.i.out")
+            .layout("w", f"OIHW{lanes}o"))
 
 
 def _channel_blocked_input(s: Schedule, spec: Spec, lanes: int) -> Schedule:
