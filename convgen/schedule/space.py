@@ -244,7 +244,11 @@ def default_recipe(spec: Spec, target: Target, threads: int = 1) -> Recipe | Non
     the layer's family that applies, else None (the naive loop nest).
 
     Families, tried in this order:
-    - channels-last grouped and depthwise: channel vectors innermost, `_channels_last`;
+    - channels-last grouped and depthwise: channel vectors innermost, `_channels_last`
+      (depthwise channels that fill no whole number of vectors: the last block masked);
+    - depthwise in NCHW whose channels fill whole vectors: the same, on a copy
+      of the input in channel blocks that a stage of the kernel makes;
+    - one output pixel (a fully connected layer as a conv): `_one_pixel`;
     - direct over channel vectors: a register tile of output columns by one
       or two vectors of output channels, when each group's channels fill
       whole vectors (`_channel_tile`);
@@ -256,10 +260,11 @@ def default_recipe(spec: Spec, target: Target, threads: int = 1) -> Recipe | Non
       32->192 at 56x56 0.26 / 0.14 against 0.20 / 0.10): each broadcast
       input feeds two FMAs and 28 accumulators fit, where the GEMM's tile
       has 16, and threads split channel blocks, not a few pixel groups;
-    - direct over output columns;
     - direct over half-width channel vectors, where a float32 group's
-      channels fill only those (24 with 16 lanes): before the column vectors
-      for NHWC outputs, after them otherwise.
+      channels fill only those (24 with 16 lanes);
+    - direct over channel vectors with the last block masked, for float32
+      layers of one group whose channels fill no whole number of vectors;
+    - direct over output columns, the last resort.
     The register tile leaves room for weight vectors and broadcast inputs
     among the target's vector registers. A target without vector registers
     (a Cortex-M) gets a scalar register tile (`_scalar_tile`) instead. A
@@ -515,7 +520,9 @@ def _pointwise_tile(spec: Spec, target: Target) -> tuple[int, int]:
 
 
 def _channels_last(spec: Spec, lanes: int, threads: int) -> Schedule:
-    """Grouped and depthwise layers in NHWC: output channels fill the vectors
+    """Grouped and depthwise layers in NHWC (depthwise in NCHW too, on a copy
+    of the input in channel blocks, `_channel_blocked_input`, with the tile
+    written back to NCHW a vector of columns at a time): output channels fill the vectors
     (a group's channels fill whole vectors, or each channel is its own group,
     so a vector's input channels are contiguous too) and a tile of output
     columns is unrolled. The channel blocks run outermost, each over the whole
