@@ -8,7 +8,6 @@ without a traceback.
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import os
 import re
@@ -33,7 +32,7 @@ from .peak import measure_bandwidth, measure_peak
 from .roofline import plot_roofline
 from .runtime import measure
 from .schedule.space import candidates
-from .schedule_page import schedule_page
+from .schedule_page import nest_diff, schedule_page
 from .schedule.steps import SCHEDULE_WORDS, load_steps
 from .spec import Spec, load_spec
 from .target import host, load_target
@@ -319,8 +318,7 @@ def _describe_program(program: ir.Program) -> str:
 
 
 def _diff(before: str, after: str) -> str:
-    diff = difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=1)
-    return "\n".join(list(diff)[2:]) or "(no change)"
+    return "\n".join(nest_diff(before, after)) or "(no change)"
 
 
 def _compile(args) -> int:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from .runtime import aligned_copy
-from .spec import Spec
+from .spec import Spec, same_padding
 
 
 def _nchw(x: np.ndarray, layout: str) -> np.ndarray:
@@ -269,7 +269,7 @@ def _tflite_padding(spec: Spec, graph, current: int, schema) -> tuple[int, int]:
     top, bottom, left, right = spec.padding
     if not any(spec.padding):
         return schema.Padding.VALID, current
-    same = all(_same_padding(size, k, s, d) == pads for size, k, s, d, pads in
+    same = all(same_padding(size, k, s, d) == pads for size, k, s, d, pads in
                zip(spec.input_size, spec.kernel_size, spec.stride, spec.dilation, ((top, bottom), (left, right))))
     if same and (spec.is_conv or spec.op == "maxpool2d"):   # TFLite's average pool leaves padding out
         return schema.Padding.SAME, current
@@ -282,12 +282,6 @@ def _tflite_padding(spec: Spec, graph, current: int, schema) -> tuple[int, int]:
     graph.operator(schema.BuiltinOperator.PAD, [current, pads], [padded], schema.BuiltinOptions.PadOptions,
                    schema.PadOptionsT())
     return schema.Padding.VALID, padded
-
-
-def _same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
-    out = -(-size // stride)
-    total = max((out - 1) * stride + dilation * (kernel - 1) + 1 - size, 0)
-    return total // 2, total - total // 2
 
 
 class _TfliteGraph:

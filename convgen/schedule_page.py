@@ -40,10 +40,14 @@ def schedule_page(chosen: Plan) -> str:
                   code=_emitted(chosen))
 
 
+def nest_diff(before: str, after: str) -> list[str]:
+    """The lines of a unified diff between two loop nests, one line of context, without its file header."""
+    return list(difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=1))[2:]
+
+
 def _changes(before: str, after: str) -> tuple[tuple[str, str], ...]:
-    lines = list(difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=1))[2:]
     kinds = {"+": "add", "-": "remove", "@": "hunk"}
-    return tuple((kinds.get(line[:1], "context"), line) for line in lines)
+    return tuple((kinds.get(line[:1], "context"), line) for line in nest_diff(before, after))
 
 
 def _emitted(chosen: Plan) -> list[tuple[str, str]]:

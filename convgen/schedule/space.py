@@ -347,13 +347,8 @@ def _candidates(spec: Spec, target: Target, threads: int) -> list[_Candidate]:
     columns = spec.conv_output_size[1]
     if spec.is_conv and per_group % lanes == 0:
         vectors, across = _channel_tile(spec, target)
-        # with few input channels the kernel loops outside them run faster (measured on ResNet's conv1)
-        order = "kernel-outer" if spec.in_channels // spec.groups < lanes else "ic-outer"
-        found.append(_Candidate(
-            "direct, channel vectors", _direct_params(spec, target, f"{vectors} x {lanes} output channels", across,
-                                                      order, threads, -(-spec.out_channels // (lanes * vectors)), lanes),
-            f"each group's {per_group} output channels fill {lanes}-lane vectors",
-            lambda: _direct(spec, target, "channels", lanes, across, order, threads, vectors)))
+        found.append(_channel_candidate(spec, target, threads, "direct, channel vectors", lanes, vectors, across,
+                                        f"each group's {per_group} output channels fill {lanes}-lane vectors"))
     if _is_pointwise(spec):
         found.append(_Candidate("pointwise GEMM", _pointwise_params(spec, target, threads),
                                 f"a 1x1 stride-1 NCHW layer whose {per_group} output channels do not fill "
@@ -376,30 +371,34 @@ def _candidates(spec: Spec, target: Target, threads: int) -> list[_Candidate]:
         # across channels (pointwise 144->24 at 56x56, one thread: 3.6 -> 56 GFLOP/s, 0.03x -> 0.8x torch)
         count = next(v for v in (4, 3, 2, 1) if (per_group // half) % v == 0)
         width = _tile_across(columns, max(1, (target.vector_registers - 4) // count))
-        order = "kernel-outer" if spec.in_channels // spec.groups < half else "ic-outer"
-        half_recipes.append(_Candidate(
-            "direct, half-width channel vectors",
-            _direct_params(spec, target, f"{count} x {half} output channels", width, order, threads,
-                           -(-spec.out_channels // (half * count)), half),
-            f"each group's {per_group} output channels fill {half}-lane vectors, not {lanes}-lane ones",
-            lambda: _direct(spec, target, "channels", half, width, order, threads, count)))
+        half_recipes.append(_channel_candidate(
+            spec, target, threads, "direct, half-width channel vectors", half, count, width,
+            f"each group's {per_group} output channels fill {half}-lane vectors, not {lanes}-lane ones"))
     masked = []
     if spec.is_conv and spec.groups == 1 and per_group % lanes and not spec.is_quantized:   # float32: as half-width
         # channels that fill no whole number of vectors: the last block's vector is masked, the weights
         # padded with zeros in their blocked layout (NHWC 116->116 1x1 at 14x14: 5 -> 58 GFLOP/s)
         vectors, across = _masked_channel_tile(spec, target)
-        order = "kernel-outer" if spec.in_channels < lanes else "ic-outer"
-        masked.append(_Candidate(
-            "direct, channel vectors, masked last block",
-            _direct_params(spec, target, f"{vectors} x {lanes} output channels", across, order, threads,
-                           -(-spec.out_channels // (lanes * vectors)), lanes),
-            f"{spec.out_channels} output channels fill {lanes}-lane vectors but for the last",
-            lambda: _direct(spec, target, "channels", lanes, across, order, threads, vectors)))
+        masked.append(_channel_candidate(
+            spec, target, threads, "direct, channel vectors, masked last block", lanes, vectors, across,
+            f"{spec.out_channels} output channels fill {lanes}-lane vectors but for the last"))
     # Measured one thread, ReLU (GFLOP/s, this recipe against the next that applies): half-width vectors
     # before a masked block (NCHW 3x3 48->40 at 28x28: 41 against 37; NHWC 1x1 80->200 at 14x14: 72
     # against 66), a masked block before column vectors (NCHW 3x3 17->23: 27 against 13; NHWC 1x1
     # 24->58 at 56x56: 92 against 5)
     return found + half_recipes + masked + column_recipes
+
+
+def _channel_candidate(spec: Spec, target: Target, threads: int, name: str, lanes: int, vectors: int,
+                       across: int, why: str) -> _Candidate:
+    """`_direct` over channel vectors of `lanes`: a tile of `across` columns by `vectors` vectors."""
+    # with few input channels the kernel loops outside them run faster (measured on ResNet's conv1)
+    order = "kernel-outer" if spec.in_channels // spec.groups < lanes else "ic-outer"
+    blocks = -(-spec.out_channels // (lanes * vectors))
+    params = _direct_params(spec, target, f"{vectors} x {lanes} output channels", across, order, threads, blocks,
+                            lanes)
+    return _Candidate(name, params, why,
+                      lambda: _direct(spec, target, "channels", lanes, across, order, threads, vectors))
 
 
 def _pointwise_params(spec: Spec, target: Target, threads: int) -> tuple[tuple[str, str], ...]:
