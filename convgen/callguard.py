@@ -93,20 +93,22 @@ def _reads_tuple(address: int, values: tuple[int, ...]) -> bool:
 
 
 def guard_module(fields: ArrayFields, x: Operand, y: Operand, pointers: list[int], x_slot: int, y_slot: int,
-                 kernel: int, launch: str, runtime: dict[str, int]) -> str:
-    """LLVM IR of `i32 guard(i64 x, i64 y, i32 threads)`.
+                 stages: list[tuple[int, str]], scratch_slots: list[tuple[int, int]], runtime: dict[str, int]) -> str:
+    """LLVM IR of `i32 guard(i64 x, i64 y, i32 threads, i64 scratch)`.
 
     pointers are the kernel's arguments, the bound weights' addresses, x's
-    and y's slots to be filled from the arrays. kernel is the kernel's address;
-    launch says how it is called: "serial" (the pointers as arguments),
-    "openmp" (GOMP_parallel on the LLVM kernel's OpenMP entry, with the
-    pointers and a zeroed counter per thread's share) or "c-openmp"
-    (omp_set_num_threads, then the pointers as arguments). runtime holds the
-    addresses of those OpenMP functions and of ndarray's type object."""
+    and y's slots to be filled from the arrays, and the scratch buffers'
+    slots (slot, byte offset) from the calling thread's scratch area.
+    stages are the run step's stage functions, in order: each an address
+    and how it is called: "serial" (the pointers as arguments), "openmp"
+    (GOMP_parallel on the LLVM stage's OpenMP entry, with the pointers and a
+    zeroed counter per thread's share) or "c-openmp" (omp_set_num_threads,
+    then the pointers as arguments). runtime holds the addresses of those
+    OpenMP functions and of ndarray's type object."""
     i32, i64, ptr = ll.IntType(32), ll.IntType(64), ll.PointerType()
     module = ll.Module(name="guard")
-    guard = ll.Function(module, ll.FunctionType(i32, [i64, i64, i32]), name="guard")
-    x_object, y_object, threads = guard.args
+    guard = ll.Function(module, ll.FunctionType(i32, [i64, i64, i32, i64]), name="guard")
+    x_object, y_object, threads, scratch = guard.args
     b = ll.IRBuilder(guard.append_basic_block("entry"))
     refuse = guard.append_basic_block("refuse")
 
@@ -138,19 +140,24 @@ def guard_module(fields: ArrayFields, x: Operand, y: Operand, pointers: list[int
     params = len(pointers)
     pointers = [ll.Constant(i64, p) for p in pointers]
     pointers[x_slot], pointers[y_slot] = x_data, y_data
-    if launch == "openmp":
+    for slot, offset in scratch_slots:
+        pointers[slot] = b.add(scratch, ll.Constant(i64, offset))
+    arguments = None
+    if any(launch == "openmp" for _, launch in stages):
         count = b.add(ll.Constant(i64, params), b.mul(b.zext(threads, i64), ll.Constant(i64, SHARE_COUNTER_SLOTS)))
         arguments = b.alloca(i64, size=count)
         for i, value in enumerate(pointers):
             b.store(value, b.gep(arguments, [ll.Constant(i64, i)], source_etype=i64))
-        counters = b.gep(arguments, [ll.Constant(i64, params)], source_etype=i64)
-        memset = module.declare_intrinsic("llvm.memset", [ptr, i64])
-        counter_bytes = b.mul(b.sub(count, ll.Constant(i64, params)), ll.Constant(i64, 8))
-        b.call(memset, [counters, ll.Constant(ll.IntType(8), 0), counter_bytes, ll.Constant(ll.IntType(1), 0)])
-        parallel = ll.FunctionType(ll.VoidType(), [ptr, ptr, i32, i32])
-        b.call(_callee(b, runtime["GOMP_parallel"], parallel),
-               [b.inttoptr(ll.Constant(i64, kernel), ptr), arguments, threads, ll.Constant(i32, 0)])
-    else:
+    for kernel, launch in stages:
+        if launch == "openmp":
+            counters = b.gep(arguments, [ll.Constant(i64, params)], source_etype=i64)
+            memset = module.declare_intrinsic("llvm.memset", [ptr, i64])
+            counter_bytes = b.mul(b.sub(count, ll.Constant(i64, params)), ll.Constant(i64, 8))
+            b.call(memset, [counters, ll.Constant(ll.IntType(8), 0), counter_bytes, ll.Constant(ll.IntType(1), 0)])
+            parallel = ll.FunctionType(ll.VoidType(), [ptr, ptr, i32, i32])
+            b.call(_callee(b, runtime["GOMP_parallel"], parallel),
+                   [b.inttoptr(ll.Constant(i64, kernel), ptr), arguments, threads, ll.Constant(i32, 0)])
+            continue
         if launch == "c-openmp":
             b.call(_callee(b, runtime["omp_set_num_threads"], ll.FunctionType(ll.VoidType(), [i32])), [threads])
         direct = ll.FunctionType(ll.VoidType(), [ptr] * params)

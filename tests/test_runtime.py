@@ -155,13 +155,15 @@ def _padded_schedule(spec, threads):
 def test_bound_kernel_with_padded_input_and_threads(backend, threads):
     """The padded copy of x is scratch workspace that the stage pack_x fills on
     each call (its border included), also for parallel kernels, whose thread
-    count a call may change."""
+    count a call may change. The guard runs both stages (pack_x, then the
+    convolution) on the calling thread's scratch: no call takes the general path."""
     kernel = convgen.build(PADDED, backend, schedule=_padded_schedule(convgen.load_spec(PADDED), threads),
                            threads=threads)
     rng = np.random.default_rng(8)
     w, b = rng.uniform(-1, 1, (32, 4, 3, 3)).astype(np.float32), rng.uniform(-1, 1, 32).astype(np.float32)
     bound = kernel.bind(w, b)
-    assert [s.buffer.name for s in kernel.program.scratch] == ["x_packed"]
+    _without_general_path(kernel)
+    assert [s.buffer.name for s in kernel.program.scratch] == ["x_packed"] and len(kernel.program.run) >= 2
     out = np.empty((1, 32, 9, 30), np.float32)
     for call_threads in (None, 1, 3):   # the kernel's own count, then one and three threads for this call
         x = rng.uniform(-1, 1, (1, 4, 9, 30)).astype(np.float32)
