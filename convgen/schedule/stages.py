@@ -121,8 +121,8 @@ def _pack_nest(source: ir.Buffer, copy: ir.Buffer) -> ir.Stmt:
     """copy[i] = source[i - before] over the copy, its padding and its blocks'
     last tails included: where the copy extends past the source (zero or
     constant padding, a blocked axis's last tail), a first nest fills the
-    whole copy (loops <copy>.fill.<axis>) and the second copies the source
-    into its place; reflect and replicate padding read the mirrored or edge
+    whole copy (loops <copy>.fill.<axis>; with no padding, only the blocks'
+    tails) and the second copies the source into its place; reflect and replicate padding read the mirrored or edge
     element instead. No element is guarded: plain copies vectorize, where a
     guarded or selected copy with clamped reads miscompiles under GCC 12
     -O3 -march=native (AVX-512, 256-bit vectors)."""
@@ -151,7 +151,25 @@ def _pack_nest(source: ir.Buffer, copy: ir.Buffer) -> ir.Stmt:
         return copying
     fill = ir.FloatImm(copy.pad_value) if copy.pad and copy.dtype == ir.FLOAT32 else _zero(copy.dtype)
     filling = [ir.Var(f"{copy.name}.fill.{axis.lower()}") for axis in copy.axes]
-    return ir.Seq((_loops(copy, filling, storage, ir.Store(copy, tuple(filling), fill)), copying))
+    if copy.pad:
+        return ir.Seq((_loops(copy, filling, storage, ir.Store(copy, tuple(filling), fill)), copying))
+    return ir.Seq((*_tail_fills(copy, extents, fill), copying))
+
+
+def _tail_fills(copy: ir.Buffer, extents: list[int], fill: ir.Expr) -> list[ir.Stmt]:
+    """Nests that fill only the blocked axes' last tails, past `extents` (a
+    depthwise layer's 116 channels in blocks of 16: 12 of 128, where filling
+    the whole copy stored every element twice per call)."""
+    nests = []
+    for k, (axis, extent, size) in enumerate(zip(copy.axes, extents, copy.shape)):
+        if extent == size:
+            continue
+        label = "fill" if not nests else f"fill_{axis.lower()}"
+        variables = [ir.Var(f"{copy.name}.{label}.{a.lower()}") for a in copy.axes]
+        bounds = list(copy.shape[:k]) + [size - extent] + list(copy.shape[k + 1:])
+        at = tuple(v + extent if i == k else v for i, v in enumerate(variables))
+        nests.append(_loops(copy, variables, bounds, ir.Store(copy, at, fill)))
+    return nests
 
 
 def _unpack_nest(target: ir.Buffer, copy: ir.Buffer) -> ir.Stmt:
