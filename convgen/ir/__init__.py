@@ -17,7 +17,8 @@
 from .nodes import *  # noqa: F401,F403
 from .nodes import __all__ as _nodes_all
 from .printer import format_buffer, format_expr, format_func, format_stmt
-from .simplify import Ranges, bounds, flat_index, hoist_conditions, linear_coefficient, simplify, truncation_is_floor
+from .simplify import (Ranges, bounds, conjuncts, flat_index, hoist_conditions, linear_coefficient, simplify,
+                       truncation_is_floor)
 from .program import Program, Slot, split, with_stages
 from .signature import Argument, Signature, signature
 from .verify import VerifyError, verify

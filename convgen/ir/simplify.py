@@ -314,7 +314,7 @@ class _HoistConditions(Rewriter):
         if node.kind == "parallel" or not isinstance(body, If) or body.orelse is not None:
             return node
         outside, inside = [], []
-        for term in _conjuncts(body.cond):
+        for term in conjuncts(body.cond):
             independent = node.var.name not in free_vars(term) and not find_all(term, Load)
             (outside if independent else inside).append(term)
         if not outside:
@@ -323,9 +323,9 @@ class _HoistConditions(Rewriter):
         return If(all_of(*outside), replace(node, body=then))
 
 
-def _conjuncts(cond: Expr) -> list[Expr]:
+def conjuncts(cond: Expr) -> list[Expr]:
     if isinstance(cond, BinOp) and cond.op == "&&":
-        return _conjuncts(cond.a) + _conjuncts(cond.b)
+        return conjuncts(cond.a) + conjuncts(cond.b)
     return [cond]
 
 

@@ -104,8 +104,15 @@ def _direct(spec: Spec, target: Target, axis: str, lanes: int, tile: int, order:
         s = s.parallel(blocks)
     elif split == "fused":
         s = s.fuse(blocks, "oh").parallel(f"{blocks}_oh")
-    if any(spec.padding) and peel_borders:
-        s = _peel_border(s, spec, "ow.o", tile, axis=1)
+    if any(spec.padding) and peel_borders or (axis == "channels" and spec.conv_output_size[1] % tile):
+        s = _peel_border(s, spec, "ow.o", tile, axis=1, padding=peel_borders)
+    if any(spec.padding) and peel_borders and order == "ic-outer" and has_rows and split != "fused":
+        # Border rows too, where rows are a loop of their own and the input channels run outside the
+        # taps: with the row's check inside the channels' loop, LLVM spilled the tile when it starts
+        # from zero, a layer without bias (NCHW 3x3 128->32 at 56x56: 46 -> 113 GFLOP/s; with a bias
+        # 118 either way). With the taps outside (ResNet's conv1) the check runs outside the
+        # channels, and peeling rows made it 5% slower.
+        s = _peel_border(s, spec, "oh", 1, axis=0)
     return s
 
 
@@ -142,11 +149,17 @@ def _thread_split(spec: Spec, target: Target, has_rows: bool, threads: int, coun
     return "fused"
 
 
-def _peel_border(s: Schedule, spec: Spec, loop: str, tile: int, axis: int) -> Schedule:
+def _peel_border(s: Schedule, spec: Spec, loop: str, tile: int, axis: int, padding: bool = True) -> Schedule:
     """Peel the leading and trailing iterations of `loop` (tiles of `tile` outputs
-    along `axis`) whose input windows reach into the padding."""
-    extent = -(-spec.conv_output_size[axis] // tile)
-    front, back = _border_tiles(spec, tile, axis)
+    along `axis`) whose input windows reach into the padding (with `padding`),
+    and a last tile that `tile` does not fill: its guard then folds away in the
+    tiles before it, where it checked each column inside the reduction (NCHW
+    3x3 128->256 at 58x58 in tiles of 14 columns: 50 -> 113 GFLOP/s)."""
+    out = spec.conv_output_size[axis]
+    extent = -(-out // tile)
+    front, back = _border_tiles(spec, tile, axis) if padding else (0, 0)
+    if out % tile:
+        back = max(back, 1)
     front = min(front, extent - 1)
     back = min(back, extent - 1 - front)
     return s.peel(loop, front, back) if front or back else s
@@ -246,8 +259,8 @@ def default_recipe(spec: Spec, target: Target, threads: int = 1) -> Recipe | Non
     Families, tried in this order:
     - channels-last grouped and depthwise: channel vectors innermost, `_channels_last`
       (depthwise channels that fill no whole number of vectors: the last block masked);
-    - depthwise in NCHW whose channels fill whole vectors: the same, on a copy
-      of the input in channel blocks that a stage of the kernel makes;
+    - depthwise in NCHW: the same, on a copy of the input in channel blocks
+      that a stage of the kernel makes;
     - one output pixel (a fully connected layer as a conv): `_one_pixel`;
     - direct over channel vectors: a register tile of output columns by one
       or two vectors of output channels, when each group's channels fill
@@ -327,10 +340,11 @@ def _candidates(spec: Spec, target: Target, threads: int) -> list[_Candidate]:
                   ("weights", f"OIHW{lanes}o")) + ((("threads", "channel blocks"),) if threads > 1 else ())
         found.append(_Candidate("channels-last grouped", params, f"a grouped layer in NHWC ({spec.groups} groups)",
                                 lambda: _channels_last(spec, lanes, threads)))
-    if (spec.is_conv and spec.groups == spec.in_channels == spec.out_channels and spec.out_channels % lanes == 0
+    if (spec.is_conv and spec.groups == spec.in_channels == spec.out_channels
             and spec.input_layout == _computed_layout(spec) == "NCHW" and spec.padding_mode == "zeros"):
-        # measured where the channels fill whole vectors (3x3 144 at 56x56, one thread: 6-8 -> 11-13
-        # GFLOP/s, 0.85x-0.92x torch channels_last); with a masked block the copy stays lane by lane
+        # one thread, GFLOP/s against the column vectors: 3x3 144 at 56x56 11-13 against 6-8; channels
+        # that fill no whole number of vectors (the last block masked), with the bound call's guard
+        # running both stages: 3x3 116 at 14x14 34 against 10.5, 5x5 120 at 28x28 54 against 17
         params = (("input", f"NCHW{lanes}c, copied by a stage"), ("vector", f"{lanes} channels"),
                   ("tile", f"{_channels_last_tile(spec)} columns"), ("weights", f"OIHW{lanes}o"))
         found.append(_Candidate("channel-blocked depthwise", params + ((("threads", "channel blocks"),)
@@ -532,7 +546,9 @@ def _channels_last(spec: Spec, lanes: int, threads: int) -> Schedule:
     up to 2x slower). Threads take whole channel blocks. Padding is left to
     the in-range checks (with so little arithmetic per input element, a
     per-call padded copy of the input costs more than the checks), with the
-    border tiles and rows peeled so that only they check."""
+    border tiles and rows peeled so that only they check, and a masked last
+    channel block (depthwise channels that fill no whole number of vectors)
+    peeled so that only it is masked."""
     if (spec.out_channels // spec.groups) % lanes and spec.out_channels // spec.groups != 1:
         raise ScheduleError("split", f"{spec.out_channels // spec.groups} channels per group do not fill "
                                      f"{lanes}-lane vectors")
@@ -554,10 +570,19 @@ def _channels_last(spec: Spec, lanes: int, threads: int) -> Schedule:
     if _computed_layout(spec) == "NCHW":
         # the tile goes back a vector of columns at a time, transposed in registers (mark-transposes)
         s = s.reorder("oc.i.out", "ow.i.out").vectorize("ow.i.out")
+    else:
+        # a vector of channels at a time (LLVM's SLP vectorizer did that, but not for a masked block:
+        # NHWC 116 channels at 28x28, 3x3: 65 -> 75 GFLOP/s)
+        s = s.vectorize("oc.i.out")
     s = s.parallel("oc.o") if threads > 1 else s
     # Border tiles and rows in copies of their own, so the rest runs without padding checks.
     s = _peel_border(s, spec, "ow.o", tile, axis=1)
-    return _peel_border(s, spec, "oh", 1, axis=0) if "oh" in names else s
+    s = _peel_border(s, spec, "oh", 1, axis=0) if "oh" in names else s
+    if spec.out_channels % lanes and spec.out_channels > lanes:
+        # the masked last block in a copy of its own, so the others run without masks
+        # (116 channels at 28x28, 3x3, one thread: NHWC 17 -> 40 GFLOP/s; NCHW, stride 2: 6.7 -> 7.9)
+        s = s.peel("oc.o", 0, 1)
+    return s
 
 
 def _one_pixel(spec: Spec, lanes: int, vectors: int) -> Schedule:
@@ -580,10 +605,11 @@ def _channel_blocked_input(s: Schedule, spec: Spec, lanes: int) -> Schedule:
     """An NCHW input copied into channel blocks (NCHW16c) by a stage of the
     kernel, a block of 8 columns by a vector of channels at a time,
     transposed in registers, so that `_channels_last` reads a vector of
-    channels contiguously."""
+    channels contiguously; channels past the last whole block are copied
+    one by one (tail `peel`)."""
     columns = 8
     width = spec.input_size[1]
-    return (s.layout("x", f"NCHW{lanes}c").split("x_packed.c", lanes, tail=_tail(spec.in_channels, lanes))
+    return (s.layout("x", f"NCHW{lanes}c").split("x_packed.c", lanes, tail="peel")
             .split("x_packed.w", columns, tail=_tail(width, columns))
             .reorder("x_packed.c.o", "x_packed.h", "x_packed.w.o", "x_packed.w.i", "x_packed.c.i")
             .vectorize("x_packed.c.i"))

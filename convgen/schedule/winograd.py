@@ -216,7 +216,7 @@ def _match_direct_conv(func: ir.Func) -> _DirectConv:
     pad_left = _unit_offset(pixel.indices[3], "ow", "kw")
     padding_checks = {ir.Call("in_range", (pixel.indices[2], ir.IntImm(x.shape[2]))),
                       ir.Call("in_range", (pixel.indices[3], ir.IntImm(x.shape[3])))}
-    if guard is not None and not set(_conjuncts(guard)) <= padding_checks:
+    if guard is not None and not set(ir.conjuncts(guard)) <= padding_checks:
         raise _refuse("the input is read under a guard other than zero padding's")
     if guard is None and (pad_top or pad_left):
         raise _refuse("the padded input is read without zero padding's guard (reflect or replicate padding)",
@@ -226,12 +226,6 @@ def _match_direct_conv(func: ir.Func) -> _DirectConv:
         raise _refuse("expected the output stored at [n, oc, oh, ow]")
     return _DirectConv(x, w, y, store.indices[0], pad_top, pad_left, init.value, store.value,
                        ir.Load(acc, (ir.IntImm(0),)))
-
-
-def _conjuncts(cond: ir.Expr) -> list[ir.Expr]:
-    if isinstance(cond, ir.BinOp) and cond.op == "&&":
-        return _conjuncts(cond.a) + _conjuncts(cond.b)
-    return [cond]
 
 
 def _innermost_update(reduction: ir.Stmt) -> tuple[ir.Store, ir.Expr | None]:
