@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import ir
-from .callguard import C_CONTIGUOUS, WRITEABLE, Operand, array_fields, guard_module
+from .callguard import C_CONTIGUOUS, WRITEABLE, Operand, array_fields, builtin, guard_module, python_api
 from .errors import KernelCallError
 from .native import jit_function, openmp
 from .spec import Spec
@@ -190,13 +190,15 @@ class BoundKernel:
         self._prepared = empty(max(k.program.prepared_bytes, 1), np.uint8)
         if k._prepare:
             k._launch(k._prepare, self.weights, self._prepared, None, k.threads)
-        self._guard, self._guard_engine = _guard(k, self.weights, self._prepared)
+        self._guard, self._guard_code = _guard(k, self.weights, self._prepared)
         self._local = threading.local()   # per calling thread: its scratch area's address
+        self._has_scratch = bool(k.program.scratch)
 
     def __call__(self, x: np.ndarray, out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
         if threads is not None:
             threads = thread_count(threads, self._threads)
-        if out is not None and self._guard(id(x), id(out), threads or self._threads, self._scratch()) == 0:
+        if out is not None and self._guard(x, out, threads or self._threads,
+                                           self._scratch() if self._has_scratch else 0) is out:
             return out
         k = self.kernel
         arrays = dict(self.weights, x=_checked("x", x, k._shapes["x"], k._dtypes["x"]))
@@ -213,21 +215,22 @@ class BoundKernel:
             return self._local.address
 
 
-def _refuse(x: int, y: int, threads: int, scratch: int) -> int:
+def _refuse(x, out, threads: int, scratch: int) -> None:
     """The guard of a kernel without one: every call takes the general path."""
-    return 1
+    return None
 
 
 def _guard(kernel: Kernel, weights: dict[str, np.ndarray], prepared: np.ndarray):
     """The guarded entry of a kernel, bound to these weights and prepared
-    buffers, and the engine that holds its code; no guard where NumPy's
-    array fields could not be found."""
+    buffers, and what must live as long as it (the engine that holds its
+    code, its method definition); no guard where NumPy's array fields could
+    not be found."""
     fields = array_fields()
     if fields is None:
         return _refuse, None
     program = kernel.program
     names = [p.name for p in program.params]
-    runtime = {"ndarray": id(np.ndarray)}
+    runtime = python_api()
     if any(stage.convention != "serial" for stage in kernel._run):
         library = openmp()
         runtime.update({name: ctypes.cast(getattr(library, name), ctypes.c_void_p).value
@@ -241,9 +244,8 @@ def _guard(kernel: Kernel, weights: dict[str, np.ndarray], prepared: np.ndarray)
         [(ctypes.cast(stage.function, ctypes.c_void_p).value, stage.convention) for stage in kernel._run],
         [(first_scratch + i, slot.offset) for i, slot in enumerate(program.scratch)], runtime)
     function, engine = jit_function(source, "guard", host())
-    function.argtypes = [ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int, ctypes.c_size_t]
-    function.restype = ctypes.c_int
-    return function, engine
+    guard, definition = builtin(ctypes.cast(function, ctypes.c_void_p).value, f"{kernel.spec.name}_guard")
+    return guard, (engine, definition)
 
 
 def is_thread_count(threads) -> bool:

@@ -1,6 +1,7 @@
 """The Python API: building, calling, and refusing bad arguments."""
 
 import ctypes
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -139,6 +140,21 @@ def test_bound_kernel_direct_path_writes_every_output(backend):
         assert bound(x, out=out) is out
         expected = convgen.reference(kernel.spec, x, original, b)
         np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bound_kernel_guard_keeps_reference_counts():
+    """The guard is a builtin that returns out (a new reference) or None: calls leak
+    no reference to either array, whether the guard runs the kernel or refuses."""
+    rng = np.random.default_rng(12)
+    bound = convgen.build(DIRECT, "llvm").bind(rng.uniform(-1, 1, (3, 3, 3, 3)).astype(np.float32),
+                                               rng.uniform(-1, 1, 3).astype(np.float32))
+    x, out = rng.uniform(-1, 1, (1, 3, 7, 7)).astype(np.float32), np.empty((1, 3, 5, 5), np.float32)
+    fortran = np.asfortranarray(x)   # refused by the guard: the general path runs
+    before = [sys.getrefcount(a) for a in (x, out, fortran)]
+    for _ in range(100):
+        bound(x, out=out)
+        bound(fortran, out=out)
+    assert [sys.getrefcount(a) for a in (x, out, fortran)] == before
 
 
 PADDED = {**DIRECT, "name": "padded", "in_channels": 4, "out_channels": 32, "input_size": [9, 30], "padding": 1}
