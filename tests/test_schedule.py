@@ -546,11 +546,16 @@ def test_one_row_layers_get_the_default_schedule(layer, threads):
       "activation": "relu"}, "direct, channel vectors, masked last block"),
     ({"in_channels": 17, "out_channels": 23, "input_size": [6, 7], "kernel_size": 3, "padding": 1},
      "direct, channel vectors, masked last block"),
-    # depthwise NHWC with a masked block, depthwise NCHW through channel blocks
+    # depthwise NHWC with a masked block, depthwise NCHW through channel blocks (the last masked)
     ({"in_channels": 36, "out_channels": 36, "groups": 36, "input_size": [7, 9], "kernel_size": 3, "padding": 1,
       "layout": "NHWC"}, "channels-last grouped"),
     ({"in_channels": 32, "out_channels": 32, "groups": 32, "input_size": [9, 10], "kernel_size": 3, "padding": 1,
       "stride": 2, "activation": "relu6"}, "channel-blocked depthwise"),
+    ({"in_channels": 36, "out_channels": 36, "groups": 36, "input_size": [7, 9], "kernel_size": 5, "padding": 2},
+     "channel-blocked depthwise"),
+    # NHWC input columns 4 KiB apart: read from an NCHW copy
+    ({"in_channels": 1024, "out_channels": 32, "input_size": [4, 6], "kernel_size": 3, "padding": 1,
+      "layout": "NHWC"}, "direct, channel vectors"),
 ])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_recipes_for_odd_shapes_are_chosen_and_match(layer, recipe, threads):
@@ -559,9 +564,11 @@ def test_recipes_for_odd_shapes_are_chosen_and_match(layer, recipe, threads):
     spec = convgen.load_spec({"name": "odd", "op": "conv2d", **layer})
     chosen = default_recipe(spec, host(), threads)
     lanes = host().vector_lanes
-    if "masked" in recipe and spec.out_channels % lanes == 0 or "blocked" in recipe and spec.out_channels % lanes:
-        pytest.skip(f"with {lanes}-lane vectors this layer's channels fill whole vectors or not as the case needs")
+    if "masked" in recipe and spec.out_channels % lanes == 0:
+        pytest.skip(f"with {lanes}-lane vectors this layer's channels fill whole vectors")
     assert chosen is not None and chosen.name == recipe
+    copied = ("input", "NCHW, copied by a stage (NHWC columns 4 KiB apart)")
+    assert (copied in chosen.params) == (spec.in_channels == 1024)
     for backend in ("llvm", "c"):
         kernel = convgen.build(spec, backend, threads=threads)
         assert kernel.recipe == chosen
@@ -604,11 +611,15 @@ def test_direct_default_gives_threads_rows_where_channel_blocks_are_few(layer, p
     {"in_channels": 16, "out_channels": 64, "input_size": [12, 30], "kernel_size": 3, "padding": 2, "dilation": 2},
     {"in_channels": 64, "out_channels": 128, "input_size": [7, 28], "kernel_size": 3, "padding": 1, "groups": 4},
     {"in_channels": 8, "out_channels": 32, "input_size": [5, 40], "kernel_size": 3, "padding": [2, 0, 1, 3]},
+    # no bias: border rows peeled too; no padding, 31 columns: the last, narrower tile peeled
+    {"in_channels": 32, "out_channels": 32, "input_size": [6, 20], "kernel_size": 3, "padding": 1, "bias": False},
+    {"in_channels": 16, "out_channels": 32, "input_size": [5, 33], "kernel_size": 3},
 ])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_direct_default_peels_padded_borders_instead_of_copying(layer, threads):
     """Zero-padded direct layers read x in place: the border tiles run as copies of
-    their own that keep the in-range checks; every output is still right."""
+    their own that keep the in-range checks, as does a last tile the tile width
+    does not fill; every output is still right."""
     from convgen.schedule.space import default_schedule
     from convgen.target import host
     spec = convgen.load_spec({"name": "peeled", "op": "conv2d", "activation": "relu", **layer})
