@@ -115,6 +115,11 @@ def _direct(spec: Spec, target: Target, axis: str, lanes: int, tile: int, order:
         # 118 either way). With the taps outside (ResNet's conv1) the check runs outside the
         # channels, and peeling rows made it 5% slower.
         s = _peel_border(s, spec, "oh", 1, axis=0)
+    if axis == "channels" and spec.out_channels % lanes and vectors == 1 and block_count > 1 and split != "fused":
+        # the masked last block in a copy of its own, so the others run without masks (one thread, ReLU,
+        # GFLOP/s: NCHW 3x3 48->40 at 28x28 37 -> 64, 1x1 232->232 at 7x7 96 -> 100). Not with two vectors
+        # a block, where LLVM spilled the copy's tile (NCHW 1x1 58->58 at 28x28: 88 -> 56)
+        s = s.peel(blocks, 0, 1)
     return s
 
 
@@ -376,10 +381,11 @@ def _candidates(spec: Spec, target: Target, threads: int) -> list[_Candidate]:
         vectors, across = _channel_tile(spec, target)
         found.append(_channel_candidate(spec, target, threads, "direct, channel vectors", lanes, vectors, across,
                                         f"each group's {per_group} output channels fill {lanes}-lane vectors"))
+    gemm = []
     if _is_pointwise(spec):
-        found.append(_Candidate("pointwise GEMM", _pointwise_params(spec, target, threads),
-                                f"a 1x1 stride-1 NCHW layer whose {per_group} output channels do not fill "
-                                f"{lanes}-lane vectors", lambda: _pointwise(spec, target, threads)))
+        gemm.append(_Candidate("pointwise GEMM", _pointwise_params(spec, target, threads),
+                               f"a 1x1 stride-1 NCHW layer whose {per_group} output channels do not fill "
+                               f"{lanes}-lane vectors", lambda: _pointwise(spec, target, threads)))
     tile = 8 if target.vector_registers >= 32 else 4
     column_recipes = []
     for vector in (lanes, max(lanes // 2, 2)):
@@ -390,7 +396,7 @@ def _candidates(spec: Spec, target: Target, threads: int) -> list[_Candidate]:
             "output columns fill the vectors where channels do not",
             lambda vector=vector, rows=rows: _direct(spec, target, "columns", vector, rows, "ic-outer", threads)))
     half = lanes // 2
-    half_recipes = []
+    half_recipes, small_half = [], False
     # float32 only: not measured on int8 layers, whose lanes are not the float32 count
     if spec.is_conv and not spec.is_quantized and half >= 4 and per_group % half == 0:
         # a group's channels fill half-width vectors only (24, 40, 56 with 16 lanes): a tile of up to
@@ -398,6 +404,7 @@ def _candidates(spec: Spec, target: Target, threads: int) -> list[_Candidate]:
         # across channels (pointwise 144->24 at 56x56, one thread: 3.6 -> 56 GFLOP/s, 0.03x -> 0.8x torch)
         count = next(v for v in (4, 3, 2, 1) if (per_group // half) % v == 0)
         width = _tile_across(columns, max(1, (target.vector_registers - 4) // count))
+        small_half = count * width < 12
         half_recipes.append(_channel_candidate(
             spec, target, threads, "direct, half-width channel vectors", half, count, width,
             f"each group's {per_group} output channels fill {half}-lane vectors, not {lanes}-lane ones"))
@@ -410,10 +417,16 @@ def _candidates(spec: Spec, target: Target, threads: int) -> list[_Candidate]:
             spec, target, threads, "direct, channel vectors, masked last block", lanes, vectors, across,
             f"{spec.out_channels} output channels fill {lanes}-lane vectors but for the last"))
     # Measured one thread, ReLU (GFLOP/s, this recipe against the next that applies): half-width vectors
-    # before a masked block (NCHW 3x3 48->40 at 28x28: 41 against 37; NHWC 1x1 80->200 at 14x14: 72
-    # against 66), a masked block before column vectors (NCHW 3x3 17->23: 27 against 13; NHWC 1x1
-    # 24->58 at 56x56: 92 against 5)
-    return found + half_recipes + masked + column_recipes
+    # before a masked block (NCHW 3x3 48->40 at 28x28: 110 against 64; NHWC 1x1 80->200 at 14x14: 101
+    # both), unless the half-width tile holds fewer than 12 accumulators (NCHW 1x1 232->232 at 7x7, one
+    # vector by 7 columns: 67 against 100); a masked block before column vectors (NCHW 3x3 17->23: 27
+    # against 13; NHWC 1x1 24->58 at 56x56: 92 against 5). The pointwise GEMM comes first where its tile
+    # holds 8 accumulators or more (1x1 64->20 at 56x56: 106 against 24 masked), else after a masked
+    # block (58->58 at 28x28, a tile of 2: 60 against 86)
+    partial = masked + half_recipes if small_half else half_recipes + masked
+    if gemm and _pointwise_accumulators(spec, target) < 8:
+        return found + partial + gemm + column_recipes
+    return found + gemm + partial + column_recipes
 
 
 def _channel_candidate(spec: Spec, target: Target, threads: int, name: str, lanes: int, vectors: int,
@@ -533,6 +546,15 @@ def _pointwise(spec: Spec, target: Target, threads: int) -> Schedule:
          .vectorize("oh_ow.i.i.out")
          .layout("w", f"OIHW{rows}o"))
     return s.parallel("oh_ow.o.o") if threads > 1 else s
+
+
+def _pointwise_accumulators(spec: Spec, target: Target) -> int:
+    """The pointwise GEMM's register tile size, or 0 where no tile fits."""
+    try:
+        rows, vectors = _pointwise_tile(spec, target)
+    except ScheduleError:
+        return 0
+    return rows * vectors
 
 
 def _pointwise_tile(spec: Spec, target: Target) -> tuple[int, int]:
