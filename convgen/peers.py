@@ -17,7 +17,8 @@ installed, ImportError. All are optional extras (`pip install
   only (its native layout): the one-op model is written with the flatbuffer
   schema LiteRT ships (schema_py_generated), so TensorFlow's converter, a
   package of gigabytes, is not needed;
-- NumPy: im2col and a BLAS matrix product per group.
+- NumPy: im2col and a BLAS matrix product per group, the BLAS held to the
+  thread count by threadpoolctl.
 """
 
 from __future__ import annotations
@@ -170,6 +171,9 @@ def _numpy(spec: Spec, inputs, threads: int) -> dict:
     oh, ow = spec.conv_output_size
     groups, cg, og = spec.groups, spec.in_channels // spec.groups, spec.out_channels // spec.groups
     weights = w.reshape(groups, og, cg * kh * kw)
+    # without it BLAS runs on every core, whatever the thread count: not installed, not timed
+    from threadpoolctl import threadpool_limits
+    limits = threadpool_limits(threads, user_api="blas")   # for the process, until restored
 
     def call():
         xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
@@ -187,6 +191,7 @@ def _numpy(spec: Spec, inputs, threads: int) -> dict:
                 y = np.minimum(y, 6)
         return y
 
+    call.limits = limits   # kept with the peer
     return {"numpy": (call, lambda y: _from_nchw(y, spec.output_layout))}
 
 
