@@ -104,6 +104,7 @@ def guard_module(fields: ArrayFields, x: Operand, y: Operand, pointers: list[int
     """LLVM IR of `guard(x, out, threads, scratch)`, a METH_FASTCALL function:
     `PyObject *guard(PyObject *self, PyObject *const *args, Py_ssize_t nargs)`
     returning out (a new reference) when it ran the kernel, else None.
+    BoundKernel calls it with two arrays and two ints (threads, scratch).
 
     pointers are the kernel's arguments, the bound weights' addresses, x's
     and y's slots to be filled from the arrays, and the scratch buffers'
@@ -122,12 +123,9 @@ def guard_module(fields: ArrayFields, x: Operand, y: Operand, pointers: list[int
     b = ll.IRBuilder(guard.append_basic_block("entry"))
     refuse = guard.append_basic_block("refuse")
 
-    def api(name, result, *arguments):
-        return _callee(b, runtime[name], ll.FunctionType(result, [a.type for a in arguments])), list(arguments)
-
-    def call(name, result, *arguments):
-        function, values = api(name, result, *arguments)
-        return b.call(function, values)
+    def call(name, result, *arguments):   # a C API function, by its address in runtime
+        return b.call(_callee(b, runtime[name], ll.FunctionType(result, [a.type for a in arguments])),
+                      list(arguments))
 
     def argument(k):
         return b.load(b.gep(args, [ll.Constant(i64, k)], source_etype=ptr), typ=ptr)

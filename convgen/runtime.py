@@ -204,7 +204,6 @@ class BoundKernel:
         arrays = dict(self.weights, x=_checked("x", x, k._shapes["x"], k._dtypes["x"]))
         return k._run_step(arrays, self._prepared, out, threads or self._threads)
 
-
     def _scratch(self) -> int:
         """The address of the calling thread's scratch area (the kernel's, made on its first call)."""
         try:

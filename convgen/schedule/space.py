@@ -291,9 +291,10 @@ def default_recipe(spec: Spec, target: Target, threads: int = 1) -> Recipe | Non
       or two vectors of output channels, when each group's channels fill
       whole vectors (`_channel_tile`);
     - pointwise (1x1, stride 1, no padding, NCHW, one group) whose channels
-      do not fill vectors: a GEMM over output pixels, `_pointwise`. Where
-      they do, the direct tile above is faster (kernel alone, 64-byte-aligned
-      arrays, 1 / 2 threads: 256->64 at 56x56 0.43 / 0.24 ms as a GEMM,
+      do not fill vectors: a GEMM over output pixels, `_pointwise`, where its
+      register tile holds 8 accumulators or more (else after the masked
+      block below). Where they do, the direct tile above is faster (kernel
+      alone, 64-byte-aligned arrays, 1 / 2 threads: 256->64 at 56x56 0.43 / 0.24 ms as a GEMM,
       0.41 / 0.21 direct; 128->512 at 28x28 0.48 / 0.42 against 0.42 / 0.22;
       32->192 at 56x56 0.26 / 0.14 against 0.20 / 0.10): each broadcast
       input feeds two FMAs and 28 accumulators fit, where the GEMM's tile
@@ -301,7 +302,9 @@ def default_recipe(spec: Spec, target: Target, threads: int = 1) -> Recipe | Non
     - direct over half-width channel vectors, where a float32 group's
       channels fill only those (24 with 16 lanes);
     - direct over channel vectors with the last block masked, for float32
-      layers of one group whose channels fill no whole number of vectors;
+      layers of one group whose channels fill no whole number of vectors
+      (before the half-width vectors where their tile would hold fewer than
+      12 accumulators);
     - direct over output columns, the last resort.
     The register tile leaves room for weight vectors and broadcast inputs
     among the target's vector registers. A target without vector registers

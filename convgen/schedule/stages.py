@@ -122,8 +122,8 @@ def _pack_nest(source: ir.Buffer, copy: ir.Buffer) -> ir.Stmt:
     last tails included: where the copy extends past the source (zero or
     constant padding, a blocked axis's last tail), a first nest fills the
     whole copy (loops <copy>.fill.<axis>; with no padding, only the blocks'
-    tails) and the second copies the source into its place; reflect and replicate padding read the mirrored or edge
-    element instead. No element is guarded: plain copies vectorize, where a
+    tails) and the second copies the source into its place; reflect and
+    replicate padding read the mirrored or edge element instead. No element is guarded: plain copies vectorize, where a
     guarded or selected copy with clamped reads miscompiles under GCC 12
     -O3 -march=native (AVX-512, 256-bit vectors)."""
     variables = _variables(copy)
@@ -150,10 +150,10 @@ def _pack_nest(source: ir.Buffer, copy: ir.Buffer) -> ir.Stmt:
     if storage == extents:
         return copying
     fill = ir.FloatImm(copy.pad_value) if copy.pad and copy.dtype == ir.FLOAT32 else _zero(copy.dtype)
+    if not copy.pad:
+        return ir.Seq((*_tail_fills(copy, extents, fill), copying))
     filling = [ir.Var(f"{copy.name}.fill.{axis.lower()}") for axis in copy.axes]
-    if copy.pad:
-        return ir.Seq((_loops(copy, filling, storage, ir.Store(copy, tuple(filling), fill)), copying))
-    return ir.Seq((*_tail_fills(copy, extents, fill), copying))
+    return ir.Seq((_loops(copy, filling, storage, ir.Store(copy, tuple(filling), fill)), copying))
 
 
 def _tail_fills(copy: ir.Buffer, extents: list[int], fill: ir.Expr) -> list[ir.Stmt]:
