@@ -553,6 +553,11 @@ def test_one_row_layers_get_the_default_schedule(layer, threads):
       "stride": 2, "activation": "relu6"}, "channel-blocked depthwise"),
     ({"in_channels": 36, "out_channels": 36, "groups": 36, "input_size": [7, 9], "kernel_size": 5, "padding": 2},
      "channel-blocked depthwise"),
+    # pools in NHWC: channel vectors (40 channels: the last masked), padding, stride
+    ({"op": "avgpool2d", "in_channels": 40, "input_size": [9, 11], "kernel_size": 3, "padding": 1,
+      "layout": "NHWC"}, "channels-last pool"),
+    ({"op": "maxpool2d", "in_channels": 32, "input_size": [9, 12], "kernel_size": 2, "stride": 2,
+      "layout": "NHWC"}, "channels-last pool"),
     # NHWC input columns 4 KiB apart: read from an NCHW copy
     ({"in_channels": 1024, "out_channels": 32, "input_size": [4, 6], "kernel_size": 3, "padding": 1,
       "layout": "NHWC"}, "direct, channel vectors"),
