@@ -173,7 +173,7 @@ def _numpy(spec: Spec, inputs, threads: int) -> dict:
     weights = w.reshape(groups, og, cg * kh * kw)
     # without it BLAS runs on every core, whatever the thread count: not installed, not timed
     from threadpoolctl import threadpool_limits
-    limits = threadpool_limits(threads, user_api="blas")   # for the process, until restored
+    threadpool_limits(threads, user_api="blas")   # for the process, until the next peer sets its own
 
     def call():
         xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
@@ -191,7 +191,6 @@ def _numpy(spec: Spec, inputs, threads: int) -> dict:
                 y = np.minimum(y, 6)
         return y
 
-    call.limits = limits   # kept with the peer
     return {"numpy": (call, lambda y: _from_nchw(y, spec.output_layout))}
 
 

@@ -106,12 +106,12 @@ def _direct(spec: Spec, target: Target, axis: str, lanes: int, tile: int, order:
         s = s.parallel(blocks)
     elif split == "fused":
         s = s.fuse(blocks, "oh").parallel(f"{blocks}_oh")
-    if any(spec.padding) and peel_borders or (axis == "channels" and spec.conv_output_size[1] % tile):
-        s = _peel_border(s, spec, "ow.o", tile, axis=1, padding=peel_borders)
-    elif axis == "columns" and spec.conv_output_size[1] % (lanes * tile) and spec.conv_output_size[1] > lanes * tile:
+    if axis == "channels":
+        s = _peel_border(s, spec, "ow.o", tile, axis=1, padding=peel_borders and any(spec.padding))
+    else:
         # the masked last tile in a copy of its own, so the others' vectors carry no mask (NCHW maxpool
         # 2x2 of 64 channels at 112x112, one thread: 404 -> 133 us a call)
-        s = s.peel("ow.o", 0, 1)
+        s = _peel_border(s, spec, "ow.o", lanes * tile, axis=1, padding=False)
     if any(spec.padding) and peel_borders and order == "ic-outer" and has_rows and split != "fused":
         # Border rows too, where rows are a loop of their own and the input channels run outside the
         # taps: with the row's check inside the channels' loop, LLVM spilled the tile when it starts

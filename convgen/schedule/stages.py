@@ -123,9 +123,10 @@ def _pack_nest(source: ir.Buffer, copy: ir.Buffer) -> ir.Stmt:
     constant padding, a blocked axis's last tail), a first nest fills the
     whole copy (loops <copy>.fill.<axis>; with no padding, only the blocks'
     tails) and the second copies the source into its place; reflect and
-    replicate padding read the mirrored or edge element instead. No element is guarded: plain copies vectorize, where a
-    guarded or selected copy with clamped reads miscompiles under GCC 12
-    -O3 -march=native (AVX-512, 256-bit vectors)."""
+    replicate padding read the mirrored or edge element instead. No element
+    is guarded: plain copies vectorize, where a guarded or selected copy
+    with clamped reads miscompiles under GCC 12 -O3 -march=native (AVX-512,
+    256-bit vectors)."""
     variables = _variables(copy)
     pads = copy.pad or ((0, 0),) * len(copy.axes)
     remap = PAD_MODES.get(copy.pad_mode) if copy.pad else None
