@@ -582,6 +582,30 @@ def test_recipes_for_odd_shapes_are_chosen_and_match(layer, recipe, threads):
             assert result.passed and result.unwritten == 0
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_one_pixel_recipe_builds_the_tile_it_names(threads):
+    """A squeeze-excite whose channels fill no whole number of vectors (672->168): the
+    tile built is the one the recipe names (a later candidate's tile was once built in
+    its place, one vector wide), and its 441 KiB of weights run across threads."""
+    from convgen.schedule.space import default_recipe
+    from convgen.target import host
+    spec = convgen.load_spec({"name": "se", "op": "conv2d", "in_channels": 672, "out_channels": 168,
+                              "input_size": [1, 1], "kernel_size": 1, "activation": "relu", "layout": "NHWC"})
+    chosen = default_recipe(spec, host(), threads)
+    assert chosen.name == "one output pixel"
+    vectors = int(dict(chosen.params)["vector"].split(" x ")[0])
+    lanes = host().vector_lanes
+    split = next(step for step in chosen.steps if step.primitive == "split")
+    assert split.args == ("oc", lanes * vectors)
+    assert vectors >= min(3, -(-spec.out_channels // lanes))
+    parallel = [step for step in chosen.steps if step.primitive == "parallel"]
+    assert bool(parallel) == (threads > 1) == (("threads", "channel blocks") in chosen.params)
+    kernel = convgen.build(spec, "llvm", threads=threads)
+    for seed in range(2):
+        result = convgen.check(kernel, seed)
+        assert result.passed and result.unwritten == 0
+
+
 # Blocks are two channel vectors: 64 channels make 2 or 4 blocks (16 or 8 lanes), 96 make 3 or 6,
 # 256 make 8 or 16; the 512-channel input makes the weights (1.7 MB) outgrow half of any L2 cache.
 @pytest.mark.parametrize("layer, parallel", [

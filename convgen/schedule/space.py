@@ -399,12 +399,13 @@ def _candidates(spec: Spec, target: Target, threads: int) -> list[_Candidate]:
                                 "a depthwise layer in NCHW: its input copied into channel blocks",
                                 lambda: _channels_last(spec, lanes, threads)))
     if spec.is_conv and spec.conv_output_size == (1, 1) and spec.groups == 1 and not spec.is_quantized:
-        vectors = min(4, -(-spec.out_channels // lanes))
+        pixel_vectors, pixel_threads = _one_pixel_tile(spec, lanes, threads)   # `vectors` is rebound below
+        params = (("vector", f"{pixel_vectors} x {lanes} output channels"), ("weights", f"OIHW{lanes}o"))
         found.append(_Candidate(
-            "one output pixel", (("vector", f"{vectors} x {lanes} output channels"), ("weights", f"OIHW{lanes}o")),
+            "one output pixel", params + ((("threads", "channel blocks"),) if pixel_threads > 1 else ()),
             "the output is one pixel (a squeeze-excite's or a classifier's fully connected layer): "
             "channel vectors, each its own chain of FMAs",
-            lambda: _one_pixel(spec, lanes, vectors)))
+            lambda: _one_pixel(spec, lanes, pixel_vectors, pixel_threads)))
     columns = spec.conv_output_size[1]
     if not spec.is_conv and not spec.is_quantized and spec.input_layout == spec.output_layout == "NHWC":
         # a pool in NHWC: a vector of channels, a pixel's window at a time, 4 columns a tile (avgpool 2x2
@@ -659,20 +660,40 @@ def _channels_last(spec: Spec, lanes: int, threads: int) -> Schedule:
     return s
 
 
-def _one_pixel(spec: Spec, lanes: int, vectors: int) -> Schedule:
+# weights from which a one-pixel layer's call runs across threads: read from L2 they take about
+# 2.5 us, several times what waking a second thread costs (MobileNetV3's squeeze-excites, two
+# threads, GFLOP/s serial -> parallel: 672->168 (441 KiB) 44 -> 61, 960->240 41 -> 76; 72->24
+# (7 KiB) 6.5 -> 2.9; 480->120 (225 KiB) 45 -> 48)
+_ONE_PIXEL_PARALLEL_BYTES = 256 * 1024
+
+
+def _one_pixel_tile(spec: Spec, lanes: int, threads: int) -> tuple[int, int]:
+    """`_one_pixel`'s vectors per tile and threads: 4 vectors (3 where that
+    shares the channel blocks more evenly among threads), on one thread
+    unless the weights are large enough to be worth a second."""
+    blocks = -(-spec.out_channels // lanes)
+    if threads == 1 or prod(spec.weight_shape) * 4 < _ONE_PIXEL_PARALLEL_BYTES:
+        return min(4, blocks), 1
+    def per_thread(vectors: int) -> int:
+        return -(-(-(-blocks // vectors)) // threads) * vectors
+    return min(min((4, 3), key=lambda v: (per_thread(v), -v)), blocks), threads
+
+
+def _one_pixel(spec: Spec, lanes: int, vectors: int, threads: int = 1) -> Schedule:
     """A layer whose output is one pixel: a tile of `vectors` vectors of output
     channels (the last block masked where they do not fill it), the reduction
-    outside it. Lowering leaves out the loops of one iteration, so only the
-    channel and reduction loops are there; with the naive nest, MobileNetV3's
-    480->120 squeeze-excite ran at 50 us a call, with this 6.6 (ONNX Runtime
-    17.7, torch 25, one thread)."""
+    outside it, tiles across threads where `threads` > 1. Lowering leaves out
+    the loops of one iteration, so only the channel and reduction loops are
+    there; with the naive nest, MobileNetV3's 480->120 squeeze-excite ran at
+    50 us a call, with this 6.6 (ONNX Runtime 17.7, torch 25, one thread)."""
     block = lanes * vectors
     s = (Schedule.for_spec(spec).split("oc", block, tail=_tail(spec.out_channels, block))
          .split("oc.i", lanes, tail="perfect").cache_write("oc.o"))
     reduction = [n for n in ("ic", "kh", "kw") if n in loop_names(s.func)]
-    return (s.reorder(*reduction, "oc.i.o", "oc.i.i").unroll("oc.i.o").vectorize("oc.i.i")
-            .reorder("oc.i.o.init", "oc.i.i.init").vectorize("oc.i.i.init").vectorize("oc.i.i.out")
-            .layout("w", f"OIHW{lanes}o"))
+    s = (s.reorder(*reduction, "oc.i.o", "oc.i.i").unroll("oc.i.o").vectorize("oc.i.i")
+         .reorder("oc.i.o.init", "oc.i.i.init").vectorize("oc.i.i.init").vectorize("oc.i.i.out")
+         .layout("w", f"OIHW{lanes}o"))
+    return s.parallel("oc.o") if threads > 1 else s
 
 
 def _channel_blocked_input(s: Schedule, spec: Spec, lanes: int, threads: int) -> Schedule:
