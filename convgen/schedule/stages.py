@@ -104,9 +104,12 @@ def _variables(copy: ir.Buffer) -> list[ir.Var]:
     return [ir.Var(f"{copy.name}.{axis.lower()}") for axis in copy.axes]
 
 
-def _loops(copy: ir.Buffer, variables: list[ir.Var], extents: list[int], body: ir.Stmt) -> ir.Stmt:
-    """body in loops over the copy's axes, outermost in its storage order (writes run along it)."""
-    order = [d.axis for d in copy.layout if not d.block]
+def _loops(copy: ir.Buffer, variables: list[ir.Var], extents: list[int], body: ir.Stmt,
+           innermost: str | None = None) -> ir.Stmt:
+    """body in loops over the copy's axes, outermost in its storage order (writes run along it),
+    except `innermost`, if given, innermost."""
+    order = [d.axis for d in copy.layout if not d.block and d.axis != innermost]
+    order += [innermost] if innermost else []
     for axis in reversed(order):
         k = copy.axes.index(axis)
         body = ir.Loop(variables[k], extents[k], body)
@@ -160,7 +163,10 @@ def _pack_nest(source: ir.Buffer, copy: ir.Buffer) -> ir.Stmt:
 def _tail_fills(copy: ir.Buffer, extents: list[int], fill: ir.Expr) -> list[ir.Stmt]:
     """Nests that fill only the blocked axes' last tails, past `extents` (a
     depthwise layer's 116 channels in blocks of 16: 12 of 128, where filling
-    the whole copy stored every element twice per call)."""
+    the whole copy stored every element twice per call). A tail inside one
+    block is filled along it, innermost: its elements are adjacent in storage
+    (24 channels in blocks of 16, NCHW depthwise 1x1 at 56x56: 44 -> 30 us a
+    call, where each of the 8 lanes was a pass over the whole copy)."""
     nests = []
     for k, (axis, extent, size) in enumerate(zip(copy.axes, extents, copy.shape)):
         if extent == size:
@@ -169,7 +175,8 @@ def _tail_fills(copy: ir.Buffer, extents: list[int], fill: ir.Expr) -> list[ir.S
         variables = [ir.Var(f"{copy.name}.{label}.{a.lower()}") for a in copy.axes]
         bounds = list(copy.shape[:k]) + [size - extent] + list(copy.shape[k + 1:])
         at = tuple(v + extent if i == k else v for i, v in enumerate(variables))
-        nests.append(_loops(copy, variables, bounds, ir.Store(copy, at, fill)))
+        within_block = size - extent <= copy.block(axis)
+        nests.append(_loops(copy, variables, bounds, ir.Store(copy, at, fill), axis if within_block else None))
     return nests
 
 
