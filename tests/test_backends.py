@@ -229,7 +229,10 @@ def test_llvm_guarded_tail_uses_masked_vector_memory_and_a_register_tile(pad_inp
     """A vector of columns split with a guarded tail (13 columns, 8 lanes): x and y
     are read and written with masked vector loads and stores, not lane by lane,
     the stack tile is blended instead (so it can stay in registers), and the
-    columns past the end of y are never written."""
+    columns past the end of y are never written. Where the input is padded, the
+    tile's only guard is the tail's, a condition of the column each element is for,
+    so masked-off lanes may write the tile unblended; with padding checked in the
+    kernel, a column's lane is masked for some taps and not others, so it may not."""
     from convgen.schedule import Schedule
     spec = convgen.load_spec({"name": "tail", "op": "conv2d", "in_channels": 3, "out_channels": 2,
                               "input_size": [5, 13], "kernel_size": 3, "padding": 1})
@@ -239,6 +242,9 @@ def test_llvm_guarded_tail_uses_masked_vector_memory_and_a_register_tile(pad_inp
     source = emit_llvm(s.func, host())
     assert "call void @\"llvm.masked.store.v8f32.p0\"" in source or "call void @llvm.masked.store.v8f32.p0" in source
     assert "llvm.masked.load.v8f32.p0" in source
+    from convgen.codegen.llvm import masked_lanes_unread
+    (tile,) = ir.find_all(s.func, ir.Allocate)
+    assert masked_lanes_unread(tile) == pad_input
     kernel = convgen.build(spec, "llvm", schedule=s)
     rng = np.random.default_rng(3)
     inputs = random_inputs(spec, rng)

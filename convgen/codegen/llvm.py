@@ -13,8 +13,9 @@ SROA turns them into registers). Loop kinds:
   becomes a lane mask: contiguous accesses under it become llvm.masked.load
   and llvm.masked.store (a guarded tail), or, in the kernel's own tile,
   whole-vector accesses blended with the mask so the tile stays in
-  registers; gathered lanes that are masked off read a safe address and
-  store nothing;
+  registers (not blended where no read sees the masked-off lanes,
+  `masked_lanes_unread`); gathered lanes that are masked off read a safe
+  address and store nothing;
 - transposed (marked by the pass of that name, over a vectorized copy that
   reads across rows of a block: a register tile written back from channel
   vectors to columns): the block's rows are loaded as vectors and
@@ -144,6 +145,62 @@ def parallel_loop(func: ir.Func) -> ir.Loop | None:
                        f"(the C backend runs each loop on its own): keep one loop of each nest parallel")
 
 
+def masked_lanes_unread(alloc: ir.Allocate) -> bool:
+    """Whether a guarded store into the allocated tile may write its masked-off
+    lanes as well: every lane-masked store to it is guarded by the same
+    condition G of the element's own position (its indices, and loops outside
+    the allocation), and every read of it is under G. A masked-off lane's
+    element then fails G and is never read, so a guarded FMA into the tile
+    needs no blend with the old value (the masked last block of channel
+    vectors, NCHW 3x3 58->58 at 28x28: 179 -> 210 GFLOP/s, two threads)."""
+    name = alloc.buffer.name
+    inner = {loop.var.name for loop in ir.find_all(alloc.body, ir.Loop)}
+    guards, reads = set(), []
+
+    def at_position(cond: ir.Expr, indices) -> ir.Expr | None:
+        """cond with the indices' variables named by axis; None where it depends on anything else inside."""
+        if any(not isinstance(i, (ir.Var, ir.IntImm)) for i in indices):
+            return None
+        names = [i.name for i in indices if isinstance(i, ir.Var)]
+        if len(names) != len(set(names)):
+            return None
+        cond = ir.substitute(cond, {i.name: ir.Var(f"#{k}") for k, i in enumerate(indices) if isinstance(i, ir.Var)})
+        return None if ir.free_vars(cond) & inner else cond
+
+    def visit(node: ir.Stmt, conds: tuple, lane: str | None) -> bool:
+        if isinstance(node, ir.Seq):
+            return all(visit(child, conds, lane) for child in node.body)
+        if isinstance(node, ir.Loop):
+            return visit(node.body, conds, node.var.name if node.kind == "vectorized" else lane)
+        if isinstance(node, ir.If):
+            reads.extend((load.indices, conds) for load in ir.find_all(node.cond, ir.Load) if load.buffer.name == name)
+            if node.orelse is not None and lane in ir.free_vars(node.cond) and ir.find_all(node.orelse, ir.Store):
+                return False   # a masked else: not followed here
+            return visit(node.then, conds + (node.cond,), lane) and (
+                node.orelse is None or visit(node.orelse, conds, lane))
+        if isinstance(node, ir.Allocate):
+            return visit(node.body, conds, lane)
+        if isinstance(node, ir.Store):
+            reads.extend((load.indices, conds) for load in ir.find_all(node, ir.Load) if load.buffer.name == name)
+            if node.buffer.name == name and lane is not None:
+                masks = [c for c in conds if lane in ir.free_vars(c)]
+                if masks:
+                    guard = [at_position(c, node.indices) for c in masks]
+                    if None in guard:
+                        return False
+                    guards.add(frozenset(guard))
+            return True
+        return not any(load.buffer.name == name for load in ir.find_all(node, ir.Load))
+
+    if not visit(alloc.body, (), None) or len(guards) != 1:
+        return False
+    (guard,) = guards
+    for indices, conds in reads:
+        if not guard <= {at_position(c, indices) for c in conds}:
+            return False
+    return True
+
+
 class _LLVMEmitter:
     def __init__(self, module: ll.Module, func: ir.Func):
         self.module = module
@@ -153,6 +210,7 @@ class _LLVMEmitter:
         self.function.attributes.add("nounwind")
         self.pointers: dict[str, ll.Value] = {}
         self.locals: set[str] = set()      # buffers allocated in the kernel (stack tiles)
+        self.unblended: set[str] = set()   # of those, the tiles whose masked-off lanes no read sees
         for arg, buffer in zip(self.function.args, func.params):
             arg.name = buffer.name
             arg.add_attribute("noalias")  # parameters never overlap (the runtime checks)
@@ -298,7 +356,7 @@ class _LLVMEmitter:
                 self.builder.call(self.masked_memory("store", vector.type),
                                   [vector, pointer, ll.Constant(I32, align), self.mask])
                 return
-            if self.mask is not None:
+            if self.mask is not None and node.buffer.name not in self.unblended:
                 # a guarded tile in the kernel's own buffer: blend and store the whole vector, which
                 # LLVM keeps in a register (a masked store would pin the tile to the stack)
                 old = self.builder.load(pointer, typ=vector.type)
@@ -360,8 +418,11 @@ class _LLVMEmitter:
         slot.type = ll.PointerType()
         self.pointers[buffer.name] = slot
         self.locals.add(buffer.name)
+        if masked_lanes_unread(node):
+            self.unblended.add(buffer.name)
         self.stmt(node.body)
         self.locals.discard(buffer.name)
+        self.unblended.discard(buffer.name)
         del self.pointers[buffer.name]
 
     # -- memory -------------------------------------------------------------
