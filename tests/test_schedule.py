@@ -582,6 +582,33 @@ def test_recipes_for_odd_shapes_are_chosen_and_match(layer, recipe, threads):
             assert result.passed and result.unwritten == 0
 
 
+@pytest.mark.parametrize("layer, split", [
+    # strided: a thread computes the rows whose input it copied
+    ({"in_channels": 24, "input_size": [30, 30], "stride": 2}, ("threads", "output rows")),
+    # one channel block, stride 1
+    ({"in_channels": 16, "input_size": [28, 20]}, ("threads", "output rows")),
+    # many blocks at stride 1, or too few output rows to share
+    ({"in_channels": 80, "input_size": [28, 20]}, ("threads", "channel blocks")),
+    ({"in_channels": 40, "input_size": [24, 24], "stride": 2}, ("threads", "channel blocks")),
+])
+def test_nchw_depthwise_shares_rows_or_channel_blocks(layer, split):
+    from convgen.schedule.space import default_recipe
+    from convgen.target import host
+    if host().vector_lanes != 16:
+        pytest.skip("the split counts 16-lane channel blocks; this host's vectors differ")
+    spec = convgen.load_spec({"name": "dw", "op": "conv2d", "out_channels": layer["in_channels"],
+                              "groups": layer["in_channels"], "kernel_size": 3, "padding": 1,
+                              "activation": "relu", **layer})
+    chosen = default_recipe(spec, host(), 2)
+    assert chosen.name == "channel-blocked depthwise" and split in chosen.params
+    parallel = [step.args[0] for step in chosen.steps if step.primitive == "parallel"]
+    assert parallel[-1] == {"output rows": "oh", "channel blocks": "oc.o"}[split[1]]
+    kernel = convgen.build(spec, "llvm", threads=2)
+    for seed in range(2):
+        result = convgen.check(kernel, seed)
+        assert result.passed and result.unwritten == 0
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_one_pixel_recipe_builds_the_tile_it_names(threads):
     """A squeeze-excite whose channels fill no whole number of vectors (672->168): the

@@ -394,8 +394,8 @@ def _candidates(spec: Spec, target: Target, threads: int) -> list[_Candidate]:
         # running both stages: 3x3 116 at 14x14 34 against 10.5, 5x5 120 at 28x28 54 against 17
         params = (("input", f"NCHW{lanes}c, copied by a stage"), ("vector", f"{lanes} channels"),
                   ("tile", f"{_channels_last_tile(spec)} columns"), ("weights", f"OIHW{lanes}o"))
-        found.append(_Candidate("channel-blocked depthwise", params + ((("threads", "channel blocks"),)
-                                                                      if threads > 1 else ()),
+        split = {"rows": "output rows", "blocks": "channel blocks"}.get(_depthwise_split(spec, lanes, threads))
+        found.append(_Candidate("channel-blocked depthwise", params + ((("threads", split),) if split else ()),
                                 "a depthwise layer in NCHW: its input copied into channel blocks",
                                 lambda: _channels_last(spec, lanes, threads)))
     if spec.is_conv and spec.conv_output_size == (1, 1) and spec.groups == 1 and not spec.is_quantized:
@@ -618,7 +618,8 @@ def _channels_last(spec: Spec, lanes: int, threads: int) -> Schedule:
     64-byte-aligned arrays each pixel's block is one cache line (measured on
     five depthwise shapes, 1.25-1.5x faster than the blocks innermost; with
     arrays 16 bytes off a line, as NumPy's, each line is read twice and it is
-    up to 2x slower). Threads take whole channel blocks. Padding is left to
+    up to 2x slower). Threads take whole channel blocks, or output rows
+    (`_depthwise_split`). Padding is left to
     the in-range checks (with so little arithmetic per input element, a
     per-call padded copy of the input costs more than the checks), with the
     border tiles and rows peeled so that only they check, and a masked last
@@ -649,7 +650,8 @@ def _channels_last(spec: Spec, lanes: int, threads: int) -> Schedule:
         # a vector of channels at a time (LLVM's SLP vectorizer did that, but not for a masked block:
         # NHWC 116 channels at 28x28, 3x3: 65 -> 75 GFLOP/s)
         s = s.vectorize("oc.i.out")
-    s = s.parallel("oc.o") if threads > 1 else s
+    split = _depthwise_split(spec, lanes, threads)
+    s = s.parallel({"rows": "oh", "blocks": "oc.o"}[split]) if split else s
     # Border tiles and rows in copies of their own, so the rest runs without padding checks.
     s = _peel_border(s, spec, "ow.o", tile, axis=1)
     s = _peel_border(s, spec, "oh", 1, axis=0) if "oh" in names else s
@@ -658,6 +660,28 @@ def _channels_last(spec: Spec, lanes: int, threads: int) -> Schedule:
         # (116 channels at 28x28, 3x3, one thread: NHWC 17 -> 40 GFLOP/s; NCHW, stride 2: 6.7 -> 7.9)
         s = s.peel("oc.o", 0, 1)
     return s
+
+
+def _depthwise_split(spec: Spec, lanes: int, threads: int) -> str:
+    """How `_channels_last` shares its work among threads: "" (one thread),
+    "blocks" (whole channel blocks, each over the whole image) or "rows"
+    (output rows, each over every block). Rows, for a depthwise layer in
+    NCHW whose input copy (split by rows too) is large against the work:
+    strided, or fewer channel blocks than two a thread; a thread then
+    reads the rows it copied, from its own L2. Not under 14 output rows,
+    where a share is a few rows beside the peeled border ones. Two threads,
+    GFLOP/s, blocks -> rows: 24 channels 3x3 stride 2 at 56x56 11 -> 14,
+    58 18 -> 26, 240 at 28x28 22 -> 29, 16 at 112x112 46 -> 65; stride 1
+    left to blocks: 120 at 28x28 93 against 85, 116 at 14x14 38 against 35;
+    stride 2 to 7x7: 232 14.5 against 10.4."""
+    if threads <= 1:
+        return ""
+    blocks = -(-spec.out_channels // lanes)
+    copied = spec.input_layout == "NCHW" and spec.groups == spec.in_channels
+    rows = spec.conv_output_size[0]
+    if copied and rows >= 14 and (max(spec.stride) > 1 or blocks < 2 * threads):
+        return "rows"
+    return "blocks"
 
 
 # weights from which a one-pixel layer's call runs across threads: read from L2 they take about
