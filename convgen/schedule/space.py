@@ -216,7 +216,7 @@ def _border_tiles(spec: Spec, tile: int, axis: int) -> tuple[int, int]:
 def _channel_tile(spec: Spec, target: Target) -> tuple[int, int]:
     """(output-channel vectors, output columns) of a direct convolution's
     register tile. With 32 vector registers: 28 accumulators, two channel
-    vectors by up to 14 columns where a group's channels make pairs of
+    vectors by up to 14 columns (8 on wide NCHW rows) where a group's channels make pairs of
     vectors (each broadcast input then feeds two FMAs, each weight vector 14;
     measured 10-25% faster than one vector by 8 columns on the 3x3 and 7x7
     suite layers), leaving registers for two weight vectors and broadcasts.
