@@ -448,7 +448,10 @@ def _candidates(spec: Spec, target: Target, threads: int) -> list[_Candidate]:
         # across channels (pointwise 144->24 at 56x56, one thread: 3.6 -> 56 GFLOP/s, 0.03x -> 0.8x torch)
         count = next(v for v in (4, 3, 2, 1) if (per_group // half) % v == 0)
         width = _tile_across(columns, max(1, (target.vector_registers - 4) // count))
-        small_half = count * width < 12
+        # a masked block first where the half-width tile is small, or is one vector wide (an odd
+        # number of half vectors) while the masked block's 8 padding lanes are under 1/16 of what
+        # it computes (more than 128 channels): one vector of 16 at full FMA rate beats two of 8
+        small_half = count * width < 12 or (count == 1 and per_group > 8 * lanes)
         half_recipes.append(_channel_candidate(
             spec, target, threads, "direct, half-width channel vectors", half, count, width,
             f"each group's {per_group} output channels fill {half}-lane vectors, not {lanes}-lane ones"))
@@ -462,8 +465,11 @@ def _candidates(spec: Spec, target: Target, threads: int) -> list[_Candidate]:
             f"{spec.out_channels} output channels fill {lanes}-lane vectors but for the last"))
     # Measured one thread, ReLU (GFLOP/s, this recipe against the next that applies): half-width vectors
     # before a masked block (NCHW 3x3 48->40 at 28x28: 110 against 64; NHWC 1x1 80->200 at 14x14: 101
-    # both), unless the half-width tile holds fewer than 12 accumulators (NCHW 1x1 232->232 at 7x7, one
-    # vector by 7 columns: 67 against 100); a masked block before column vectors (NCHW 3x3 17->23: 27
+    # both, before the masked block's blend was dropped), unless the half-width tile holds fewer than 12
+    # accumulators (NCHW 1x1 232->232 at 7x7, one vector by 7 columns: 67 against 100) or is one vector
+    # by more than 128 channels (1x1 at one thread, NCHW / NHWC: 512->1000 at 13x13 97 / 100 against
+    # 113 / 114, 80->200 at 14x14 103 / 100 against 105 / 111, 232->232 at 14x14 104 / 102 against
+    # 110 / 113; 80->184 101 / 100 against 98 / 109); a masked block before column vectors (NCHW 3x3 17->23: 27
     # against 13; NHWC 1x1 24->58 at 56x56: 92 against 5). The pointwise GEMM comes first where its tile
     # holds 8 accumulators or more (1x1 64->20 at 56x56: 106 against 24 masked), else after a masked
     # block (58->58 at 28x28, a tile of 2: 60 against 86)
