@@ -610,16 +610,17 @@ def test_nchw_depthwise_shares_rows_or_channel_blocks(layer, split):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_wide_nchw_rows_take_eight_column_tiles(threads):
-    """An NCHW row of 98 output columns: two channel vectors by 8 columns, not by the
-    widest divisor up to 14 (7), the last two columns a peeled tile of their own."""
+@pytest.mark.parametrize("out_channels", [16, 32])
+def test_wide_nchw_rows_take_eight_column_tiles(threads, out_channels):
+    """An NCHW row of 98 output columns: one or two channel vectors by 8 columns, not
+    by the widest divisor up to 14 or 28 (7, 14), the last two columns a peeled tile."""
     from convgen.schedule.space import default_recipe
     from convgen.target import host
-    spec = convgen.load_spec({"name": "wide", "op": "conv2d", "in_channels": 8, "out_channels": 32,
+    spec = convgen.load_spec({"name": "wide", "op": "conv2d", "in_channels": 8, "out_channels": out_channels,
                               "input_size": [4, 100], "kernel_size": 3, "activation": "relu"})
     chosen = default_recipe(spec, host(), threads)
     if host().vector_lanes != 16:
-        pytest.skip("two 16-lane vectors of 32 channels is the tile this rule is for")
+        pytest.skip("16-lane vectors of these channels are the tiles this rule is for")
     assert chosen.name == "direct, channel vectors"
     assert dict(chosen.params)["tile"] == "8 columns"
     kernel = convgen.build(spec, "llvm", threads=threads)

@@ -226,11 +226,12 @@ def _channel_tile(spec: Spec, target: Target) -> tuple[int, int]:
     accumulators = target.vector_registers - 4
     vectors = 2 if (spec.out_channels // spec.groups) % (2 * target.vector_lanes) == 0 else 1
     columns = spec.conv_output_size[1]
-    if vectors == 2 and columns >= 96 and spec.input_layout == "NCHW":
+    if columns >= 96 and spec.input_layout == "NCHW":
         # rows this wide: 8 columns, the last tile peeled where they do not divide the row (one
         # thread, GFLOP/s, 8 against the widest divisor up to 14: 3x3 128->128 at 122x122 112 against
-        # 98 (12), 64->64 at 250x250 112 against 94 (12), ResNet's conv1 114 against 112 (14); at
-        # 56 to 74 columns both within 1%; in NHWC 1-3% either way)
+        # 98 (12), 64->64 at 250x250 112 against 94 (12), ResNet's conv1 114 against 112 (14); one
+        # vector, MobileNetV3's stem 3->16 stride 2 at 224x224: 107 against 76 (28); at 56 to 74
+        # columns both within 1%; in NHWC 1-3% either way)
         return vectors, 8
     across = _tile_across(columns, accumulators // vectors)
     if vectors == 1 and across == columns >= 8 and spec.padding[2] and spec.padding[3]:
