@@ -233,7 +233,13 @@ def _channel_tile(spec: Spec, target: Target) -> tuple[int, int]:
         # vector, MobileNetV3's stem 3->16 stride 2 at 224x224: 107 against 76 (28); at 56 to 74
         # columns both within 1%; in NHWC 1-3% either way)
         return vectors, 8
-    across = _tile_across(columns, accumulators // vectors)
+    limit = accumulators // vectors
+    if vectors == 1 and spec.input_layout == "NCHW":
+        # one vector by up to 14 columns, not 28: in NCHW, one thread, GFLOP/s, 28 against 14:
+        # 1x1 40->240 at 28x28 84 against 104, 64->16 at 55x55 83 against 101, 64->48 at 56x56 83
+        # against 103; 3x3 32->48 at 56x56 107 against 117 (in NHWC 28 ran as fast or faster)
+        limit = 14
+    across = _tile_across(columns, limit)
     if vectors == 1 and across == columns >= 8 and spec.padding[2] and spec.padding[3]:
         # one vector by a whole padded row: LLVM turned the tile's column checks at both ends into a
         # vector built from the row (NCHW 3x3 64->16 at 14x14: 48 GFLOP/s); two tiles of half the row
