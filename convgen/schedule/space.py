@@ -703,11 +703,11 @@ def _depthwise_split(spec: Spec, lanes: int, threads: int) -> str:
     return "blocks"
 
 
-# weights from which a one-pixel layer's call runs across threads: read from L2 they take about
-# 2.5 us, several times what waking a second thread costs (MobileNetV3's squeeze-excites, two
-# threads, GFLOP/s serial -> parallel: 672->168 (441 KiB) 44 -> 61, 960->240 41 -> 76; 72->24
-# (7 KiB) 6.5 -> 2.9; 480->120 (225 KiB) 45 -> 48)
-_ONE_PIXEL_PARALLEL_BYTES = 256 * 1024
+# weights from which a one-pixel layer's call runs across threads: read from L2 they take over a
+# microsecond, more than waking a second thread costs (MobileNetV3's squeeze-excites, two threads,
+# GFLOP/s serial -> parallel: 672->168 (441 KiB) 44 -> 61, 960->240 41 -> 76, 480->120 (225 KiB)
+# 44 -> 48; 72->24 (7 KiB) 6.5 -> 2.9)
+_ONE_PIXEL_PARALLEL_BYTES = 128 * 1024
 
 
 def _one_pixel_tile(spec: Spec, lanes: int, threads: int) -> tuple[int, int]:
