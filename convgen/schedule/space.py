@@ -715,11 +715,14 @@ def _one_pixel_tile(spec: Spec, lanes: int, threads: int) -> tuple[int, int]:
     shares the channel blocks more evenly among threads), on one thread
     unless the weights are large enough to be worth a second."""
     blocks = -(-spec.out_channels // lanes)
-    if threads == 1 or prod(spec.weight_shape) * 4 < _ONE_PIXEL_PARALLEL_BYTES:
+    if threads == 1 or prod(spec.weight_shape) * spec.array_dtypes["w"].itemsize < _ONE_PIXEL_PARALLEL_BYTES:
         return min(4, blocks), 1
-    def per_thread(vectors: int) -> int:
-        return -(-(-(-blocks // vectors)) // threads) * vectors
-    return min(min((4, 3), key=lambda v: (per_thread(v), -v)), blocks), threads
+
+    def vectors_per_thread(vectors: int) -> int:
+        tiles = -(-blocks // vectors)
+        return -(-tiles // threads) * vectors
+
+    return min(min((4, 3), key=lambda v: (vectors_per_thread(v), -v)), blocks), threads
 
 
 def _one_pixel(spec: Spec, lanes: int, vectors: int, threads: int = 1) -> Schedule:
