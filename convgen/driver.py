@@ -110,7 +110,7 @@ def plan(spec: Spec, target: Target | None = None, schedule=None, threads: int |
     steps, source, recipe = choose_schedule(spec, target, schedule, threads)
     lowered = lower(spec, prefix)
     if name is not None:
-        lowered = ir.Func(name, lowered.params, lowered.body, lowered.doc)
+        lowered = replace(lowered, name=name)
     history = trace(ir.verify(lowered, f"{spec.name}: after lowering"), steps)
     _, passes = run_passes(history[-1][1])
     return Plan(spec, target, tuple(steps), source, tuple(history), passes, recipe)
