@@ -45,7 +45,7 @@ def main() -> None:
     inputs = random_inputs(spec, np.random.default_rng(0))
     flops = 2 * spec.macs
     print(f"{spec.name} on {host().cpu}, {host().cores} cores; {flops / 1e6:.0f} MFLOP per call")
-    for target in convgen.codegen.BACKENDS:
+    for target in convgen.codegen.CPU_BACKENDS:
         kernel = convgen.build(spec, target, schedule=parallel_schedule(spec))
         assert convgen.check(kernel, 1).passed, f"{target}: the parallel kernel does not match the reference"
         bound = kernel.bind(inputs["w"], inputs.get("b"))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import shlex
 import shutil
 import subprocess
 import sys
@@ -53,7 +54,8 @@ def key(program, backend: str, target) -> str:
     with np.printoptions(threshold=sys.maxsize, floatmode="unique"):
         described = repr(program)
     digest = hashlib.sha256()
-    for part in (_convgen_digest(), _generator(backend, target.cc), backend, repr(target), described):
+    compiler = tuple(shlex.split(os.environ.get("CXX", "c++"))) if backend == "cuda" else target.cc  # cuda: emulated
+    for part in (_convgen_digest(), _generator(backend, compiler), backend, repr(target), described):
         digest.update(part.encode())
         digest.update(b"\0")
     return digest.hexdigest()

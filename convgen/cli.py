@@ -23,11 +23,11 @@ from . import cache as kernel_cache, firmware, ir
 from .bench import DEFAULT_PEERS, bench
 from .peers import PEERS
 from .check import check, random_inputs
-from .codegen import BACKENDS
+from .codegen import BACKENDS, CPU_BACKENDS
 from .codegen.c import Baking
-from .driver import build, emit, plan
+from .driver import DEFAULT_ARCH, build, emit, plan
 from .errors import ConvgenError, ConvgenWarning, ScheduleError
-from .native import llvm_assembly
+from .native import llvm_assembly, nvcc_compile
 from .peak import measure_bandwidth, measure_peak
 from .roofline import plot_roofline
 from .runtime import measure
@@ -35,7 +35,7 @@ from .schedule.space import candidates
 from .schedule_page import nest_diff, schedule_page
 from .schedule.steps import SCHEDULE_WORDS, load_steps
 from .spec import Spec, load_spec
-from .target import host, load_target
+from .target import gpu_arches, host, load_gpu_target, load_target
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,6 +132,8 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--seed", type=_seed_value, help="with --verify-each-step: seed for the random inputs")
     show.add_argument("--target", default="host", metavar="NAME",
                       help="the CPU whose default schedule to show: host (default) or a name in specs/targets/")
+    show.add_argument("--arch", metavar="SM",
+                      help=f"show the schedule for this GPU instead (cuda; {', '.join(gpu_arches())})")
     show.add_argument("--html", type=Path, metavar="FILE",
                       help="also write one page joining the steps, the loop nest after each and the emitted code")
     show.add_argument("-v", "--verbose", action="store_true",
@@ -146,11 +148,15 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--target", default="host", metavar="NAME",
                           help="the CPU to compile for: host (default) or a file name in specs/targets/ "
                                "(x86-64-avx2, cortex-m4, cortex-m7, cortex-m55, ...)")
+    compile_.add_argument("--arch", metavar="SM",
+                          help=f"cuda: the GPU to schedule and compile for, a file in specs/targets/ "
+                               f"({', '.join(gpu_arches())}; default {DEFAULT_ARCH})")
     compile_.add_argument("--prefix", default="", metavar="TEXT",
-                          help="c: put TEXT before the function and file names (e.g. net1_)")
+                          help="c, cuda: put TEXT before the function and file names (e.g. net1_)")
     compile_.add_argument("--report", action="store_true",
                           help="c: build with the target's compiler and print code size, stack use and the "
-                               "RAM the caller provides")
+                               "RAM the caller provides; cuda: compile with nvcc and print each kernel's "
+                               "registers, shared memory and spills (ptxas -v)")
     compile_.add_argument("--bake-weights", action="store_true",
                           help="c: put the weights and bias in the .c as const arrays (flash on a "
                                "microcontroller) instead of taking them as arguments; the values come from "
@@ -166,8 +172,9 @@ def _parser() -> argparse.ArgumentParser:
 
     check_ = commands.add_parser("check", help="build a spec and compare it with the NumPy reference")
     check_.add_argument("spec", help="layer spec (YAML)")
-    check_.add_argument("-t", "--backend", default=",".join(BACKENDS),
-                        help=f"comma-separated backends (default: {','.join(BACKENDS)})")
+    check_.add_argument("-t", "--backend", default=",".join(CPU_BACKENDS),
+                        help=f"comma-separated backends, of {','.join(BACKENDS)} (default: {','.join(CPU_BACKENDS)}; "
+                             f"cuda runs on the CUDA emulator where there is no GPU)")
     check_.add_argument("--seed", type=_seed_value, help="seed for the random inputs (default: fresh)")
     _schedule_option(check_)
     check_.set_defaults(run=_check)
@@ -267,7 +274,9 @@ def _show(args) -> int:
     if args.html is not None and args.html.is_dir():
         raise ConvgenError(f"show: --html {args.html}: expected a file to write; it is a folder")
     spec = load_spec(args.spec)
-    chosen = plan(spec, load_target(args.target), _schedule(args))
+    if args.arch and args.target != "host":
+        raise ConvgenError("show: --target names a CPU and --arch a GPU; give one")
+    chosen = plan(spec, load_gpu_target(args.arch) if args.arch else load_target(args.target), _schedule(args))
     seed = _seed(args)
     print(f"schedule: {chosen.describe_schedule()}")
     if chosen.recipe is not None:
@@ -283,7 +292,8 @@ def _show(args) -> int:
             print(_diff(previous, text))
         if args.verify_each_step:
             applied = [s for s, _ in chosen.history[1:index + 1]]
-            result = check(build(spec, "llvm", schedule=applied or "naive"), seed)
+            result = check(build(spec, "cuda", schedule=applied or "naive", arch=args.arch) if args.arch
+                           else build(spec, "llvm", schedule=applied or "naive"), seed)
             print(f"-- check: {'pass' if result.passed else 'FAIL'}, max error {result.max_abs_error:.3g}")
             if not result.passed:
                 where = "lowering" if step is None else f"step {index - 1} ({step.describe()})"
@@ -329,12 +339,18 @@ def _compile(args) -> int:
     if args.backend == "llvm" and (args.prefix or args.report or args.bake_weights):
         raise ConvgenError("compile: --prefix, --report and --bake-weights are for -t c "
                            "(the LLVM backend is called from Python)")
-    if args.backend == "c" and args.asm:
-        raise ConvgenError("compile: --asm: only for -t llvm (build the .c with your compiler's -S)")
+    if args.backend != "llvm" and args.asm:
+        raise ConvgenError(f"compile: --asm: only for -t llvm (build the {'.c' if args.backend == 'c' else '.cu'} "
+                           f"with your compiler's -S)")
+    if args.backend == "cuda" and (args.bake_weights or args.target != "host"):
+        raise ConvgenError("compile: -t cuda takes the GPU as --arch (not --target), and its weights as "
+                           "arguments (not --bake-weights)")
+    if args.backend != "cuda" and args.arch:
+        raise ConvgenError(f"compile: --arch names a GPU, for -t cuda; -t {args.backend} takes --target")
     folder = args.output or Path("build") / (args.prefix + spec.name)
     if folder.exists() and not folder.is_dir():
         raise ConvgenError(f"compile: -o {folder}: expected a folder to write into; it is a file")
-    machine = load_target(args.target)
+    machine = load_gpu_target(args.arch or DEFAULT_ARCH) if args.backend == "cuda" else load_target(args.target)
     chosen = plan(spec, machine, _schedule(args), name=args.prefix + spec.name)
     folder.mkdir(parents=True, exist_ok=True)
     emitted = emit(chosen, args.backend, _baking(args, spec, chosen.func))
@@ -346,10 +362,18 @@ def _compile(args) -> int:
         print(f"recipe: {chosen.recipe.describe()}", file=sys.stderr)
     for path in written:
         print(path)
-    if args.report:
+    if args.report and args.backend == "cuda":
+        _print_ptxas(nvcc_compile(folder / f"{emitted.name}.cu", machine.arch), machine.arch)
+    elif args.report:
         for line in firmware.report(chosen.func, emitted, machine, folder / "report").lines():
             print(line)
     return 0
+
+
+def _print_ptxas(kernels, arch: str) -> None:
+    print(f"{'kernel':40s} {'registers':>9s} {'shared':>8s} {'stack':>6s} {'spills':>7s}   (ptxas, {arch})")
+    for k in kernels:
+        print(f"{k.name:40s} {k.registers:9d} {k.shared_bytes:7d}B {k.stack_bytes:5d}B {k.spill_bytes:6d}B")
 
 
 def _baking(args, spec: Spec, func: ir.Func) -> Baking | None:
@@ -431,7 +455,7 @@ def _check(args) -> int:
         print(f"{spec.name} [{target}]: {'pass' if result.passed else 'FAIL'}  max error "
               f"{result.max_abs_error:.3g} (allowed {result.max_allowed:.3g})"
               + (f", {result.unwritten} outputs never written" if result.unwritten else "")
-              + f"  schedule: {kernel.schedule_source}")
+              + f"  schedule: {kernel.schedule_source}" + (f"  ({kernel.device})" if kernel.device else ""))
     print(f"seed {seed}")
     return 1 if failed else 0
 
@@ -484,7 +508,7 @@ def _build(args) -> int:
         raise ConvgenError(f"build: {args.dir}: expected a folder of specs; no such folder")
     paths = _spec_files(args.dir)
     seed = _seed(args)
-    print(f"convgen build: {len(paths)} specs x {len(BACKENDS)} backends, host {host().cpu}, seed {seed}")
+    print(f"convgen build: {len(paths)} specs x {len(CPU_BACKENDS)} backends, host {host().cpu}, seed {seed}")
     print(_row(_COLUMNS))
     print(_row("-" * w for w in _WIDTHS))
     problems, notes, passed, total = [], [], 0, 0
@@ -497,7 +521,7 @@ def _build(args) -> int:
             print(_row((path.stem, "-", "-", "-", "-", "-", "ERROR")), flush=True)
             total += 1
             continue
-        for target in BACKENDS:
+        for target in CPU_BACKENDS:
             total += 1
             passed += _build_one(spec, target, args.output / spec.name, seed, problems, notes, timings)
     print(f"\n{passed}/{total} passed; {timings['build']:.1f} s building "

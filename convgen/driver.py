@@ -26,12 +26,14 @@ from .lower import lower
 from .passes import run_passes
 from .runtime import Kernel, is_thread_count
 from .schedule import Step, as_steps, trace
+from .schedule.gpu import gpu_recipe
 from .schedule.space import Recipe, default_recipe
 from .schedule.steps import DEFAULT, NAIVE
 from .spec import Spec, load_spec
-from .target import Target, host
+from .target import GPUTarget, Target, host, load_gpu_target
 
 _PACKAGE = str(Path(__file__).resolve().parent)
+DEFAULT_ARCH = "sm_80"   # the GPU a cuda kernel is scheduled for when none is named
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,7 @@ class Plan:
 
     def describe_schedule(self) -> str:
         count = f"{len(self.steps)} step{'s' * (len(self.steps) != 1)}"
-        machine = self.target.name + (f" ({self.target.cpu})" if self.target.cpu != self.target.name else "")
-        return f"{SCHEDULE_SOURCES[self.schedule_source]}, on {machine}: {count}"
+        return f"{SCHEDULE_SOURCES[self.schedule_source]}, on {self.target.describe()}: {count}"
 
     @property
     def func(self) -> ir.Func:
@@ -77,6 +78,7 @@ SCHEDULE_SOURCES = {
     "given": "as given",
     "naive": "none (naive, as asked)",
     "no recipe": "none: no default recipe fits this layer",
+    "default, not the spec's": "the default for the target (the spec's own schedule binds no loop to the GPU)",
 }
 
 
@@ -88,6 +90,8 @@ def choose_schedule(spec: Spec, target: Target, schedule=None, threads: int | No
     Where no default recipe fits the layer, a ConvgenWarning says so: never a
     silent naive kernel."""
     chosen = schedule if schedule is not None else spec.schedule
+    if isinstance(target, GPUTarget):
+        return _choose_gpu_schedule(spec, target, chosen, schedule is None)
     if chosen is None or chosen == DEFAULT:
         recipe = default_recipe(spec, target, threads or target.cores)
         if recipe is not None:
@@ -98,6 +102,17 @@ def choose_schedule(spec: Spec, target: Target, schedule=None, threads: int | No
     if chosen == NAIVE:
         return (), "naive", None
     return as_steps(chosen), ("spec" if schedule is None else "given"), None
+
+
+def _choose_gpu_schedule(spec: Spec, gpu: GPUTarget, chosen, own: bool):
+    """choose_schedule for a GPU: a spec's own schedule is a CPU's unless it binds loops to the GPU."""
+    steps = as_steps(chosen) if chosen not in (None, DEFAULT, NAIVE) else ()
+    if chosen == NAIVE:
+        return (), "naive", None
+    if steps and not (own and not any(step.primitive == "bind" for step in steps)):
+        return steps, ("spec" if own else "given"), None
+    recipe = gpu_recipe(spec, gpu)
+    return tuple(recipe.steps), ("default, not the spec's" if steps else "default"), recipe
 
 
 def plan(spec: Spec, target: Target | None = None, schedule=None, threads: int | None = None,
@@ -162,11 +177,14 @@ def run_prepare(program: ir.Program, weights: dict) -> dict:
 
 
 def build(spec: Spec | str | os.PathLike | dict, target: str = "llvm", schedule=None,
-          workdir: str | os.PathLike | None = None, threads: int | None = None, cache: bool = True) -> Kernel:
+          workdir: str | os.PathLike | None = None, threads: int | None = None, cache: bool = True,
+          arch: str = DEFAULT_ARCH) -> Kernel:
     """Compile a layer into a callable kernel for this machine.
 
     spec: a Spec, or a path or dict for load_spec. target: the backend, "llvm"
-    (JIT for the host CPU) or "c" (emitted C built with the host C compiler).
+    (JIT for the host CPU), "c" (emitted C built with the host C compiler) or
+    "cuda" (emitted CUDA for the GPU `arch` names, a file of specs/targets/;
+    it runs on the CUDA emulator, `kernel.device` says so).
     schedule: a Schedule, a list of Steps or of YAML step data, or "naive" /
     "default"; by default the spec's own `schedule:`, else the default
     schedule for the host (`kernel.steps` and `kernel.schedule_source` say
@@ -183,7 +201,8 @@ def build(spec: Spec | str | os.PathLike | dict, target: str = "llvm", schedule=
     if target not in BACKENDS:
         raise ConvgenError(f"build: target: expected one of {', '.join(BACKENDS)}; got {target!r}")
     _check_threads(threads)
-    return load(plan(spec, host(), schedule, threads), target, workdir, threads, cache)
+    machine = load_gpu_target(arch) if target == "cuda" else host()
+    return load(plan(spec, machine, schedule, threads), target, workdir, threads, cache)
 
 
 def load(chosen: Plan, backend: str = "llvm", workdir: str | os.PathLike | None = None,
@@ -203,7 +222,7 @@ def load(chosen: Plan, backend: str = "llvm", workdir: str | os.PathLike | None 
     parallel = any(stage.convention != "serial" for stage in loaded.stages)
     return Kernel(chosen.spec, backend, chosen.func, chosen.program, emitted.source, loaded, steps=chosen.steps,
                   schedule_source=chosen.schedule_source, recipe=chosen.recipe, from_cache=stored is not None,
-                  threads=threads or (chosen.target.cores if parallel else 1))
+                  threads=threads or (chosen.target.cores if parallel else 1), device=getattr(loaded, "device", ""))
 
 
 def _user_stacklevel() -> int:

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
+import re
+import shlex
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -132,9 +136,75 @@ def load_c(files: dict[str, str], name: str, target: Target, workdir: Path | Non
         return library, built.read_bytes()
 
 
+def load_cpp(files: dict[str, str], name: str, prelude: Path, workdir: Path | None):
+    """(the shared library built from `files` (<name>.cpp) as C++17 with the
+    header `prelude` included first, loaded; its bytes). The C++ compiler is
+    $CXX, else c++."""
+    with tempfile.TemporaryDirectory(prefix="convgen-") as tmp:   # a fresh path: see load_c
+        directory = Path(tmp)
+        for file_name, text in files.items():
+            (directory / file_name).write_text(text)
+        built = directory / f"{name}.so"
+        command = [*shlex.split(os.environ.get("CXX", "c++")), "-std=c++17", "-O2", "-fPIC", "-shared",
+                   "-include", str(prelude), "-DCONVGEN_CUDA_EMULATION", "-o", str(built), str(directory / f"{name}.cpp")]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise CompileError(f"C++ compiler failed ({' '.join(command)}):\n{result.stderr.strip()}")
+        library = ctypes.CDLL(str(built))
+        if workdir is not None:
+            workdir.mkdir(parents=True, exist_ok=True)
+            for path in directory.iterdir():
+                shutil.copy(path, workdir / path.name)
+        return library, built.read_bytes()
+
+
 def load_c_image(image: bytes, name: str) -> ctypes.CDLL:
-    """A shared object from `load_c`, loaded again without compiling."""
+    """A shared object from `load_c` or `load_cpp`, loaded again without compiling."""
     with tempfile.TemporaryDirectory(prefix="convgen-") as tmp:   # a fresh path: see load_c
         path = Path(tmp) / f"{name}.so"
         path.write_bytes(image)
         return ctypes.CDLL(str(path))
+
+
+@dataclass(frozen=True)
+class KernelResources:
+    """What ptxas reports of one compiled CUDA kernel."""
+
+    name: str
+    registers: int
+    shared_bytes: int
+    stack_bytes: int
+    spill_bytes: int   # stores and loads
+
+
+NVCC_STRICT = ("-Werror", "all-warnings", "-Xptxas", "-v,--warn-on-spills,--warning-as-error")
+
+
+def nvcc_compile(source: Path, arch: str, flags=NVCC_STRICT) -> list[KernelResources]:
+    """Compile a .cu with nvcc for `arch` (an object file next to it) and
+    return ptxas's report per kernel; by default any warning, spills
+    included, fails the build. CompileError where nvcc is missing or fails."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        raise CompileError("nvcc was not found on PATH (it comes with the CUDA toolkit)")
+    command = [nvcc, f"-arch={arch}", "-c", *flags, "-o", str(source.with_suffix(".o")), str(source)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise CompileError(f"nvcc failed ({' '.join(command)}):\n{result.stderr.strip()}")
+    return parse_ptxas(result.stderr + result.stdout)
+
+
+def parse_ptxas(text: str) -> list[KernelResources]:
+    """The kernels of `ptxas -v` output, in the order it reports them."""
+    found, name, stack, spills = [], None, 0, 0
+    for line in text.splitlines():
+        if (match := re.search(r"Compiling entry function '([^']+)'", line)):
+            name, stack, spills = match.group(1), 0, 0
+        elif (match := re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)):
+            stack, spills = int(match.group(1)), int(match.group(2)) + int(match.group(3))
+        elif name is not None and (match := re.search(r"Used (\d+) registers", line)):
+            shared = re.search(r"(\d+) bytes smem", line)
+            found.append(KernelResources(name, int(match.group(1)), int(shared.group(1)) if shared else 0,
+                                         stack, spills))
+            name = None
+    return found

@@ -88,6 +88,7 @@ class Kernel:
     recipe: object = None      # the default recipe chosen (schedule.space.Recipe), if that is where they came from
     from_cache: bool = False   # loaded from the kernel cache rather than compiled (cache.py)
     threads: int = 1
+    device: str = ""           # where a cuda kernel runs (the emulator, for now); "" for CPU backends
 
     def __post_init__(self):
         self.signature = ir.signature(self.func)

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from . import ir
 from .driver import Plan, emit
 from .errors import ConvgenError
-from .codegen import BACKENDS
+from .codegen import CPU_BACKENDS
+from .target import GPUTarget
 from .codegen.render import render
 
 
@@ -53,7 +54,7 @@ def _changes(before: str, after: str) -> tuple[tuple[str, str], ...]:
 def _emitted(chosen: Plan) -> list[tuple[str, str]]:
     """(file name, text) of each backend's main file, or (backend, why it cannot render this plan)."""
     found = []
-    for backend in BACKENDS:
+    for backend in ("cuda",) if isinstance(chosen.target, GPUTarget) else CPU_BACKENDS:
         try:
             emitted = emit(chosen, backend)
         except ConvgenError as err:

@@ -1,10 +1,12 @@
 """What the hardware is: the CPU as LLVM sees it (name, features, vector
-width), its cores and caches, and the C compiler and flags for it.
+width), its cores and caches, and the C compiler and flags for it; for CUDA,
+the GPU's architecture and the limits its schedules must respect.
 
 Hardware facts live here only; schedules and backends read them from a
 Target. `host()` detects the machine convgen runs on; `load_target(name)`
 reads a named target from specs/targets/<name>.yaml, so a new CPU is a new
-file, not edits across backends.
+file, not edits across backends. `load_gpu_target(arch)` reads a GPU's
+description (`kind: gpu`, e.g. specs/targets/sm_80.yaml) into a GPUTarget.
 """
 
 from __future__ import annotations
@@ -66,6 +68,27 @@ class Target:
         """Bytes of a cache level ("L1d", "L2", "L3"), 0 if unknown."""
         return dict(self.caches).get(level, 0)
 
+    def describe(self) -> str:
+        return self.name + (f" ({self.cpu})" if self.cpu != self.name else "")
+
+
+@dataclass(frozen=True)
+class GPUTarget:
+    """An NVIDIA GPU architecture, as its CUDA schedules and renderer need it:
+    nvcc's arch name (sm_80) and the per-block limits a launch must keep."""
+
+    name: str
+    arch: str                       # nvcc -arch, e.g. sm_80
+    warp_size: int = 32
+    max_threads_per_block: int = 1024
+    shared_bytes_per_block: int = 49152   # static __shared__ arrays
+    registers_per_block: int = 65536
+    max_registers_per_thread: int = 255
+    multiprocessors: int = 1
+
+    def describe(self) -> str:
+        return f"{self.name} (CUDA GPU)"
+
 
 @lru_cache(maxsize=None)
 def _initialize_llvm() -> None:
@@ -116,9 +139,12 @@ def load_target(name: str) -> Target:
         return host()
     path = TARGETS_DIR / f"{name}.yaml"
     if not path.exists():
-        known = ", ".join(["host"] + sorted(p.stem for p in TARGETS_DIR.glob("*.yaml")))
+        known = ", ".join(["host"] + _described("cpu"))
         raise SpecError([f"target: expected one of {known}; got {name!r}"])
     data = yaml.safe_load(path.read_text()) or {}
+    if data.get("kind") == "gpu":
+        raise SpecError([f"target: {name} is a GPU (specs/targets/{name}.yaml); its code comes from the "
+                         f"cuda backend (-t cuda --arch {name})"])
     unknown = [k for k in data if k not in _TARGET_FIELDS]
     missing = [k for k in ("triple", "cpu", "features") if k not in data]
     if unknown or missing or not isinstance(data.get("features"), list):
@@ -131,6 +157,35 @@ def load_target(name: str) -> Target:
         caches=tuple((level, int(size) * 1024) for level, size in (data.get("caches") or {}).items()),
         registers=int(data.get("registers", 0)), qemu=str(data.get("qemu", "")),
     )
+
+
+_GPU_FIELDS = ("kind", "name", "arch", "warp_size", "max_threads_per_block", "shared_bytes_per_block",
+               "registers_per_block", "max_registers_per_thread", "multiprocessors")
+
+
+def gpu_arches() -> list[str]:
+    """The GPU architectures specs/targets/ describes."""
+    return _described("gpu")
+
+
+def load_gpu_target(arch: str) -> GPUTarget:
+    """A GPU from specs/targets/<arch>.yaml (`kind: gpu`)."""
+    path = TARGETS_DIR / f"{arch}.yaml"
+    data = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+    if data.get("kind") != "gpu":
+        raise SpecError([f"arch: expected one of {', '.join(gpu_arches())}; got {arch!r}"])
+    unknown = [k for k in data if k not in _GPU_FIELDS]
+    if unknown or "arch" not in data:
+        raise SpecError([f"{path}: expected the fields {', '.join(_GPU_FIELDS)} (arch required); "
+                         f"unknown {unknown}"])
+    numbers = {k: int(v) for k, v in data.items() if k not in ("kind", "name", "arch")}
+    return GPUTarget(name=str(data.get("name", arch)), arch=str(data["arch"]), **numbers)
+
+
+def _described(kind: str) -> list[str]:
+    """The names of specs/targets/ files of one kind: cpu (no `kind`) or gpu."""
+    return sorted(p.stem for p in TARGETS_DIR.glob("*.yaml")
+                  if (yaml.safe_load(p.read_text()) or {}).get("kind", "cpu") == kind)
 
 
 def llvm_target_machine(target: Target) -> llvm.TargetMachine:

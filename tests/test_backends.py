@@ -21,7 +21,7 @@ from convgen.driver import plan
 from convgen.errors import CodegenError
 from convgen.lower import lower
 from convgen.reference import reference
-from convgen.codegen import BACKENDS
+from convgen.codegen import CPU_BACKENDS
 from convgen.native import llvm_assembly
 from convgen.target import host
 from strategies import quantized_specs, specs
@@ -35,7 +35,7 @@ def _assert_matches(kernel, seed):
                            f"{result.unwritten} unwritten\n{kernel.spec}")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @given(spec=specs(), seed=st.integers(0, 2**32 - 1))
 def test_random_specs_match_reference(backend, spec, seed):
     """At least 300 random specs per backend (the hypothesis profile in conftest.py), each with the
@@ -43,7 +43,7 @@ def test_random_specs_match_reference(backend, spec, seed):
     _assert_matches(convgen.build(spec, backend), seed)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @settings(max_examples=100)
 @given(spec=quantized_specs(), seed=st.integers(0, 2**32 - 1))
 def test_random_int8_specs_match_reference_bit_for_bit(backend, spec, seed):
@@ -208,7 +208,7 @@ def test_layer_that_reads_only_padding(tmp_path):
                               "input_size": [1, 1], "kernel_size": 1, "stride": [1, 3], "padding": 1,
                               "bias": False})
     _run_sanitized(spec, tmp_path, 0)
-    for backend in BACKENDS:
+    for backend in CPU_BACKENDS:
         _assert_matches(convgen.build(spec, backend), 0)
 
 

@@ -50,6 +50,43 @@ def test_compile_writes_files(tmp_path):
     assert {p.name for p in (tmp_path / "c").iterdir()} == {"maxpool_2x2.c", "maxpool_2x2.h"}
 
 
+def test_compile_a_fused_pool_for_each_backend(tmp_path):
+    """A conv with a fused pool has a workspace; naming the kernel (plan's name=) kept it."""
+    spec = SPECS / "layers" / "vgg_3x3_64_relu_maxpool.yaml"
+    for backend, suffix in (("llvm", ".ll"), ("c", ".c"), ("cuda", ".cu")):
+        result = convgen("compile", spec, "-t", backend, "-o", tmp_path / backend)
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / backend / f"vgg_3x3_64_relu_maxpool{suffix}").exists()
+
+
+def test_compile_cuda_writes_the_kernel_and_its_header(tmp_path):
+    result = convgen("compile", SPECS / "layers" / "resnet_3x3_64.yaml", "-t", "cuda", "--arch", "sm_90",
+                     "--prefix", "net_", "-o", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert {p.name for p in tmp_path.iterdir()} == {"net_resnet_3x3_64.cu", "net_resnet_3x3_64.h"}
+    assert "on sm_90 (CUDA GPU)" in result.stderr and "recipe: channel tile" in result.stderr
+    header = (tmp_path / "net_resnet_3x3_64.h").read_text()
+    assert ("cudaError_t net_resnet_3x3_64(const float *x, const float *w, const float *b, float *y, "
+            "cudaStream_t stream);") in header
+    assert "net_resnet_3x3_64_kernel: (196, 1, 1) x (256, 1, 1), 0 bytes" in header
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed here (the CUDA toolkit)")
+def test_compile_cuda_report_prints_what_ptxas_says(tmp_path):
+    result = convgen("compile", SPECS / "layers" / "vgg_3x3_64_relu_maxpool.yaml", "-t", "cuda", "--report",
+                     "-o", tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[3:]}
+    assert set(rows) == {"vgg_3x3_64_relu_maxpool_conv_kernel", "vgg_3x3_64_relu_maxpool_pool_kernel"}
+    assert all(int(r[0]) > 0 and r[3] == "0B" for r in rows.values())   # registers used, no spills
+
+
+def test_check_cuda_says_it_runs_emulated():
+    result = convgen("check", SPECS / "layers" / "maxpool_2x2_int8.yaml", "-t", "cuda", "--seed", "3")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[cuda]: pass  max error 0" in result.stdout and "(emulated on the host CPU" in result.stdout
+
+
 def test_compile_defaults_to_build_folder(tmp_path):
     result = convgen("compile", SPECS / "examples" / "grid3_diagonal.yaml", "-t", "c", cwd=tmp_path)
     assert result.returncode == 0
@@ -77,7 +114,13 @@ def test_build_reports_a_table_and_bad_specs(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (("check", SPECS / "examples" / "grid3_diagonal.yaml", "-t", "cuda"), "--backend: expected"),
+    (("check", SPECS / "examples" / "grid3_diagonal.yaml", "-t", "opencl"), "--backend: expected"),
+    (("compile", SPECS / "examples" / "grid3_diagonal.yaml", "-t", "cuda", "--arch", "sm_70"),
+     "arch: expected one of sm_80, sm_90; got 'sm_70'"),
+    (("compile", SPECS / "examples" / "grid3_diagonal.yaml", "-t", "c", "--arch", "sm_80"),
+     "--arch names a GPU, for -t cuda"),
+    (("compile", SPECS / "examples" / "grid3_diagonal.yaml", "--target", "sm_80"),
+     "target: sm_80 is a GPU"),
     (("build", "no/such/folder"), "no such folder"),
     (("info", "no/such/file.yaml"), "no such file"),
 ])

@@ -14,7 +14,7 @@ from convgen import ir
 from convgen.errors import ScheduleError, SpecError
 from convgen.lower import lower
 from convgen.passes import run_passes
-from convgen.codegen import BACKENDS
+from convgen.codegen import CPU_BACKENDS
 from convgen.schedule import Schedule, apply_schedule, load_steps, loop_names, trace
 from strategies import quantized_specs, scheduled
 
@@ -37,7 +37,7 @@ def refusal(make, *words):
 
 
 def matches_reference(spec, schedule, seed=0):
-    for target in BACKENDS:
+    for target in CPU_BACKENDS:
         result = convgen.check(convgen.build(spec, target, schedule=schedule), seed)
         assert result.passed, f"{target}: {result}"
 
@@ -89,7 +89,7 @@ def test_peeling_a_parallel_loop_keeps_one_loop_for_the_threads(threads):
     rows_checked = [c for c in ir.find_all(rest.then, ir.Call) if c.name == "in_range"
                     and "oh" in ir.free_vars(c.args[0])]
     assert not rows_checked and ir.find_all(first.then, ir.Call) and ir.find_all(rest.orelse, ir.Call)
-    for target in BACKENDS:
+    for target in CPU_BACKENDS:
         kernel = convgen.build(CONV, target, schedule=s, threads=threads)
         for seed in range(2):
             assert convgen.check(kernel, seed).passed, target
@@ -362,7 +362,7 @@ def test_yaml_and_python_give_the_same_kernel(tmp_path):
     spec = convgen.load_spec(CONV)
     from_yaml = apply_schedule(lower(spec), load_steps(path))
     assert from_yaml == python_schedule().func
-    for target in BACKENDS:
+    for target in CPU_BACKENDS:
         a = convgen.build(spec, target, schedule=load_steps(path)).source
         b = convgen.build(spec, target, schedule=python_schedule()).source
         assert a == b
@@ -380,7 +380,7 @@ def test_schedule_in_a_spec_file(tmp_path):
 
 def test_replaying_a_schedule_gives_byte_identical_code():
     spec = convgen.load_spec(CONV)
-    for target in BACKENDS:
+    for target in CPU_BACKENDS:
         first = convgen.build(spec, target, schedule=python_schedule().steps).source
         again = convgen.build(spec, target, schedule=list(python_schedule().steps)).source
         assert first == again
@@ -416,7 +416,7 @@ def test_trace_lists_every_step():
     assert [step.primitive for step, _ in history[1:3]] == ["split", "reorder"]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @given(case=scheduled(), seed=st.integers(0, 2**32 - 1))
 def test_random_schedules_match_reference(backend, case, seed):
     """At least 300 random spec + schedule pairs per backend (conftest's profile); every step verified
@@ -426,7 +426,7 @@ def test_random_schedules_match_reference(backend, case, seed):
     assert result.passed, f"{result}\n{spec}\n" + "\n".join(s.describe() for s in steps)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @settings(max_examples=100)
 @given(case=scheduled(spec_strategy=quantized_specs()), seed=st.integers(0, 2**32 - 1))
 def test_random_schedules_of_int8_layers_match_bit_for_bit(backend, case, seed):

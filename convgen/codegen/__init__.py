@@ -19,6 +19,8 @@ The interface (`Backend`):
   program's buffers' addresses in order (`program.buffers`: arguments, then
   workspace buffers), a parallel loop on `threads` threads.
 
+The CPU backends take a Target (target.py), the CUDA backend a GPUTarget.
+
 The driver (convgen/driver.py) is the one caller of emit and load.
 """
 
@@ -28,7 +30,8 @@ from typing import Protocol
 
 from ..errors import CodegenError, ConvgenError
 
-BACKENDS = ("llvm", "c")
+CPU_BACKENDS = ("llvm", "c")        # run on this machine's CPU: what `convgen check` and `build` try by default
+BACKENDS = CPU_BACKENDS + ("cuda",)  # cuda runs on a GPU, or emulated on the CPU (codegen/cuda.py)
 
 
 class LoadedStage(Protocol):
@@ -77,4 +80,7 @@ def backend(name: str) -> Backend:
     if name == "c":
         from .c import CBackend
         return CBackend()
+    if name == "cuda":
+        from .cuda import CUDABackend
+        return CUDABackend()
     raise ConvgenError(f"backend: expected one of {', '.join(BACKENDS)}; got {name!r}")

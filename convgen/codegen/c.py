@@ -80,6 +80,11 @@ _MACROS = {
 }
 
 
+def helper_definition(key: tuple[str, str]) -> str:
+    """The C definition of the helper an emitter used for (intrinsic or operator, dtype)."""
+    return _HELPERS[key][1]
+
+
 def c_name(name: str) -> str:
     """Loop names like ow.i become C identifiers like ow_i."""
     return name.replace(".", "_")
@@ -166,11 +171,11 @@ def emit_c(program: ir.Func | ir.Program, baking: Baking | None = None) -> CFile
         doc_lines=program.doc.splitlines() or [program.name],
         params=entry_params,
         arg_names=[p.name for p in arguments] + (["workspace"] if workspace_bytes else []),
-        args=[_arg_doc(p, p.name in outputs) for p in arguments],
-        baked=[_arg_doc(baked_buffers[name], False) for name in baked],
+        args=[argument_doc(p, p.name in outputs) for p in arguments],
+        baked=[argument_doc(baked_buffers[name], False) for name in baked],
         workspace_bytes=workspace_bytes,
         workspace=[dict(name=s.buffer.name, offset=s.offset, ctype=C_TYPES[s.buffer.dtype],
-                        doc=_arg_doc(s.buffer, False)) for s in workspace],
+                        doc=argument_doc(s.buffer, False)) for s in workspace],
         single=single, functions=functions, steps=steps,
         stage_args=[b.name for b in takes],
     )
@@ -179,24 +184,24 @@ def emit_c(program: ir.Func | ir.Program, baking: Baking | None = None) -> CFile
     header = render("c/kernel.h.j2", header_includes=header_includes, **context)
     bodies = [f.body for f in program.stages]
     tables = {b.name: b for stage in program.stages for b in ir.constant_buffers(stage.body)}
-    tables = [_c_table(emitter.c_array_name(b), b.dtype, b.values) for b in tables.values()]
+    tables = [c_table(emitter.c_array_name(b), b.dtype, b.values) for b in tables.values()]
     weights = [_baked_array(emitter.c_array_name(baked_buffers[name]), baked_buffers[name], array)
                for name, array in baked.items()]
     source = render("c/kernel.c.j2", includes=sorted(emitter.includes), tables=tables, weights=weights,
                     weight_attributes=_attributes(baking) if baked else "",
                     macros=[_MACROS[kind][1] for kind in sorted(emitter.macros)],
-                    helpers=[_HELPERS[key][1] for key in sorted(emitter.helpers)], **context)
+                    helpers=[helper_definition(key) for key in sorted(emitter.helpers)], **context)
     kinds = frozenset(loop.kind for body in bodies for loop in ir.find_all(body, ir.Loop))
     return CFiles(program.name, header, source, tuple(baked), kinds, tuple(f.name for f in program.stages),
                   len(takes), workspace_bytes, tuple(p.name for p in arguments))
 
 
-def _c_table(name: str, dtype: str, values, attributes: str = "") -> str:
+def c_table(name: str, dtype: str, values, attributes: str = "", storage: str = "static const") -> str:
     """A constant array at file scope: static const, so it lands in flash (.rodata)."""
     literals = c_literals(dtype, values)
     rows = [", ".join(literals[i:i + 12]) for i in range(0, len(literals), 12)]
     body = "".join(f"\n    {row}," for row in rows)
-    return f"static const {C_TYPES[dtype]} {name}[{len(values)}]{attributes} = {{{body}\n}};"
+    return f"{storage} {C_TYPES[dtype]} {name}[{len(values)}]{attributes} = {{{body}\n}};"
 
 
 def _baked_array(name: str, buffer: ir.Buffer, array: np.ndarray) -> str:
@@ -205,7 +210,7 @@ def _baked_array(name: str, buffer: ir.Buffer, array: np.ndarray) -> str:
         raise CodegenError(f"C backend: baked {buffer.name}: expected {buffer.size} {buffer.dtype} values "
                            f"(its storage layout {buffer.layout_name}); got {array.size} {array.dtype}")
     values = array.ravel().tolist()
-    return _c_table(name, buffer.dtype, values, " CONVGEN_WEIGHT_ATTRIBUTES")
+    return c_table(name, buffer.dtype, values, " CONVGEN_WEIGHT_ATTRIBUTES")
 
 
 def _attributes(baking: Baking) -> str:
@@ -231,7 +236,8 @@ def _c_param(buffer: ir.Buffer, writable: bool) -> str:
     return f"{const}{C_TYPES[buffer.dtype]} *CONVGEN_RESTRICT {buffer.name}"
 
 
-def _arg_doc(buffer: ir.Buffer, is_output: bool) -> dict:
+def argument_doc(buffer: ir.Buffer, is_output: bool) -> dict:
+    """What a header says of an array: role, dtype, storage shape, layout (and padding, transform), bytes."""
     layout = buffer.layout_name if len(buffer.axes) > 1 else ""
     if buffer.pad:
         fill = buffer.pad_mode if buffer.pad_mode != "constant" else f"filled with {float_literal(buffer.pad_value)}"

@@ -1,0 +1,305 @@
+"""CUDA backend: the C-like emitter's walk with GPU hooks, writing a .cu and a .h.
+
+Each stage of the program becomes a `__global__` kernel. A loop bound to a
+GPU block or thread index (schedule/bind.py) reads blockIdx or threadIdx;
+the launch gives each axis the largest extent bound to it, and a bound loop
+of fewer iterations checks its index. Shared buffers are `__shared__`
+arrays, barriers `__syncthreads()`, local buffers a thread's own arrays
+(registers, once unrolled). Serial, unrolled and transposed loops are
+written as in C; vectorized and parallel loops are CPU steps, refused here.
+
+A host launcher per stage (`<stage>_launch`, static) and the entry
+`<name>(arguments..., [workspace,] stream)` run the stages in order on a
+stream; templates/cuda/ holds the boilerplate.
+
+What the renderer refuses, because a GPU would run it wrongly: a launch
+past the target's limits (threads per block, grid size, shared memory); a
+store to a caller's or workspace buffer outside the loops bound to threads
+(every thread of the block would run it); a thread's local buffer declared
+outside the thread loops that use it (each thread would have its own copy);
+a barrier inside a loop bound to threads.
+
+`CUDABackend.load` runs the emitted code without a GPU: the .cu compiled as
+C++ with templates/cuda/emulator.h, which runs every CUDA thread of a block
+as a fiber with real barriers (see there). No GPU execution path exists yet:
+a kernel built for cuda always runs emulated, and says so (`Kernel.device`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import ir
+from ..errors import CodegenError
+from ..native import load_c_image, load_cpp
+from ..target import GPUTarget
+from .c import C_TYPES, CLikeEmitter, argument_doc, c_table, helper_definition
+from .render import TEMPLATE_DIRS, render
+
+# gridDim and blockDim limits of every architecture since sm_30 (CUDA C++ Programming Guide)
+GRID_LIMITS = {"x": 2**31 - 1, "y": 65535, "z": 65535}
+BLOCK_LIMITS = {"x": 1024, "y": 1024, "z": 64}
+EMULATION = "emulated on the host CPU (templates/cuda/emulator.h)"
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One stage's kernel: its grid and block sizes (x, y, z) and static shared memory."""
+
+    name: str
+    grid: tuple[int, int, int]
+    block: tuple[int, int, int]
+    shared_bytes: int
+
+    @property
+    def threads(self) -> int:
+        return math.prod(self.block)
+
+
+@dataclass(frozen=True)
+class CUDAFiles:
+    """An emitted kernel: `<name>.h` and `<name>.cu`."""
+
+    name: str
+    header: str
+    source: str
+    arch: str
+    launches: tuple[Launch, ...]   # per stage, prepare then run
+    param_types: tuple[str, ...]   # what each stage takes, as C types (const float *, ...)
+
+    @property
+    def files(self) -> dict[str, str]:
+        return {f"{self.name}.h": self.header, f"{self.name}.cu": self.source}
+
+
+def emit_cuda(program: ir.Func | ir.Program, gpu: GPUTarget) -> CUDAFiles:
+    """Render a program as a CUDA header and source file: a kernel and a
+    launcher per stage, and the entry function that launches them in order."""
+    if isinstance(program, ir.Func):
+        program = ir.split(program)
+    emitter = CUDAEmitter(program.name)
+    takes = list(program.buffers)
+    outputs = program.outputs
+    writable = [b.name in outputs or b.scope == "workspace" for b in takes]
+    params = [_param(b, w, "__restrict__ ") for b, w in zip(takes, writable)]
+    functions, launches = [], []
+    for stage in program.stages:
+        launch = _launch(stage, gpu)
+        emitter.lines, emitter.launch = [], launch
+        used = {node.buffer.name for node in ir.find_all(stage.body, (ir.Load, ir.Store))}
+        for buffer in takes:
+            if buffer.name not in used:
+                emitter.emit(1, f"(void){buffer.name};")
+        emitter.stmt(stage.body, 1)
+        functions.append(dict(name=stage.name, body="\n".join(emitter.lines), threads=launch.threads,
+                              grid=", ".join(map(str, launch.grid)), block=", ".join(map(str, launch.block)),
+                              shared=launch.shared_bytes))
+        launches.append(launch)
+    arguments = list(program.params)
+    workspace = program.prepared + program.scratch
+    workspace_bytes = program.workspace_bytes
+    entry_params = [_param(p, p.name in outputs, "") for p in arguments] + (
+        ["void *workspace"] if workspace_bytes else []) + ["cudaStream_t stream"]
+    steps = [dict(name=f"{program.name}_prepare", stages=[f.name for f in program.prepare]),
+             dict(name=f"{program.name}_run", stages=[f.name for f in program.run])] if program.prepare else []
+    context = dict(
+        name=program.name, arch=gpu.arch,
+        guard=f"CONVGEN_{program.name.upper()}_CUH",
+        doc_lines=program.doc.splitlines() or [program.name],
+        entry_params=entry_params,
+        arg_names=[p.name for p in arguments] + (["workspace"] if workspace_bytes else []) + ["stream"],
+        args=[argument_doc(p, p.name in outputs) for p in arguments],
+        workspace_bytes=workspace_bytes,
+        workspace=[dict(name=s.buffer.name, offset=s.offset, ctype=C_TYPES[s.buffer.dtype],
+                        doc=argument_doc(s.buffer, False)) for s in workspace],
+        functions=functions, steps=steps, params=params, stage_args=[b.name for b in takes],
+    )
+    tables = {b.name: b for stage in program.stages for b in ir.constant_buffers(stage.body)}
+    source = render("cuda/kernel.cu.j2", includes=sorted(emitter.includes),
+                    tables=[c_table(emitter.c_array_name(b), b.dtype, b.values, storage="static __device__ const")
+                            for b in tables.values()],
+                    helpers=[_device_helper(key) for key in sorted(emitter.helpers)], **context)
+    header = render("cuda/kernel.h.j2", **context)
+    return CUDAFiles(program.name, header, source, gpu.arch, tuple(launches),
+                     tuple(f"{'' if w else 'const '}{C_TYPES[b.dtype]} *" for b, w in zip(takes, writable)))
+
+
+def _param(buffer: ir.Buffer, writable: bool, restrict: str) -> str:
+    return f"{'' if writable else 'const '}{C_TYPES[buffer.dtype]} *{restrict}{buffer.name}"
+
+
+def _device_helper(key) -> str:
+    """A C helper as a device function (it is called from kernels only)."""
+    return helper_definition(key).replace("static inline", "static __device__ __forceinline__", 1)
+
+
+def _launch(stage: ir.Func, gpu: GPUTarget) -> Launch:
+    """The grid and block a stage's bound loops ask for, checked against the GPU's limits."""
+    extents = {}
+    for loop in ir.find_all(stage.body, ir.Loop):
+        if loop.kind in ir.GPU_KINDS:
+            key = (loop.kind, loop.axis)
+            extents[key] = max(extents.get(key, 1), loop.extent)
+    grid = tuple(extents.get(("gpu_block", axis), 1) for axis in ir.GPU_AXES)
+    block = tuple(extents.get(("gpu_thread", axis), 1) for axis in ir.GPU_AXES)
+    where = f"CUDA backend: stage {stage.name}"
+    for axis, size in zip(ir.GPU_AXES, grid):
+        if size > GRID_LIMITS[axis]:
+            raise CodegenError(f"{where}: {size} blocks along {axis}; a grid takes at most {GRID_LIMITS[axis]}")
+    for axis, size in zip(ir.GPU_AXES, block):
+        if size > BLOCK_LIMITS[axis]:
+            raise CodegenError(f"{where}: {size} threads along {axis}; a block takes at most {BLOCK_LIMITS[axis]}")
+    if math.prod(block) > gpu.max_threads_per_block:
+        raise CodegenError(f"{where}: {math.prod(block)} threads a block; {gpu.name} runs at most "
+                           f"{gpu.max_threads_per_block}")
+    shared = sum(a.buffer.nbytes for a in ir.find_all(stage.body, ir.Allocate) if a.buffer.scope == "shared")
+    if shared > gpu.shared_bytes_per_block:
+        raise CodegenError(f"{where}: {shared} bytes of shared memory a block; {gpu.name} gives at most "
+                           f"{gpu.shared_bytes_per_block} to static __shared__ arrays")
+    return Launch(stage.name, grid, block, shared)
+
+
+class CUDAEmitter(CLikeEmitter):
+    """The C emitter's walk, with loops bound to blocks and threads, shared
+    memory and barriers, and the checks that keep a kernel race-free."""
+
+    language = "CUDA"
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.launch: Launch | None = None
+        self.thread_depth = 0            # loops bound to threads around the statement being written
+        self.local_depth: dict[str, int] = {}   # local buffer -> thread_depth where it was declared
+
+    def loop_header(self, node: ir.Loop, var: str) -> list[str]:
+        if node.kind in ("vectorized", "parallel"):
+            raise CodegenError(f"CUDA backend: loop {node.var.name} is {node.kind}, a CPU step; "
+                               f"bind it to GPU blocks or threads instead")
+        if node.kind not in ir.GPU_KINDS:
+            return super().loop_header(node, var)
+        block = node.kind == "gpu_block"
+        index = f"{'blockIdx' if block else 'threadIdx'}.{node.axis}"
+        sizes = self.launch.grid if block else self.launch.block
+        if node.extent < sizes[ir.GPU_AXES.index(node.axis)]:
+            return [f"if (const ptrdiff_t {var} = {index}; {var} < {node.extent}) {{"]
+        return [f"{{ const ptrdiff_t {var} = {index};"]
+
+    def stmt_Loop(self, node: ir.Loop, depth: int) -> None:
+        bound = node.kind == "gpu_thread"
+        self.thread_depth += bound
+        super().stmt_Loop(node, depth)
+        self.thread_depth -= bound
+
+    def declare_local(self, buffer: ir.Buffer) -> str:
+        if buffer.scope == "shared":
+            return f"__shared__ {C_TYPES[buffer.dtype]} {buffer.name}[{buffer.size}];"
+        self.local_depth[buffer.name] = self.thread_depth
+        return super().declare_local(buffer)
+
+    def barrier(self) -> str:
+        if self.thread_depth:
+            raise CodegenError("CUDA backend: a barrier inside a loop bound to threads; every thread of the "
+                               "block must reach it, so it goes between thread loops")
+        return "__syncthreads();"
+
+    def stmt_Store(self, node: ir.Store, depth: int) -> None:
+        scope = node.buffer.scope
+        if scope in ("global", "workspace") and not self.thread_depth and self.launch.threads > 1:
+            raise CodegenError(f"CUDA backend: the store to {node.buffer.name} is outside the loops bound to "
+                               f"threads, so all {self.launch.threads} threads of a block would run it; "
+                               f"bind a loop around it to threads")
+        self._check_local(node.buffer)
+        super().stmt_Store(node, depth)
+
+    def access(self, buffer: ir.Buffer, indices) -> str:
+        self._check_local(buffer)
+        return super().access(buffer, indices)
+
+    def _check_local(self, buffer: ir.Buffer) -> None:
+        declared = self.local_depth.get(buffer.name)
+        if buffer.scope == "local" and declared is not None and declared < self.thread_depth:
+            raise CodegenError(f"CUDA backend: local buffer {buffer.name} is declared outside a loop bound to "
+                               f"threads and used inside it: each thread would have its own copy; "
+                               f"allocate it inside the thread loops (e.g. cache_write at a thread loop)")
+
+
+# ---------------------------------------------------------------------------
+# The backend interface: emitted CUDA, run by the emulator
+# ---------------------------------------------------------------------------
+
+def emulator_header() -> Path:
+    return next(d / "cuda" / "emulator.h" for d in TEMPLATE_DIRS if (d / "cuda" / "emulator.h").exists())
+
+
+def _glue(emitted: CUDAFiles) -> str:
+    """A C++ file that includes the .cu and exports each stage's launch to ctypes."""
+    pointers = ", ".join(f"void *p{k}" for k in range(len(emitted.param_types)))
+    casts = ", ".join(f"({t})p{k}" for k, t in enumerate(emitted.param_types))
+    lines = [f'#include "{emitted.name}.cu"', ""]
+    for launch in emitted.launches:
+        lines.append(f'extern "C" int {launch.name}_emulated({pointers}) '
+                     f'{{ return {launch.name}_launch({casts}, nullptr); }}')
+    lines += ['extern "C" const char *convgen_emulation_failure() { return convgen_emulator::failure; }',
+              'extern "C" void convgen_emulation_reset() { convgen_emulator::failure[0] = 0; }', ""]
+    return "\n".join(lines)
+
+
+class CUDABackend:
+    name = "cuda"
+
+    def emit(self, program: ir.Program, target: GPUTarget, baking=None) -> CUDAFiles:
+        if baking is not None:
+            raise CodegenError("CUDA backend: baked weights are for firmware C; a CUDA kernel takes them as "
+                               "arguments in device memory")
+        return emit_cuda(program, target)
+
+    def load(self, emitted: CUDAFiles, target: GPUTarget, workdir: Path | None = None) -> "CUDALoaded":
+        files = dict(emitted.files, **{f"{emitted.name}_emulated.cpp": _glue(emitted)})
+        library, image = load_cpp(files, f"{emitted.name}_emulated", emulator_header(), workdir)
+        return self._loaded(emitted, library, image)
+
+    def restore(self, emitted: CUDAFiles, image: bytes, target: GPUTarget,
+                workdir: Path | None = None) -> "CUDALoaded":
+        if workdir is not None:
+            workdir.mkdir(parents=True, exist_ok=True)
+            for file_name, text in emitted.files.items():
+                (workdir / file_name).write_text(text)
+        return self._loaded(emitted, load_c_image(image, f"{emitted.name}_emulated"), image)
+
+    @staticmethod
+    def _loaded(emitted: CUDAFiles, library, image: bytes) -> "CUDALoaded":
+        library.convgen_emulation_failure.restype = ctypes.c_char_p
+        stages = []
+        for launch in emitted.launches:
+            function = getattr(library, f"{launch.name}_emulated")
+            function.argtypes = [ctypes.c_void_p] * len(emitted.param_types)
+            function.restype = ctypes.c_int
+            stages.append(EmulatedStage(function, library, launch))
+        return CUDALoaded(tuple(stages), library, image)
+
+
+@dataclass
+class CUDALoaded:
+    stages: tuple["EmulatedStage", ...]
+    library: object
+    image: bytes
+    device: str = EMULATION
+
+
+@dataclass
+class EmulatedStage:
+    function: object
+    library: object
+    launch_config: Launch
+    convention = "serial"
+
+    def launch(self, pointers: list[int], threads: int) -> None:
+        """One launch, run on this CPU thread; a failed launch (a barrier not all threads reach) raises."""
+        self.library.convgen_emulation_reset()
+        status = self.function(*pointers)
+        if status:
+            failure = self.library.convgen_emulation_failure().decode()
+            raise CodegenError(f"CUDA emulator: launch of {self.launch_config.name} failed: {failure}")

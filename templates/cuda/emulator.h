@@ -1,0 +1,146 @@
+/* convgen's CUDA emulator: runs a .cu file's kernels on the host CPU.
+ *
+ * Compile the .cu as C++17 with this header forced in first (g++ -x c++
+ * -include emulator.h -DCONVGEN_CUDA_EMULATION); it supplies what the kernel
+ * code uses of CUDA: dim3, threadIdx, blockIdx, blockDim, gridDim,
+ * __global__/__device__/__shared__, __launch_bounds__, __syncthreads(),
+ * cudaError_t and cudaGetLastError, and CONVGEN_LAUNCH, which the emitted
+ * launchers use in place of kernel<<<grid, block, 0, stream>>>(...).
+ *
+ * A launch runs the grid's blocks one after another. Within a block, each
+ * CUDA thread is a fiber (ucontext) with its own stack; they run in order
+ * of their index, each until it reaches __syncthreads() or returns, and no
+ * thread passes a barrier before every thread of its block has reached it.
+ * So a barrier has its real meaning, and a kernel that needs one and lacks
+ * it reads what another thread has not written yet (thread 0 runs to its
+ * end before thread 1 starts): the race shows as a wrong result, every run.
+ * __shared__ variables are static: one copy, reused by each block in turn.
+ * A block whose threads do not all reach the same barriers is an error:
+ * cudaGetLastError() returns cudaErrorLaunchFailure and
+ * convgen_emulator::failure says which block.
+ */
+#ifndef CONVGEN_CUDA_EMULATOR_H
+#define CONVGEN_CUDA_EMULATOR_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <ucontext.h>
+
+#include <functional>
+#include <vector>
+
+struct dim3 {
+    unsigned x, y, z;
+    constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+typedef int cudaError_t;
+typedef void *cudaStream_t;
+static const cudaError_t cudaSuccess = 0;
+static const cudaError_t cudaErrorLaunchFailure = 719;
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __restrict__ __restrict
+#define __launch_bounds__(...)
+#define __shared__ static
+
+namespace convgen_emulator {
+
+inline dim3 thread_index, block_index, block_dim, grid_dim;
+inline char failure[256];
+
+struct Fiber {
+    ucontext_t context;
+    std::vector<char> stack;
+    dim3 index;
+    bool done = false;
+};
+
+inline ucontext_t scheduler;
+inline Fiber *current = nullptr;
+inline const std::function<void()> *body = nullptr;
+const size_t STACK_BYTES = 64 * 1024;
+
+inline void start_fiber() {
+    (*body)();
+    current->done = true;   // returning resumes the scheduler (uc_link)
+}
+
+inline void barrier() {
+    if (current != nullptr)
+        swapcontext(&current->context, &scheduler);
+}
+
+inline void fail(const char *what) {
+    if (!failure[0])
+        snprintf(failure, sizeof failure, "%s (block %u,%u,%u)", what, block_index.x, block_index.y, block_index.z);
+}
+
+/* Run one block: every thread from its start to its end, meeting at each barrier. */
+inline void run_block(std::vector<Fiber> &fibers) {
+    for (Fiber &fiber : fibers) {
+        getcontext(&fiber.context);
+        fiber.context.uc_stack.ss_sp = fiber.stack.data();
+        fiber.context.uc_stack.ss_size = fiber.stack.size();
+        fiber.context.uc_link = &scheduler;
+        fiber.done = false;
+        makecontext(&fiber.context, start_fiber, 0);
+    }
+    for (;;) {
+        size_t finished = 0;
+        for (Fiber &fiber : fibers) {   // each runs to its next barrier, or to its end
+            current = &fiber;
+            thread_index = fiber.index;
+            swapcontext(&scheduler, &fiber.context);
+            finished += fiber.done;
+        }
+        current = nullptr;
+        if (finished == fibers.size())
+            return;
+        if (finished != 0) {
+            fail("some threads of a block returned while others wait at __syncthreads()");
+            return;
+        }
+    }
+}
+
+inline void launch(dim3 grid, dim3 block, const std::function<void()> &kernel) {
+    std::vector<Fiber> fibers(size_t(block.x) * block.y * block.z);
+    size_t k = 0;
+    for (unsigned z = 0; z < block.z; ++z)
+        for (unsigned y = 0; y < block.y; ++y)
+            for (unsigned x = 0; x < block.x; ++x, ++k) {
+                fibers[k].index = dim3(x, y, z);
+                fibers[k].stack.resize(STACK_BYTES);
+            }
+    grid_dim = grid;
+    block_dim = block;
+    body = &kernel;
+    for (unsigned z = 0; z < grid.z && !failure[0]; ++z)
+        for (unsigned y = 0; y < grid.y && !failure[0]; ++y)
+            for (unsigned x = 0; x < grid.x && !failure[0]; ++x) {
+                block_index = dim3(x, y, z);
+                run_block(fibers);
+            }
+    body = nullptr;
+}
+
+}  // namespace convgen_emulator
+
+#define threadIdx (convgen_emulator::thread_index)
+#define blockIdx (convgen_emulator::block_index)
+#define blockDim (convgen_emulator::block_dim)
+#define gridDim (convgen_emulator::grid_dim)
+
+inline void __syncthreads() { convgen_emulator::barrier(); }
+inline cudaError_t cudaGetLastError() { return convgen_emulator::failure[0] ? cudaErrorLaunchFailure : cudaSuccess; }
+
+#define CONVGEN_LAUNCH(kernel, grid, block, stream, ...) \
+    convgen_emulator::launch((grid), (block), [&]() { kernel(__VA_ARGS__); })
+
+#endif

@@ -1,0 +1,189 @@
+"""The CUDA backend: emitted kernels run by the emulator (templates/cuda/emulator.h)
+against the reference, the emulator's barriers, the renderer's refusals, and the
+emitted code compiled by nvcc where it is installed."""
+
+import math
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import convgen
+from convgen import ir
+from convgen.codegen.cuda import CUDABackend, emit_cuda
+from convgen.driver import emit, plan
+from convgen.errors import CodegenError
+from convgen.native import nvcc_compile
+from convgen.reference import reference
+from convgen.schedule import Schedule
+from convgen.schedule.gpu import channel_tile, direct, gpu_recipe
+from convgen.target import load_gpu_target
+
+from conftest import spec_paths
+from strategies import quantized_specs, specs
+
+SM80 = load_gpu_target("sm_80")
+CONV = {"name": "gpu", "op": "conv2d", "in_channels": 3, "out_channels": 8, "input_size": [6, 10],
+        "kernel_size": 3, "padding": 1, "bias": True}
+NO_NVCC = "nvcc is not installed here (the CUDA toolkit); the emulator tests run without it"
+
+
+def _assert_matches(kernel, seed):
+    result = convgen.check(kernel, seed)
+    assert result.passed, (f"max error {result.max_abs_error} > {result.max_allowed}, "
+                           f"{result.unwritten} unwritten\n{kernel.spec}\n{kernel.source}")
+
+
+@pytest.mark.parametrize("path", spec_paths(), ids=lambda p: p.stem)
+def test_every_spec_runs_emulated_and_matches_the_reference(path):
+    kernel = convgen.build(path, "cuda", cache=False)
+    assert kernel.device.startswith("emulated") and kernel.schedule_source.startswith("default")
+    _assert_matches(kernel, np.random.SeedSequence().entropy)
+
+
+@settings(max_examples=70, deadline=None)
+@given(spec=specs(), seed=st.integers(0, 2**32 - 1))
+def test_random_specs_with_the_default_gpu_schedule(spec, seed):
+    _assert_matches(convgen.build(spec, "cuda", cache=False), seed)
+
+
+@settings(max_examples=30, deadline=None)
+@given(spec=quantized_specs(), seed=st.integers(0, 2**32 - 1))
+def test_random_int8_specs_with_the_default_gpu_schedule_bit_for_bit(spec, seed):
+    _assert_matches(convgen.build(spec, "cuda", cache=False), seed)
+
+
+@st.composite
+def gpu_schedules(draw, spec):
+    """A random legal GPU schedule of the families schedule/gpu.py builds: any block
+    size (a warp multiple or not), a channel tile of any size dividing the channels."""
+    from convgen.schedule.gpu import _first_loops
+    threads = draw(st.sampled_from([1, 7, 32, 64, 96, 128, 256, 512, 1024]))
+    firsts = _first_loops(spec)
+    tiles = [t for t in (2, 3, 4, 8) if spec.is_conv and spec.out_channels % t == 0 and spec.out_channels > t]
+    s = Schedule.for_spec(spec)
+    if tiles and draw(st.booleans()):
+        s = channel_tile(s, firsts[0], draw(st.sampled_from(tiles)), threads)
+    else:
+        s = direct(s, firsts[0], threads)
+    if len(firsts) > 1:
+        s = direct(s, firsts[1], draw(st.sampled_from([32, 100, 256])))
+    return s
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), seed=st.integers(0, 2**32 - 1))
+def test_random_specs_with_random_gpu_schedules(data, seed):
+    spec = data.draw(specs())
+    schedule = data.draw(gpu_schedules(spec))
+    _assert_matches(convgen.build(spec, "cuda", schedule=schedule, cache=False), seed)
+
+
+def _staged_schedule() -> Schedule:
+    """A block of threads that copies x into shared memory together, one column
+    each, and then reads its neighbours' columns: it needs the barrier after the copy."""
+    return (Schedule.for_spec(convgen.load_spec(CONV)).split("oc", 4, tail="perfect")
+            .reorder("oc.o", "oh", "ow", "oc.i").bind("oc.o", "block.x").bind("ow", "thread.x")
+            .cache_read("x", "oc.o", scope="shared").bind("x_shared_W", "thread.x"))
+
+
+def _run(files, spec, inputs):
+    loaded = CUDABackend().load(files, SM80)
+    out = np.full(spec.output_shape, np.nan, np.float32)
+    arrays = [inputs["x"], inputs["w"], inputs["b"], out]
+    loaded.stages[0].launch([a.ctypes.data for a in arrays], 1)
+    return out
+
+
+def test_the_emulator_keeps_barriers_and_shows_the_race_without_them():
+    spec = convgen.load_spec(CONV)
+    rng = np.random.default_rng(7)
+    inputs = {name: rng.standard_normal(shape).astype(np.float32)
+              for name, shape in (("x", spec.input_shape), ("w", spec.weight_shape), ("b", (8,)))}
+    expected = reference(spec, **inputs)
+    files = emit_cuda(ir.split(_staged_schedule().func), SM80)
+    assert files.source.count("__syncthreads();") == 2 and "__shared__ float x_shared[288];" in files.source
+    np.testing.assert_allclose(_run(files, spec, inputs), expected, rtol=1e-5, atol=1e-5)
+    racy = replace(files, source=files.source.replace("__syncthreads();", ";"))
+    assert not np.allclose(_run(racy, spec, inputs), expected, rtol=1e-3, atol=1e-3, equal_nan=False)
+
+
+def test_the_emulator_refuses_a_barrier_that_not_every_thread_reaches():
+    files = emit_cuda(ir.split(_staged_schedule().func), SM80)
+    # threads past the first return before the barrier after the copy
+    source = files.source.replace("__syncthreads();", "if (threadIdx.x > 0) return; __syncthreads();", 1)
+    spec = convgen.load_spec(CONV)
+    inputs = {"x": np.ones(spec.input_shape, np.float32), "w": np.ones(spec.weight_shape, np.float32),
+              "b": np.ones(8, np.float32)}
+    with pytest.raises(CodegenError, match="CUDA emulator: launch of gpu failed: some threads of a block returned "
+                                           "while others wait at __syncthreads\\(\\) \\(block 0,0,0\\)"):
+        _run(replace(files, source=source), spec, inputs)
+
+
+def test_bound_loops_read_the_cuda_indices_and_shorter_ones_check_theirs():
+    text = emit_cuda(ir.split(_staged_schedule().func), SM80).source
+    assert "{ const ptrdiff_t oc_o = blockIdx.x;" in text
+    assert "{ const ptrdiff_t x_shared_W = threadIdx.x;" in text   # 12 threads: the block's size
+    assert "if (const ptrdiff_t ow = threadIdx.x; ow < 10) {" in text
+    assert "CONVGEN_LAUNCH(gpu_kernel, dim3(2, 1, 1), dim3(12, 1, 1), stream," in text
+
+
+def _chain() -> Schedule:
+    return Schedule.for_spec(convgen.load_spec(CONV))
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: _chain().split("ow", 5).cache_write("ow.o").vectorize("ow.i.init"),
+     "loop ow.i.init is vectorized, a CPU step"),
+    (lambda: _chain().parallel("oc"), "loop oc is parallel, a CPU step"),
+    (lambda: _chain().peel("ow", 1, 0).bind("oc", "block.x").bind("ow", "thread.x"),   # ow.f: not bound
+     "the store to y is outside the loops bound to threads, so all 9 threads of a block would run it"),
+    (lambda: _chain().split("ow", 5).cache_write("ow.o").bind("ow.i.out", "thread.x").bind("ow.i", "thread.y")
+     .bind("ow.i.init", "thread.z"), "local buffer acc is declared outside a loop bound to threads"),
+])
+def test_the_renderer_refuses_what_a_gpu_would_run_wrongly(make, words):
+    with pytest.raises(CodegenError) as caught:
+        emit_cuda(ir.split(make().func), SM80)
+    assert words in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda s: s.fuse("oh", "ow").bind("oh_ow", "thread.x"), "1600 threads along x; a block takes at most 1024"),
+    (lambda s: s.bind("oh", "thread.y").bind("ow", "thread.x"), "1600 threads a block; sm_80 runs at most 1024"),
+    (lambda s: s.fuse("oc", "oh").bind("oc_oh", "thread.z"), "320 threads along z; a block takes at most 64"),
+])
+def test_a_launch_past_the_gpu_limits_is_refused(make, words):
+    s = make(Schedule.for_spec(convgen.load_spec({**CONV, "input_size": [40, 40]})))
+    with pytest.raises(CodegenError) as caught:
+        emit_cuda(ir.split(s.func), SM80)
+    assert words in str(caught.value), str(caught.value)
+
+
+def test_the_default_gpu_recipe_says_what_it_chose():
+    dense = gpu_recipe(convgen.load_spec(CONV), SM80)
+    assert dense.name == "channel tile" and ("tile", "4 output channels a thread") in dense.params
+    depthwise = gpu_recipe(convgen.load_spec({**CONV, "in_channels": 8, "groups": 8}), SM80)
+    assert depthwise.name == "direct" and "1 output channels a group" in depthwise.why
+    small = dict(gpu_recipe(convgen.load_spec({**CONV, "out_channels": 1}), SM80).params)
+    assert small["block"] == "64 threads"   # 60 outputs: two warps
+
+
+def test_a_spec_with_a_cpu_schedule_gets_the_gpu_default_and_says_so():
+    path = next(p for p in spec_paths() if p.stem == "resnet_3x3_64_tuned")
+    kernel = convgen.build(path, "cuda", cache=False)
+    assert kernel.schedule_source == "default, not the spec's" and kernel.recipe.name == "channel tile"
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason=NO_NVCC)
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("path", spec_paths(), ids=lambda p: p.stem)
+def test_every_spec_compiles_with_nvcc_without_warnings_or_spills(path, arch, tmp_path):
+    files = emit(plan(convgen.load_spec(path), load_gpu_target(arch)), "cuda")
+    for name, text in files.files.items():
+        (tmp_path / name).write_text(text)
+    kernels = nvcc_compile(tmp_path / f"{files.name}.cu", arch)   # -Werror all-warnings, --warn-on-spills
+    assert sorted(k.name for k in kernels) == sorted(f"{launch.name}_kernel" for launch in files.launches)
+    assert all(k.spill_bytes == 0 and 0 < k.registers <= 255 for k in kernels)
