@@ -309,10 +309,14 @@ def cache_read(func: ir.Func, buffer: str, at: str, scope: str = "local") -> ir.
 
 
 def _split_terms(expr: ir.Expr, inner: set[str]) -> tuple[ir.Expr, ir.Expr]:
-    """(the terms of a sum that use no loop in `inner`, the terms that do)."""
+    """(the terms of a sum that use no loop in `inner`, the terms that do); a
+    sum times a constant (a strided index: (oh.o * 4 + oh.i) * 2) is split term by term."""
     if isinstance(expr, ir.BinOp) and expr.op in ("+", "-"):
         (a_out, a_in), (b_out, b_in) = _split_terms(expr.a, inner), _split_terms(expr.b, inner)
         return (ir.simplify(ir.BinOp(expr.op, a_out, b_out)), ir.simplify(ir.BinOp(expr.op, a_in, b_in)))
+    if isinstance(expr, ir.BinOp) and expr.op == "*" and isinstance(expr.b, ir.IntImm):
+        out, in_ = _split_terms(expr.a, inner)
+        return ir.simplify(out * expr.b), ir.simplify(in_ * expr.b)
     if ir.free_vars(expr) & inner:
         return ir.IntImm(0), expr
     return expr, ir.IntImm(0)
