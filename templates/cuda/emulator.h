@@ -25,11 +25,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
-#include <string.h>
+#include <stdlib.h>
 #include <ucontext.h>
-
-#include <functional>
-#include <vector>
 
 struct dim3 {
     unsigned x, y, z;
@@ -56,18 +53,19 @@ inline char failure[256];
 
 struct Fiber {
     ucontext_t context;
-    std::vector<char> stack;
+    char *stack;
     dim3 index;
-    bool done = false;
+    bool done;
 };
 
 inline ucontext_t scheduler;
 inline Fiber *current = nullptr;
-inline const std::function<void()> *body = nullptr;
+inline void *body = nullptr;             // the launch's kernel call (a lambda), and how to run it
+inline void (*run_body)(void *) = nullptr;
 const size_t STACK_BYTES = 64 * 1024;
 
 inline void start_fiber() {
-    (*body)();
+    run_body(body);
     current->done = true;   // returning resumes the scheduler (uc_link)
 }
 
@@ -82,25 +80,26 @@ inline void fail(const char *what) {
 }
 
 /* Run one block: every thread from its start to its end, meeting at each barrier. */
-inline void run_block(std::vector<Fiber> &fibers) {
-    for (Fiber &fiber : fibers) {
+inline void run_block(Fiber *fibers, size_t count) {
+    for (size_t k = 0; k < count; ++k) {
+        Fiber &fiber = fibers[k];
         getcontext(&fiber.context);
-        fiber.context.uc_stack.ss_sp = fiber.stack.data();
-        fiber.context.uc_stack.ss_size = fiber.stack.size();
+        fiber.context.uc_stack.ss_sp = fiber.stack;
+        fiber.context.uc_stack.ss_size = STACK_BYTES;
         fiber.context.uc_link = &scheduler;
         fiber.done = false;
         makecontext(&fiber.context, start_fiber, 0);
     }
     for (;;) {
         size_t finished = 0;
-        for (Fiber &fiber : fibers) {   // each runs to its next barrier, or to its end
-            current = &fiber;
-            thread_index = fiber.index;
-            swapcontext(&scheduler, &fiber.context);
-            finished += fiber.done;
+        for (size_t k = 0; k < count; ++k) {   // each runs to its next barrier, or to its end
+            current = &fibers[k];
+            thread_index = fibers[k].index;
+            swapcontext(&scheduler, &fibers[k].context);
+            finished += fibers[k].done;
         }
         current = nullptr;
-        if (finished == fibers.size())
+        if (finished == count)
             return;
         if (finished != 0) {
             fail("some threads of a block returned while others wait at __syncthreads()");
@@ -109,25 +108,31 @@ inline void run_block(std::vector<Fiber> &fibers) {
     }
 }
 
-inline void launch(dim3 grid, dim3 block, const std::function<void()> &kernel) {
-    std::vector<Fiber> fibers(size_t(block.x) * block.y * block.z);
+template <class Kernel>
+inline void launch(dim3 grid, dim3 block, Kernel kernel) {
+    const size_t count = size_t(block.x) * block.y * block.z;
+    Fiber *fibers = static_cast<Fiber *>(calloc(count, sizeof(Fiber)));
+    char *stacks = static_cast<char *>(malloc(count * STACK_BYTES));
     size_t k = 0;
     for (unsigned z = 0; z < block.z; ++z)
         for (unsigned y = 0; y < block.y; ++y)
             for (unsigned x = 0; x < block.x; ++x, ++k) {
                 fibers[k].index = dim3(x, y, z);
-                fibers[k].stack.resize(STACK_BYTES);
+                fibers[k].stack = stacks + k * STACK_BYTES;
             }
     grid_dim = grid;
     block_dim = block;
     body = &kernel;
+    run_body = [](void *call) { (*static_cast<Kernel *>(call))(); };
     for (unsigned z = 0; z < grid.z && !failure[0]; ++z)
         for (unsigned y = 0; y < grid.y && !failure[0]; ++y)
             for (unsigned x = 0; x < grid.x && !failure[0]; ++x) {
                 block_index = dim3(x, y, z);
-                run_block(fibers);
+                run_block(fibers, count);
             }
     body = nullptr;
+    free(stacks);
+    free(fibers);
 }
 
 }  // namespace convgen_emulator
