@@ -64,11 +64,11 @@ def test_compile_cuda_writes_the_kernel_and_its_header(tmp_path):
                      "--prefix", "net_", "-o", tmp_path)
     assert result.returncode == 0, result.stderr
     assert {p.name for p in tmp_path.iterdir()} == {"net_resnet_3x3_64.cu", "net_resnet_3x3_64.h"}
-    assert "on sm_90 (CUDA GPU)" in result.stderr and "recipe: channel tile" in result.stderr
+    assert "on sm_90 (CUDA GPU)" in result.stderr and "recipe: shared tile" in result.stderr
     header = (tmp_path / "net_resnet_3x3_64.h").read_text()
     assert ("cudaError_t net_resnet_3x3_64(const float *x, const float *w, const float *b, float *y, "
             "cudaStream_t stream);") in header
-    assert "net_resnet_3x3_64_kernel: (196, 1, 1) x (256, 1, 1), 0 bytes" in header
+    assert "net_resnet_3x3_64_kernel: (196, 1, 1) x (4, 4, 16), 9792 bytes" in header   # 132 SMs: 1 column a thread
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed here (the CUDA toolkit)")

@@ -15,11 +15,11 @@ import convgen
 from convgen import ir
 from convgen.codegen.cuda import CUDABackend, emit_cuda
 from convgen.driver import emit, plan
-from convgen.errors import CodegenError
+from convgen.errors import CodegenError, ScheduleError
 from convgen.native import nvcc_compile
 from convgen.reference import reference
 from convgen.schedule import Schedule
-from convgen.schedule.gpu import channel_tile, direct, gpu_recipe
+from convgen.schedule.gpu import channel_tile, direct, gpu_recipe, shared_tile
 from convgen.target import load_gpu_target
 
 from conftest import spec_paths
@@ -59,22 +59,34 @@ def test_random_int8_specs_with_the_default_gpu_schedule_bit_for_bit(spec, seed)
 @st.composite
 def gpu_schedules(draw, spec):
     """A random legal GPU schedule of the families schedule/gpu.py builds: any block
-    size (a warp multiple or not), a channel tile of any size dividing the channels."""
+    size (a warp multiple or not), a channel tile of any size dividing the channels,
+    a shared tile (implicit GEMM) staging any number of input channels at a time."""
     from convgen.schedule.gpu import _first_loops
     threads = draw(st.sampled_from([1, 7, 32, 64, 96, 128, 256, 512, 1024]))
     firsts = _first_loops(spec)
     tiles = [t for t in (2, 3, 4, 8) if spec.is_conv and spec.out_channels % t == 0 and spec.out_channels > t]
     s = Schedule.for_spec(spec)
-    if tiles and draw(st.booleans()):
+    family = draw(st.sampled_from(["direct", "channel tile", "shared tile"]))
+    if family == "shared tile" and spec.is_conv and spec.groups == 1:
+        try:
+            s = shared_tile(s, spec, draw(st.integers(1, spec.in_channels)), draw(st.sampled_from([1, 2, 4])))
+            return _with_pool(draw, s, spec, firsts)
+        except ScheduleError:   # a copy past 4096 elements, or an index cache_read cannot bound (reflect)
+            pass
+    if family != "direct" and tiles:
         s = channel_tile(s, firsts[0], draw(st.sampled_from(tiles)), threads)
     else:
         s = direct(s, firsts[0], threads)
+    return _with_pool(draw, s, spec, firsts)
+
+
+def _with_pool(draw, s, spec, firsts):
     if len(firsts) > 1:
         s = direct(s, firsts[1], draw(st.sampled_from([32, 100, 256])))
     return s
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(data=st.data(), seed=st.integers(0, 2**32 - 1))
 def test_random_specs_with_random_gpu_schedules(data, seed):
     spec = data.draw(specs())
@@ -124,10 +136,11 @@ def test_the_emulator_refuses_a_barrier_that_not_every_thread_reaches():
 
 
 def test_bound_loops_read_the_cuda_indices_and_shorter_ones_check_theirs():
+    """Indices in 32 bits, as every buffer is far below 2**30 elements."""
     text = emit_cuda(ir.split(_staged_schedule().func), SM80).source
-    assert "{ const ptrdiff_t oc_o = blockIdx.x;" in text
-    assert "{ const ptrdiff_t x_shared_W = threadIdx.x;" in text   # 12 threads: the block's size
-    assert "if (const ptrdiff_t ow = threadIdx.x; ow < 10) {" in text
+    assert "{ const int oc_o = blockIdx.x;" in text
+    assert "{ const int x_shared_W = threadIdx.x;" in text   # 12 threads: the block's size
+    assert "if (const int ow = threadIdx.x; ow < 10) {" in text
     assert "CONVGEN_LAUNCH(gpu_kernel, dim3(2, 1, 1), dim3(12, 1, 1), stream," in text
 
 
@@ -162,9 +175,25 @@ def test_a_launch_past_the_gpu_limits_is_refused(make, words):
     assert words in str(caught.value), str(caught.value)
 
 
+def test_a_block_tile_is_held_by_its_threads_in_parts():
+    """The shared tile's accumulators: a 16x4x4x4x4 tile at the block loop, each thread's 4x4 in its registers."""
+    spec = convgen.load_spec({**CONV, "in_channels": 8, "out_channels": 64})
+    text = emit_cuda(ir.split(shared_tile(Schedule.for_spec(spec), spec, 4).func), SM80).source
+    assert "local acc: float32[oc.i.o=16, oh.i=4, ow.i.o=4, oc.i.i=4, ow.i.i=4]" in \
+        ir.format_func(shared_tile(Schedule.for_spec(spec), spec, 4).func)
+    assert "float acc[16];" in text and "acc[15] = acc[15] + x_shared[" in text
+    assert text.count("__syncthreads();") == 4
+
+
 def test_the_default_gpu_recipe_says_what_it_chose():
-    dense = gpu_recipe(convgen.load_spec(CONV), SM80)
-    assert dense.name == "channel tile" and ("tile", "4 output channels a thread") in dense.params
+    dense = gpu_recipe(convgen.load_spec({**CONV, "out_channels": 64}), SM80)
+    assert dense.name == "shared tile" and ("input channels a stage", "3") in dense.params
+    # 64x4x16 outputs a block would leave most of the 108 multiprocessors idle: 1 column a thread, 24 blocks
+    assert ("thread tile", "4 output channels x 1 columns") in dense.params
+    wide = gpu_recipe(convgen.load_spec({**CONV, "out_channels": 256, "input_size": [56, 56]}), SM80)
+    assert ("thread tile", "4 output channels x 4 columns") in wide.params   # 4 x 14 x 4 = 224 blocks
+    narrow = gpu_recipe(convgen.load_spec(CONV), SM80)
+    assert narrow.name == "channel tile" and ("tile", "4 output channels a thread") in narrow.params
     depthwise = gpu_recipe(convgen.load_spec({**CONV, "in_channels": 8, "groups": 8}), SM80)
     assert depthwise.name == "direct" and "1 output channels a group" in depthwise.why
     small = dict(gpu_recipe(convgen.load_spec({**CONV, "out_channels": 1}), SM80).params)
@@ -174,7 +203,7 @@ def test_the_default_gpu_recipe_says_what_it_chose():
 def test_a_spec_with_a_cpu_schedule_gets_the_gpu_default_and_says_so():
     path = next(p for p in spec_paths() if p.stem == "resnet_3x3_64_tuned")
     kernel = convgen.build(path, "cuda", cache=False)
-    assert kernel.schedule_source == "default, not the spec's" and kernel.recipe.name == "channel tile"
+    assert kernel.schedule_source == "default, not the spec's" and kernel.recipe.name == "shared tile"
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason=NO_NVCC)

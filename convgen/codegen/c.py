@@ -268,6 +268,7 @@ class CLikeEmitter:
     runs: loops bound to GPU indices, shared memory, barriers."""
 
     language = "C"
+    index_type = "ptrdiff_t"   # the C type of loop indices and index arithmetic
 
     def __init__(self, name: str, baked: set[str] = frozenset()):
         self.name = name
@@ -289,7 +290,7 @@ class CLikeEmitter:
         if node.kind in _MACROS:
             self.macros.add(node.kind)
             lines.append(_MACROS[node.kind][0])
-        return lines + [f"for (ptrdiff_t {var} = 0; {var} < {node.extent}; ++{var}) {{"]
+        return lines + [f"for ({self.index_type} {var} = 0; {var} < {node.extent}; ++{var}) {{"]
 
     def declare_local(self, buffer: ir.Buffer) -> str:
         """The declaration of a buffer allocated in the kernel."""
@@ -362,7 +363,8 @@ class CLikeEmitter:
             text = _int_literal(node.value)
             return text if node.value >= 0 or parent == 0 or text.startswith("(") else f"({text})"
         if isinstance(node, ir.Cast):
-            return f"({C_TYPES[node.type]}){self.expr(node.value, _CAST_PRECEDENCE)}"
+            ctype = self.index_type if node.type == ir.INDEX else C_TYPES[node.type]
+            return f"({ctype}){self.expr(node.value, _CAST_PRECEDENCE)}"
         if isinstance(node, ir.BoolImm):
             return "1" if node.value else "0"
         if isinstance(node, ir.FloatImm):

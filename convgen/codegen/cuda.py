@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from .. import ir
 from ..errors import CodegenError
 from ..native import load_c_image, load_cpp
 from ..target import GPUTarget
-from .c import C_TYPES, CLikeEmitter, argument_doc, c_table, helper_definition
+from .c import C_TYPES, CLikeEmitter, argument_doc, c_name, c_table, helper_definition
 from .render import TEMPLATE_DIRS, render
 
 # gridDim and blockDim limits of every architecture since sm_30 (CUDA C++ Programming Guide)
@@ -80,7 +81,7 @@ def emit_cuda(program: ir.Func | ir.Program, gpu: GPUTarget) -> CUDAFiles:
     launcher per stage, and the entry function that launches them in order."""
     if isinstance(program, ir.Func):
         program = ir.split(program)
-    emitter = CUDAEmitter(program.name)
+    emitter = CUDAEmitter(program.name, _index_type(program))
     takes = list(program.buffers)
     outputs = program.outputs
     writable = [b.name in outputs or b.scope == "workspace" for b in takes]
@@ -121,7 +122,7 @@ def emit_cuda(program: ir.Func | ir.Program, gpu: GPUTarget) -> CUDAFiles:
     source = render("cuda/kernel.cu.j2", includes=sorted(emitter.includes),
                     tables=[c_table(emitter.c_array_name(b), b.dtype, b.values, storage="static __device__ const")
                             for b in tables.values()],
-                    helpers=[_device_helper(key) for key in sorted(emitter.helpers)], **context)
+                    helpers=[_device_helper(key, emitter.index_type) for key in sorted(emitter.helpers)], **context)
     header = render("cuda/kernel.h.j2", **context)
     return CUDAFiles(program.name, header, source, gpu.arch, tuple(launches),
                      tuple(f"{'' if w else 'const '}{C_TYPES[b.dtype]} *" for b, w in zip(takes, writable)))
@@ -131,9 +132,25 @@ def _param(buffer: ir.Buffer, writable: bool, restrict: str) -> str:
     return f"{'' if writable else 'const '}{C_TYPES[buffer.dtype]} *{restrict}{buffer.name}"
 
 
-def _device_helper(key) -> str:
-    """A C helper as a device function (it is called from kernels only)."""
-    return helper_definition(key).replace("static inline", "static __device__ __forceinline__", 1)
+def _device_helper(key, index_type: str) -> str:
+    """A C helper as a device function (it is called from kernels only), on the kernel's index type."""
+    text = helper_definition(key).replace("static inline", "static __device__ __forceinline__", 1)
+    return text.replace("ptrdiff_t", index_type)
+
+
+# Index arithmetic in 32 bits where it cannot overflow: a GPU does 64-bit integer
+# division and modulo (fused loops' indices) in many instructions.
+INT_INDEX_LIMIT = 2**30
+
+
+def _index_type(program: ir.Program) -> str:
+    """int where every buffer has fewer than INT_INDEX_LIMIT elements (every
+    index, and every partial sum of one, stays below it), else ptrdiff_t."""
+    buffers = list(program.buffers) + [a.buffer for stage in program.stages
+                                       for a in ir.find_all(stage.body, ir.Allocate)]
+    loops = [loop.extent for stage in program.stages for loop in ir.find_all(stage.body, ir.Loop)]
+    largest = max([b.size for b in buffers] + loops + [1])
+    return "int" if largest < INT_INDEX_LIMIT else "ptrdiff_t"
 
 
 def _launch(stage: ir.Func, gpu: GPUTarget) -> Launch:
@@ -164,15 +181,24 @@ def _launch(stage: ir.Func, gpu: GPUTarget) -> Launch:
 
 class CUDAEmitter(CLikeEmitter):
     """The C emitter's walk, with loops bound to blocks and threads, shared
-    memory and barriers, and the checks that keep a kernel race-free."""
+    memory and barriers, and the checks that keep a kernel race-free.
+
+    A local buffer declared outside the loops bound to threads (a block's
+    register tile, which cache_write makes at a block loop so that it lives
+    across a loop of shared-memory stages) is held by the threads in parts:
+    where every use inside thread loops indexes an axis with the index of a
+    thread loop bound to one GPU axis, of the axis's extent, each thread
+    keeps only its own part along it, and that axis is left out of the
+    array the thread declares."""
 
     language = "CUDA"
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, index_type: str = "ptrdiff_t"):
         super().__init__(name)
+        self.index_type = index_type
         self.launch: Launch | None = None
-        self.thread_depth = 0            # loops bound to threads around the statement being written
-        self.local_depth: dict[str, int] = {}   # local buffer -> thread_depth where it was declared
+        self.thread_depth = 0                      # loops bound to threads around the statement being written
+        self.parts: dict[str, tuple[int, ...]] = {}   # local buffer -> the axes its threads hold in parts
 
     def loop_header(self, node: ir.Loop, var: str) -> list[str]:
         if node.kind in ("vectorized", "parallel"):
@@ -184,20 +210,30 @@ class CUDAEmitter(CLikeEmitter):
         index = f"{'blockIdx' if block else 'threadIdx'}.{node.axis}"
         sizes = self.launch.grid if block else self.launch.block
         if node.extent < sizes[ir.GPU_AXES.index(node.axis)]:
-            return [f"if (const ptrdiff_t {var} = {index}; {var} < {node.extent}) {{"]
-        return [f"{{ const ptrdiff_t {var} = {index};"]
+            return [f"if (const {self.index_type} {var} = {index}; {var} < {node.extent}) {{"]
+        return [f"{{ const {self.index_type} {var} = {index};"]
 
     def stmt_Loop(self, node: ir.Loop, depth: int) -> None:
         bound = node.kind == "gpu_thread"
         self.thread_depth += bound
+        start = len(self.lines)
         super().stmt_Loop(node, depth)
         self.thread_depth -= bound
+        var = c_name(node.var.name)
+        if node.kind in ir.GPU_KINDS and not any(re.search(rf"\b{var}\b", line) for line in self.lines[start + 1:]):
+            # where the index picks only a thread's part of a block's tile, the code may not name it
+            self.lines[start] += f" (void){var};"
+
+    def stmt_Allocate(self, node: ir.Allocate, depth: int) -> None:
+        if node.buffer.scope == "local":
+            self.parts[node.buffer.name] = _thread_parts(node)
+        super().stmt_Allocate(node, depth)
 
     def declare_local(self, buffer: ir.Buffer) -> str:
         if buffer.scope == "shared":
             return f"__shared__ {C_TYPES[buffer.dtype]} {buffer.name}[{buffer.size}];"
-        self.local_depth[buffer.name] = self.thread_depth
-        return super().declare_local(buffer)
+        own = _own_part(buffer, self.parts.get(buffer.name, ()))
+        return f"{C_TYPES[buffer.dtype]} {buffer.name}[{own.size}];"
 
     def barrier(self) -> str:
         if self.thread_depth:
@@ -211,19 +247,76 @@ class CUDAEmitter(CLikeEmitter):
             raise CodegenError(f"CUDA backend: the store to {node.buffer.name} is outside the loops bound to "
                                f"threads, so all {self.launch.threads} threads of a block would run it; "
                                f"bind a loop around it to threads")
-        self._check_local(node.buffer)
         super().stmt_Store(node, depth)
 
     def access(self, buffer: ir.Buffer, indices) -> str:
-        self._check_local(buffer)
+        parts = self.parts.get(buffer.name, ()) if buffer.scope == "local" else ()
+        if parts:
+            buffer = _own_part(buffer, parts)
+            indices = [index for k, index in enumerate(indices) if k not in parts]
         return super().access(buffer, indices)
 
-    def _check_local(self, buffer: ir.Buffer) -> None:
-        declared = self.local_depth.get(buffer.name)
-        if buffer.scope == "local" and declared is not None and declared < self.thread_depth:
-            raise CodegenError(f"CUDA backend: local buffer {buffer.name} is declared outside a loop bound to "
-                               f"threads and used inside it: each thread would have its own copy; "
-                               f"allocate it inside the thread loops (e.g. cache_write at a thread loop)")
+
+def _own_part(buffer: ir.Buffer, parts: tuple[int, ...]) -> ir.Buffer:
+    """A local buffer as one thread declares it: without the axes its threads hold in parts."""
+    if not parts:
+        return buffer
+    axes = tuple(a for k, a in enumerate(buffer.axes) if k not in parts)
+    shape = tuple(e for k, e in enumerate(buffer.shape) if k not in parts)
+    return ir.Buffer(buffer.name, buffer.dtype, axes or ("i",), shape or (1,), ir.plain_layout(axes or ("i",)),
+                     scope="local")
+
+
+def _thread_parts(allocation: ir.Allocate) -> tuple[int, ...]:
+    """The axes of a local buffer that its threads hold in parts (see CUDAEmitter):
+    none where no use is inside a thread loop of the allocation; refused where
+    some use inside one does not say which thread's part it is."""
+    buffer = allocation.buffer
+    uses = list(_uses(allocation.body, buffer.name, {}))
+    threaded = [(indices, bound) for indices, bound in uses if bound]
+    if not threaded:
+        return ()
+    parts = {}
+    for k, extent in enumerate(buffer.shape):
+        axes = {bound.get(index.name) if isinstance(index, ir.Var) else None for index, (_, bound) in
+                zip((indices[k] for indices, _ in threaded), threaded)}
+        if len(axes) == 1 and None not in axes and next(iter(axes))[1] == extent:
+            parts[k] = next(iter(axes))[0]
+    held = set(parts.values())
+    if len(held) != len(parts) or any(set(a for a, _ in bound.values()) - held for _, bound in threaded) \
+            or len(threaded) != len(uses):
+        raise CodegenError(f"CUDA backend: local buffer {buffer.name} is declared outside a loop bound to threads "
+                           f"and used inside it, where not every use says which thread's part it is (an axis "
+                           f"indexed by the thread loop's own index): each thread would have its own copy; "
+                           f"allocate it inside the thread loops (e.g. cache_write at a thread loop)")
+    return tuple(sorted(parts))
+
+
+def _uses(stmt: ir.Stmt, name: str, bound: dict):
+    """(indices, {thread loop var: (GPU axis, extent)} around it) of each load and store of `name`."""
+    if isinstance(stmt, ir.Loop):
+        inner = dict(bound, **{stmt.var.name: (stmt.axis, stmt.extent)}) if stmt.kind == "gpu_thread" else bound
+        yield from _uses(stmt.body, name, inner)
+        return
+    children = {ir.Seq: lambda s: s.body, ir.If: lambda s: (s.then,) + ((s.orelse,) if s.orelse else ()),
+                ir.Allocate: lambda s: (s.body,), ir.Stage: lambda s: (s.body,)}
+    for kind, get in children.items():
+        if isinstance(stmt, kind):
+            if isinstance(stmt, ir.If):
+                yield from _expression_uses(stmt.cond, name, bound)
+            for child in get(stmt):
+                yield from _uses(child, name, bound)
+            return
+    if isinstance(stmt, ir.Store):
+        if stmt.buffer.name == name:
+            yield stmt.indices, bound
+        yield from _expression_uses(stmt.value, name, bound)
+
+
+def _expression_uses(expr: ir.Expr, name: str, bound: dict):
+    for load in ir.find_all(expr, ir.Load):
+        if load.buffer.name == name:
+            yield load.indices, bound
 
 
 # ---------------------------------------------------------------------------

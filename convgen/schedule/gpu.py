@@ -9,9 +9,19 @@ recipes use, with the output loops bound to CUDA blocks and threads.
   pixel, in registers (cache_write, the tile loops unrolled), so that each
   input value it loads feeds `tile` multiply-adds. For convolutions whose
   output channels per group are a multiple of the tile.
+- "shared tile" (implicit GEMM): a block computes 64 output channels by 4
+  rows by 4 x `columns` columns, its 256 threads 4 channels by `columns`
+  columns each in registers (4, or fewer where the grid would have fewer
+  blocks than the GPU has multiprocessors); the reduction runs over chunks of input channels, each chunk's
+  inputs and weights staged in shared memory by all the block's threads
+  together (cache_read, barriers), so that a value loaded from global memory
+  feeds 16 or 64 multiply-adds. For dense convolutions (one group) of 32
+  output channels or more, where the chunks' tiles fit shared memory.
 
 Block sizes come from the GPU's description (target.GPUTarget): a multiple of
-the warp size, at most the threads a block may hold.
+the warp size, at most the threads a block may hold. None of these has been
+timed on a GPU yet; they are the standard shapes of such kernels, chosen by
+rule.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import math
 from .. import ir
 from ..spec import Spec
 from ..target import GPUTarget
+from ..errors import ScheduleError
 from . import Schedule
 from .space import Recipe
 
@@ -29,25 +40,48 @@ CHANNEL_TILE = 4
 
 
 def gpu_recipe(spec: Spec, gpu: GPUTarget) -> Recipe:
-    """The default GPU schedule for a layer: a channel tile where the channels
-    allow, else direct. A pool fused after a convolution is a stage of its
-    own, and a kernel of its own: direct."""
+    """The default GPU schedule for a layer: the first of shared tile, channel
+    tile and direct that applies and builds (a refusal is named in `why`). A
+    pool fused after a convolution is a stage of its own, and a kernel of its
+    own: direct."""
+    first = _first_loops(spec)
+    refused = []
+    for name, params, why, make in _candidates(spec, gpu, first[0]):
+        try:
+            s = make()
+        except ScheduleError as err:
+            refused.append(f"{name} refused ({err.message})")
+            continue
+        if spec.is_conv and spec.pool is not None:
+            s = direct(s, first[1], _block_threads(spec, gpu, 1))
+            params += (("pool", "a kernel of its own, direct"),)
+        return Recipe(name, params, why + "".join(f"; {reason}" for reason in refused), s.steps)
+    raise AssertionError("direct builds for every layer")
+
+
+def _candidates(spec: Spec, gpu: GPUTarget, first: str | None):
+    """(name, params, why, make the schedule) of each GPU recipe that applies, in order of preference."""
+    start = Schedule.for_spec(spec)
+    per_group = spec.out_channels // spec.groups if spec.is_conv else 0
+    columns, chunk = _shared_shape(spec, gpu)
+    if spec.is_conv and spec.groups == 1 and spec.out_channels >= 32 and chunk:
+        x = SHARED_THREADS["x"]
+        yield ("shared tile", (("block tile", f"64 output channels x 4 rows x {x * columns} columns"),
+                               ("thread tile", f"4 output channels x {columns} columns"),
+                               ("input channels a stage", str(chunk))),
+               f"a dense convolution of {spec.out_channels} output channels: a block's inputs and weights go "
+               f"through shared memory, {chunk} input channels at a time",
+               lambda: shared_tile(start, spec, chunk, columns))
     tile = _channel_tile(spec)
-    threads = _block_threads(spec, gpu, max(tile, 1))
     if tile:
-        name, params = "channel tile", (("tile", f"{tile} output channels a thread"), ("block", f"{threads} threads"))
-        why = (f"{spec.out_channels // spec.groups} output channels a group, a multiple of {tile}: each input "
-               f"value a thread loads feeds {tile} multiply-adds")
-        s = channel_tile(Schedule.for_spec(spec), _first_loops(spec)[0], tile, threads)
-    else:
-        name, params = "direct", (("block", f"{threads} threads"),)
-        why = ("pooling" if not spec.is_conv else f"{spec.out_channels // spec.groups} output channels a group") + \
-            ": one output element a thread, in the order the output is stored"
-        s = direct(Schedule.for_spec(spec), _first_loops(spec)[0], threads)
-    if spec.is_conv and spec.pool is not None:
-        s = direct(s, _first_loops(spec)[1], _block_threads(spec, gpu, 1))
-        params += (("pool", "a kernel of its own, direct"),)
-    return Recipe(name, params, why, s.steps)
+        threads = _block_threads(spec, gpu, tile)
+        yield ("channel tile", (("tile", f"{tile} output channels a thread"), ("block", f"{threads} threads")),
+               f"{per_group} output channels a group, a multiple of {tile}: each input value a thread loads "
+               f"feeds {tile} multiply-adds", lambda: channel_tile(start, first, tile, threads))
+    threads = _block_threads(spec, gpu, 1)
+    yield ("direct", (("block", f"{threads} threads"),),
+           ("pooling" if not spec.is_conv else f"{per_group} output channels a group") +
+           ": one output element a thread, in the order the output is stored", lambda: direct(start, first, threads))
 
 
 def direct(s: Schedule, first: str, threads: int) -> Schedule:
@@ -68,6 +102,77 @@ def channel_tile(s: Schedule, first: str, tile: int, threads: int) -> Schedule:
         s = s.reorder(*reduction, "oc.i")
     s = s.unroll("oc.i.init").unroll("oc.i").unroll("oc.i.out")
     return _fused_and_bound(s, loops, threads)
+
+
+# the shared tile: threads along z (output channels), y (rows), x (column groups), and each thread's part
+SHARED_THREADS = {"z": 16, "y": 4, "x": 4}
+SHARED_CHANNELS = 4   # output channels a thread
+
+
+def shared_tile(s: Schedule, spec: Spec, chunk: int, columns: int = 4) -> Schedule:
+    """The "shared tile" schedule (module docstring), `chunk` input channels a
+    stage, `columns` output columns a thread."""
+    z, y, x = SHARED_THREADS["z"], SHARED_THREADS["y"], SHARED_THREADS["x"]
+    channels = SHARED_CHANNELS
+    s = (s.split("oc", z * channels).split("oc.i", channels, tail="perfect").split("oh", y)
+         .split("ow", x * columns).split("ow.i", columns, tail="perfect"))
+    batch = ["n"] if spec.batch > 1 else []
+    s = s.reorder(*batch, "oc.o", "oh.o", "ow.o", "oc.i.o", "oh.i", "ow.i.o", "oc.i.i", "ow.i.i").cache_write("ow.o")
+    reduction = ["ic.o", "ic.i", "kh", "kw"] if chunk < spec.in_channels else ["ic", "kh", "kw"]
+    if chunk < spec.in_channels:
+        s = s.split("ic", chunk)
+    reduction = [name for name in reduction if name in _loop_names(s)]
+    s = s.reorder(reduction[0], "oc.i.o", "oh.i", "ow.i.o", *reduction[1:], "oc.i.i", "ow.i.i")
+    s = s.cache_read("w", reduction[0], scope="shared").cache_read("x", reduction[0], scope="shared")
+    for copy in ("w_shared", "x_shared"):
+        s = _spread_over_threads(s, [n for n in _loop_names(s) if n.startswith(copy + "_")], (z, y, x))
+    for suffix in (".init", "", ".out"):
+        s = (s.unroll(f"oc.i.i{suffix}").unroll(f"ow.i.i{suffix}").bind(f"oc.i.o{suffix}", "thread.z")
+             .bind(f"oh.i{suffix}", "thread.y").bind(f"ow.i.o{suffix}", "thread.x"))
+    s = s.fuse("oh.o", "ow.o").bind("oh.o_ow.o", "block.x").bind("oc.o", "block.y")
+    return s.bind("n", "block.z") if batch else s
+
+
+def _spread_over_threads(s: Schedule, loops: list[str], threads: tuple[int, int, int]) -> Schedule:
+    """A copy nest fused into one loop whose iterations the block's threads share, x fastest."""
+    fused = loops[0]
+    for name in loops[1:]:
+        s = s.fuse(fused, name)
+        fused = f"{fused}_{name}"
+    z, y, x = threads
+    s = s.split(fused, x).split(f"{fused}.o", y).split(f"{fused}.o.o", z)
+    return (s.bind(f"{fused}.i", "thread.x").bind(f"{fused}.o.i", "thread.y")
+            .bind(f"{fused}.o.o.i", "thread.z"))
+
+
+def _shared_shape(spec: Spec, gpu: GPUTarget) -> tuple[int, int]:
+    """(columns a thread, input channels a stage) of the shared tile: the most
+    columns (4, 2, 1) whose grid has as many blocks as the GPU has
+    multiprocessors (else 1), and for those the most input channels (8, 4, 2,
+    1, or all where there are fewer) whose weight and input tiles each fit a
+    copy (4096 elements) and together the GPU's shared memory; (0, 0) where
+    not even one does."""
+    if not spec.is_conv:
+        return 0, 0
+    (kh, kw), (sh, sw), (dh, dw) = spec.kernel_size, spec.stride, spec.dilation
+    out_h, out_w = spec.conv_output_size
+    z, y, x = SHARED_THREADS["z"], SHARED_THREADS["y"], SHARED_THREADS["x"]
+
+    def blocks(columns: int) -> int:
+        tiles = -(-spec.out_channels // (z * SHARED_CHANNELS)) * -(-out_h // y) * -(-out_w // (x * columns))
+        return spec.batch * tiles
+    columns = next((c for c in (4, 2) if blocks(c) >= gpu.multiprocessors), 1)
+    rows = (y - 1) * sh + (kh - 1) * dh + 1
+    cols = (x * columns - 1) * sw + (kw - 1) * dw + 1
+    for chunk in sorted({min(spec.in_channels, c) for c in (8, 4, 2, 1)}, reverse=True):
+        weights, inputs = z * SHARED_CHANNELS * chunk * kh * kw, chunk * rows * cols
+        if max(weights, inputs) <= 4096 and 4 * (weights + inputs) <= gpu.shared_bytes_per_block:
+            return columns, chunk
+    return 0, 0
+
+
+def _loop_names(s: Schedule) -> list[str]:
+    return [loop.var.name for loop in ir.find_all(s.func.body, ir.Loop)]
 
 
 def _first_loops(spec: Spec) -> list[str | None]:
