@@ -43,14 +43,32 @@ def _from_nchw(y: np.ndarray, layout: str) -> np.ndarray:
 
 def _torch(spec: Spec, inputs, threads: int) -> dict:
     import torch
-    import torch.nn.functional as F
 
     torch.set_num_threads(threads)
+    w = torch.from_numpy(inputs["w"]) if spec.is_conv else None
+    b = torch.from_numpy(inputs["b"]) if spec.is_conv and spec.bias else None
+    layer = torch_layer(spec, w, b)
+    found = {}
+    for name, memory in (("torch (NCHW)", torch.contiguous_format), ("torch (channels_last)", torch.channels_last)):
+        x = torch.from_numpy(_nchw(inputs["x"], spec.input_layout)).contiguous(memory_format=memory)
+        if w is not None:
+            w = w.contiguous(memory_format=memory)
+            layer = torch_layer(spec, w, b)
+
+        def call(x=x, layer=layer):
+            with torch.no_grad():
+                return layer(x)
+        found[name] = (call, lambda y: _from_nchw(y.contiguous().numpy(), spec.output_layout))
+    return found
+
+
+def torch_layer(spec: Spec, w, b):
+    """The layer as PyTorch functions of an NCHW tensor x (on any device), weights w and bias b given."""
+    import torch.nn.functional as F
+
     top, bottom, left, right = spec.padding
     mode = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate"}[spec.padding_mode]
     symmetric = top == bottom and left == right and mode == "constant"
-    w = torch.from_numpy(inputs["w"]) if spec.is_conv else None
-    b = torch.from_numpy(inputs["b"]) if spec.is_conv and spec.bias else None
 
     def layer(x):
         if not symmetric:
@@ -70,18 +88,7 @@ def _torch(spec: Spec, inputs, threads: int) -> dict:
         if spec.pool is not None:
             y = _torch_pool(F, spec.pool, y)
         return y
-
-    found = {}
-    for name, memory in (("torch (NCHW)", torch.contiguous_format), ("torch (channels_last)", torch.channels_last)):
-        x = torch.from_numpy(_nchw(inputs["x"], spec.input_layout)).contiguous(memory_format=memory)
-        if w is not None:
-            w = w.contiguous(memory_format=memory)
-
-        def call(x=x):
-            with torch.no_grad():
-                return layer(x)
-        found[name] = (call, lambda y: _from_nchw(y.contiguous().numpy(), spec.output_layout))
-    return found
+    return layer
 
 
 def _torch_pool(F, pool, y):
