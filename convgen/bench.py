@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .check import compare_runs, random_inputs, tolerance, weight_transform
-from .errors import ScheduleError
+from .errors import ConvgenError, ScheduleError
 from .reference import reference
 from .driver import build
 from .peers import PEERS
@@ -86,7 +86,7 @@ def bench(spec: Spec, threads: int = 1, peers=DEFAULT_PEERS, schedule=None, seed
         result = compare_runs(spec, [to_user(call())], expected, inputs, allowed)
         if result.passed:
             calls[name] = call
-            errors[name] = result.max_abs_error / max(float(np.abs(expected).max()), 1e-30)
+            errors[name] = _relative(result.max_abs_error, expected)
         else:
             entries[name] = Entry(name, note=f"does not match the reference (max error {result.max_abs_error:.3g})",
                                   schedule=schedules.get(name, ""))
@@ -118,3 +118,100 @@ def _convgen(spec: Spec, inputs, schedule, threads: int, schedules: dict, name: 
     return lambda: call(inputs["x"], out=out), lambda y: y, weight_transform(kernel.func)
 
 
+
+
+# ---------------------------------------------------------------------------
+# On a CUDA GPU: convgen's kernel against PyTorch's cuDNN convolution
+# ---------------------------------------------------------------------------
+
+def bench_cuda(spec: Spec, seed: int = 0, repeats: int = 100, rounds: int = 3) -> list[Entry]:
+    """convgen's CUDA kernel (the default GPU schedule for the GPU here) and
+    PyTorch's convolution on cuDNN (float32, TF32 off, cudnn.benchmark on),
+    each checked against the reference first, then timed with CUDA events on
+    arrays already in device memory: `repeats` calls, median over `rounds`."""
+    inputs = {name: aligned_copy(array) for name, array in random_inputs(spec, np.random.default_rng(seed)).items()}
+    expected = reference(spec, **inputs)
+    kernel = build(spec, "cuda")
+    if not kernel.device.startswith("on the GPU"):
+        raise ConvgenError(f"bench -t cuda: no GPU here to time on (cuda kernels run {kernel.device}); "
+                           f"it needs an NVIDIA GPU, its driver, nvcc and cuda-bindings (pip install 'convgen[gpu]')")
+    entries = [_convgen_on_gpu(spec, kernel, inputs, expected, repeats, rounds)]
+    if spec.is_quantized:
+        return entries + [Entry("torch (cuDNN)", note="not timed: float32 peers only")]
+    try:
+        entries.append(_torch_on_gpu(spec, inputs, expected, repeats, rounds))
+    except ImportError as err:
+        entries.append(Entry("torch (cuDNN)", note=f"not installed ({err.name})"))
+    return entries
+
+
+def _convgen_on_gpu(spec: Spec, kernel, inputs, expected, repeats: int, rounds: int) -> Entry:
+    from . import gpu
+    schedule = f"{kernel.schedule_source} schedule" + (f": {kernel.recipe.describe()}" if kernel.recipe else "")
+    arrays = dict(inputs, y=empty(spec.output_shape, spec.array_dtypes["y"]))
+    result = compare_runs(spec, [kernel(**inputs, out=arrays["y"])], expected, inputs,
+                          None if spec.is_quantized else tolerance(spec, inputs, weight_transform(kernel.func)))
+    if not result.passed:
+        return Entry("convgen (cuda)", note=f"does not match the reference (max error {result.max_abs_error:.3g})",
+                     schedule=schedule)
+    buffers = kernel.program.buffers
+    device = [gpu.allocate(b.nbytes) for b in buffers]
+    try:
+        for buffer, address in zip(buffers, device):
+            if buffer.name in arrays and buffer.name != "y":
+                gpu.to_device(address, arrays[buffer.name].ctypes.data, buffer.nbytes)
+        prepared = len(kernel.program.prepare)
+        stages = kernel._loaded.stages
+        for stage in stages[:prepared]:
+            stage.launch_on_device(device)
+
+        def run():
+            for stage in stages[prepared:]:
+                stage.launch_on_device(device, wait=False)
+        gpu.elapsed_ms(run, 3)   # warm-up
+        times = [gpu.elapsed_ms(run, repeats) / 1e3 for _ in range(rounds)]
+    finally:
+        for address in device:
+            gpu.free(address)
+    return Entry("convgen (cuda)", float(np.median(times)), error=_relative(result.max_abs_error, expected),
+                 schedule=schedule)
+
+
+def _torch_on_gpu(spec: Spec, inputs, expected, repeats: int, rounds: int) -> Entry:
+    import torch
+
+    from .peers import torch_layer
+    torch.backends.cudnn.allow_tf32 = False   # float32 arithmetic, as convgen's
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True
+    nchw = inputs["x"] if spec.input_layout == "NCHW" else inputs["x"].transpose(0, 3, 1, 2)
+    memory = torch.channels_last if spec.input_layout == "NHWC" else torch.contiguous_format
+    x = torch.from_numpy(np.ascontiguousarray(nchw)).cuda().contiguous(memory_format=memory)
+    w = torch.from_numpy(inputs["w"]).cuda().contiguous(memory_format=memory) if spec.is_conv else None
+    b = torch.from_numpy(inputs["b"]).cuda() if spec.is_conv and spec.bias else None
+    layer = torch_layer(spec, w, b)
+    with torch.no_grad():
+        y = layer(x).cpu().numpy()
+    y = y if spec.output_layout == "NCHW" else y.transpose(0, 2, 3, 1)
+    result = compare_runs(spec, [np.ascontiguousarray(y)], expected, inputs)
+    name = "torch (cuDNN)"
+    if not result.passed:
+        return Entry(name, note=f"does not match the reference (max error {result.max_abs_error:.3g})")
+    times = []
+    with torch.no_grad():
+        for _ in range(3):
+            layer(x)
+        for _ in range(rounds):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(repeats):
+                layer(x)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / repeats / 1e3)
+    return Entry(name, float(np.median(times)), error=_relative(result.max_abs_error, expected),
+                 note=f"torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}, TF32 off")
+
+
+def _relative(error: float, expected: np.ndarray) -> float:
+    return error / max(float(np.abs(expected).max()), 1e-30)

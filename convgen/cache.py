@@ -54,8 +54,8 @@ def key(program, backend: str, target) -> str:
     with np.printoptions(threshold=sys.maxsize, floatmode="unique"):
         described = repr(program)
     digest = hashlib.sha256()
-    compiler = tuple(shlex.split(os.environ.get("CXX", "c++"))) if backend == "cuda" else target.cc  # cuda: emulated
-    for part in (_convgen_digest(), _generator(backend, compiler), backend, repr(target), described):
+    generator = _cuda_generator() if backend == "cuda" else _generator(backend, target.cc)
+    for part in (_convgen_digest(), generator, backend, repr(target), described):
         digest.update(part.encode())
         digest.update(b"\0")
     return digest.hexdigest()
@@ -136,6 +136,14 @@ def _convgen_digest() -> str:
         digest.update(str(path.relative_to(path.parents[1])).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+def _cuda_generator() -> str:
+    """What builds a cuda kernel here: nvcc for a GPU, or the C++ compiler for the emulator."""
+    from .codegen.cuda import runner
+    where = runner()
+    compiler = ("nvcc",) if where != "emulator" else tuple(shlex.split(os.environ.get("CXX", "c++")))
+    return f"{where}: {_generator('cuda', compiler)}"
 
 
 @lru_cache(maxsize=None)

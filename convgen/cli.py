@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from . import cache as kernel_cache, firmware, ir
-from .bench import DEFAULT_PEERS, bench
+from .bench import DEFAULT_PEERS, bench, bench_cuda
 from .peers import PEERS
 from .check import check, random_inputs
 from .codegen import BACKENDS, CPU_BACKENDS
 from .codegen.c import Baking
-from .driver import DEFAULT_ARCH, build, emit, plan
+from .driver import build, default_arch, emit, plan
 from .errors import ConvgenError, ConvgenWarning, ScheduleError
 from .native import llvm_assembly, nvcc_compile
 from .peak import measure_bandwidth, measure_peak
@@ -150,7 +150,7 @@ def _parser() -> argparse.ArgumentParser:
                                "(x86-64-avx2, cortex-m4, cortex-m7, cortex-m55, ...)")
     compile_.add_argument("--arch", metavar="SM",
                           help=f"cuda: the GPU to schedule and compile for, a file in specs/targets/ "
-                               f"({', '.join(gpu_arches())}; default {DEFAULT_ARCH})")
+                               f"({', '.join(gpu_arches())}; default: the GPU here, else sm_80)")
     compile_.add_argument("--prefix", default="", metavar="TEXT",
                           help="c, cuda: put TEXT before the function and file names (e.g. net1_)")
     compile_.add_argument("--report", action="store_true",
@@ -192,6 +192,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="also say which schedule convgen applied: the recipe, its parameters and why")
     bench.add_argument("--winograd", action="store_true",
                        help="also time Winograd kernels, F(4x4,3x3) and F(2x2,3x3), for 3x3 stride-1 layers")
+    bench.add_argument("-t", "--backend", choices=("llvm", "cuda"), default="llvm",
+                       help="llvm (default): the CPU kernel against the CPU peers; cuda: the CUDA kernel on this "
+                            "machine's GPU against PyTorch's cuDNN convolution (float32, TF32 off), timed "
+                            "with CUDA events")
     bench.set_defaults(run=_bench)
 
     peak = commands.add_parser("peak", help="measure the machine's FMA peak with a generated kernel")
@@ -350,7 +354,7 @@ def _compile(args) -> int:
     folder = args.output or Path("build") / (args.prefix + spec.name)
     if folder.exists() and not folder.is_dir():
         raise ConvgenError(f"compile: -o {folder}: expected a folder to write into; it is a file")
-    machine = load_gpu_target(args.arch or DEFAULT_ARCH) if args.backend == "cuda" else load_target(args.target)
+    machine = load_gpu_target(args.arch or default_arch()) if args.backend == "cuda" else load_target(args.target)
     chosen = plan(spec, machine, _schedule(args), name=args.prefix + spec.name)
     folder.mkdir(parents=True, exist_ok=True)
     emitted = emit(chosen, args.backend, _baking(args, spec, chosen.func))
@@ -577,6 +581,8 @@ def _bench(args) -> int:
     if unknown:
         raise ConvgenError(f"bench: --vs: expected names among {', '.join(PEERS)}; got {unknown[0]!r}")
     paths = [args.spec] if args.spec.is_file() else _spec_files(args.spec)
+    if args.backend == "cuda":
+        return _bench_cuda(paths, args)
     if args.plot is not None and args.plot.suffix.lower() != ".png":
         raise ConvgenError(f"bench: --plot {args.plot}: expected a .png file name")
     peak = measure_peak(args.threads).gflops
@@ -596,6 +602,33 @@ def _bench(args) -> int:
         title = f"{host().cpu}, {args.threads} thread(s): {args.spec.name}"
         written = plot_roofline(measured, peak, measure_bandwidth(), args.plot, title)
         print(f"roofline: {written}", file=sys.stderr)
+    return 0
+
+
+def _bench_cuda(paths: list[Path], args) -> int:
+    if args.plot is not None or args.winograd:
+        raise ConvgenError("bench: --plot and --winograd are for the CPU (-t llvm)")
+    report = []
+    for path in paths:
+        spec = load_spec(path)
+        entries = bench_cuda(spec, rounds=args.rounds)
+        report.append({"spec": spec.name, "macs": spec.macs, "results": [e.as_dict(spec) for e in entries]})
+        if args.json:
+            continue
+        mine, peer = entries[0], next((e for e in entries[1:] if e.seconds is not None), None)
+        print(f"\n{spec.name}: {2 * spec.macs / 1e6:.1f} MFLOP, scheduled for {default_arch()}")
+        for entry in entries:
+            if entry.seconds is None:
+                print(f"  {entry.name:<16} {entry.note}")
+                continue
+            line = f"  {entry.name:<16} {_duration(entry.seconds)} {entry.gflops(spec):9.1f} GFLOP/s"
+            if entry is mine and peer is not None:
+                line += f"   {peer.seconds / entry.seconds:.2f}x {peer.name}"
+            print(line + (f"  ({entry.note})" if entry.note else ""))
+            if args.verbose and entry.schedule:
+                print(f"  {'':<16} {entry.schedule}")
+    if args.json:
+        print(json.dumps({"report": report}, indent=2))
     return 0
 
 

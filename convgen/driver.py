@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import cache as kernel_cache, ir
+from . import cache as kernel_cache, gpu, ir
 from .codegen import BACKENDS, backend as get_backend
 from .errors import ConvgenError, ConvgenWarning
 from .lower import lower
@@ -30,7 +30,7 @@ from .schedule.gpu import gpu_recipe
 from .schedule.space import Recipe, default_recipe
 from .schedule.steps import DEFAULT, NAIVE
 from .spec import Spec, load_spec
-from .target import GPUTarget, Target, host, load_gpu_target
+from .target import GPUTarget, Target, gpu_arches, host, load_gpu_target
 
 _PACKAGE = str(Path(__file__).resolve().parent)
 DEFAULT_ARCH = "sm_80"   # the GPU a cuda kernel is scheduled for when none is named
@@ -178,13 +178,15 @@ def run_prepare(program: ir.Program, weights: dict) -> dict:
 
 def build(spec: Spec | str | os.PathLike | dict, target: str = "llvm", schedule=None,
           workdir: str | os.PathLike | None = None, threads: int | None = None, cache: bool = True,
-          arch: str = DEFAULT_ARCH) -> Kernel:
+          arch: str | None = None) -> Kernel:
     """Compile a layer into a callable kernel for this machine.
 
     spec: a Spec, or a path or dict for load_spec. target: the backend, "llvm"
     (JIT for the host CPU), "c" (emitted C built with the host C compiler) or
-    "cuda" (emitted CUDA for the GPU `arch` names, a file of specs/targets/;
-    it runs on the CUDA emulator, `kernel.device` says so).
+    "cuda" (emitted CUDA for the GPU `arch` names, a file of specs/targets/:
+    by default the GPU that is here where specs/targets/ describes it, else
+    sm_80; it runs on that GPU where one is here, else on the CUDA emulator,
+    and `kernel.device` says which).
     schedule: a Schedule, a list of Steps or of YAML step data, or "naive" /
     "default"; by default the spec's own `schedule:`, else the default
     schedule for the host (`kernel.steps` and `kernel.schedule_source` say
@@ -201,7 +203,7 @@ def build(spec: Spec | str | os.PathLike | dict, target: str = "llvm", schedule=
     if target not in BACKENDS:
         raise ConvgenError(f"build: target: expected one of {', '.join(BACKENDS)}; got {target!r}")
     _check_threads(threads)
-    machine = load_gpu_target(arch) if target == "cuda" else host()
+    machine = load_gpu_target(arch or default_arch()) if target == "cuda" else host()
     return load(plan(spec, machine, schedule, threads), target, workdir, threads, cache)
 
 
@@ -219,10 +221,17 @@ def load(chosen: Plan, backend: str = "llvm", workdir: str | os.PathLike | None 
         loaded = coder.load(emitted, chosen.target, folder)
         if name:
             kernel_cache.put(name, emitted, loaded.image)
-    parallel = any(stage.convention != "serial" for stage in loaded.stages)
+    parallel = any(stage.convention in ("openmp", "c-openmp") for stage in loaded.stages)
     return Kernel(chosen.spec, backend, chosen.func, chosen.program, emitted.source, loaded, steps=chosen.steps,
                   schedule_source=chosen.schedule_source, recipe=chosen.recipe, from_cache=stored is not None,
                   threads=threads or (chosen.target.cores if parallel else 1), device=getattr(loaded, "device", ""))
+
+
+def default_arch() -> str:
+    """The GPU cuda kernels are scheduled for when none is named: the one that
+    is here, where specs/targets/ describes it; else DEFAULT_ARCH."""
+    present = gpu.present_arch()
+    return present if present in gpu_arches() else DEFAULT_ARCH
 
 
 def _user_stacklevel() -> int:

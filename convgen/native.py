@@ -140,30 +140,48 @@ def load_cpp(files: dict[str, str], name: str, prelude: Path, workdir: Path | No
     """(the shared library built from `files` (<name>.cpp) as C++17 with the
     header `prelude` included first, loaded; its bytes). The C++ compiler is
     $CXX, else c++."""
+    compiler = shlex.split(os.environ.get("CXX", "c++"))
+    return _load_built(files, name, workdir, "C++ compiler", lambda source, built: [
+        *compiler, "-std=c++17", "-O2", "-fPIC", "-shared", "-include", str(prelude), "-DCONVGEN_CUDA_EMULATION",
+        "-o", str(built), str(source.with_suffix(".cpp"))])
+
+
+def load_c_image(image: bytes, name: str) -> ctypes.CDLL:
+    """A shared object from `load_c`, `load_cpp` or `load_cuda`, loaded again without compiling."""
     with tempfile.TemporaryDirectory(prefix="convgen-") as tmp:   # a fresh path: see load_c
+        path = Path(tmp) / f"{name}.so"
+        path.write_bytes(image)
+        return ctypes.CDLL(str(path))
+
+
+def load_cuda(files: dict[str, str], name: str, arch: str, workdir: Path | None):
+    """(the shared library nvcc builds from `files` (<name>.cu) for `arch`, loaded; its bytes)."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        raise CompileError("nvcc was not found on PATH (it comes with the CUDA toolkit)")
+    return _load_built(files, name, workdir, "nvcc", lambda source, built: [
+        nvcc, f"-arch={arch}", "-O3", "-shared", "-Xcompiler", "-fPIC", "-o", str(built), str(source.with_suffix(".cu"))])
+
+
+def _load_built(files: dict[str, str], name: str, workdir: Path | None, compiler: str, command):
+    """(the shared library `command(source, built)` builds from `files` in a fresh
+    folder, loaded; its bytes): see load_c for why a fresh folder. source is
+    <name> without suffix in that folder, built the <name>.so to write."""
+    with tempfile.TemporaryDirectory(prefix="convgen-") as tmp:
         directory = Path(tmp)
         for file_name, text in files.items():
             (directory / file_name).write_text(text)
         built = directory / f"{name}.so"
-        command = [*shlex.split(os.environ.get("CXX", "c++")), "-std=c++17", "-O2", "-fPIC", "-shared",
-                   "-include", str(prelude), "-DCONVGEN_CUDA_EMULATION", "-o", str(built), str(directory / f"{name}.cpp")]
-        result = subprocess.run(command, capture_output=True, text=True)
+        arguments = command(directory / name, built)
+        result = subprocess.run(arguments, capture_output=True, text=True)
         if result.returncode != 0:
-            raise CompileError(f"C++ compiler failed ({' '.join(command)}):\n{result.stderr.strip()}")
+            raise CompileError(f"{compiler} failed ({' '.join(arguments)}):\n{result.stderr.strip()}")
         library = ctypes.CDLL(str(built))
         if workdir is not None:
             workdir.mkdir(parents=True, exist_ok=True)
             for path in directory.iterdir():
                 shutil.copy(path, workdir / path.name)
         return library, built.read_bytes()
-
-
-def load_c_image(image: bytes, name: str) -> ctypes.CDLL:
-    """A shared object from `load_c` or `load_cpp`, loaded again without compiling."""
-    with tempfile.TemporaryDirectory(prefix="convgen-") as tmp:   # a fresh path: see load_c
-        path = Path(tmp) / f"{name}.so"
-        path.write_bytes(image)
-        return ctypes.CDLL(str(path))
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,7 @@ class Kernel:
     recipe: object = None      # the default recipe chosen (schedule.space.Recipe), if that is where they came from
     from_cache: bool = False   # loaded from the kernel cache rather than compiled (cache.py)
     threads: int = 1
-    device: str = ""           # where a cuda kernel runs (the emulator, for now); "" for CPU backends
+    device: str = ""           # where a cuda kernel runs (on a GPU, or emulated); "" for CPU backends
 
     def __post_init__(self):
         self.signature = ir.signature(self.func)
@@ -224,10 +224,10 @@ def _guard(kernel: Kernel, weights: dict[str, np.ndarray], prepared: np.ndarray)
     """The guarded entry of a kernel, bound to these weights and prepared
     buffers, and what must live as long as it (the engine that holds its
     code, its method definition); no guard where NumPy's array fields could
-    not be found."""
+    not be found, or for a kernel that runs on a GPU."""
     fields = array_fields()
-    if fields is None:
-        return _refuse, None
+    if fields is None or any(stage.convention == "cuda-device" for stage in kernel._run):
+        return _refuse, None   # a GPU stage copies the arrays to the device: the general path does that
     program = kernel.program
     names = [p.name for p in program.params]
     runtime = python_api()

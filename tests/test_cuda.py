@@ -13,13 +13,13 @@ from hypothesis import strategies as st
 
 import convgen
 from convgen import ir
-from convgen.codegen.cuda import CUDABackend, emit_cuda
+from convgen.codegen.cuda import CUDABackend, emit_cuda, runner
 from convgen.driver import emit, plan
 from convgen.errors import CodegenError, ScheduleError
 from convgen.native import nvcc_compile
 from convgen.reference import reference
 from convgen.schedule import Schedule
-from convgen.schedule.gpu import channel_tile, direct, gpu_recipe, shared_tile
+from convgen.schedule.gpu import channel_tile, column_tile, direct, gpu_recipe, shared_tile
 from convgen.target import load_gpu_target
 
 from conftest import spec_paths
@@ -29,6 +29,9 @@ SM80 = load_gpu_target("sm_80")
 CONV = {"name": "gpu", "op": "conv2d", "in_channels": 3, "out_channels": 8, "input_size": [6, 10],
         "kernel_size": 3, "padding": 1, "bias": True}
 NO_NVCC = "nvcc is not installed here (the CUDA toolkit); the emulator tests run without it"
+ON_GPU = runner() != "emulator"
+NO_GPU = ("no CUDA GPU here (or no driver, nvcc or cuda-bindings), so kernels run on the emulator; "
+          "scripts/gpu_check.sh runs these on a machine with one")
 
 
 def _assert_matches(kernel, seed):
@@ -39,18 +42,21 @@ def _assert_matches(kernel, seed):
 
 @pytest.mark.parametrize("path", spec_paths(), ids=lambda p: p.stem)
 def test_every_spec_runs_emulated_and_matches_the_reference(path):
+    """Emulated here; on a machine with a GPU, on the GPU (test_gpu_* say so)."""
     kernel = convgen.build(path, "cuda", cache=False)
-    assert kernel.device.startswith("emulated") and kernel.schedule_source.startswith("default")
+    assert kernel.device.startswith("on the GPU" if ON_GPU else "emulated")
+    assert kernel.schedule_source.startswith("default")
     _assert_matches(kernel, np.random.SeedSequence().entropy)
 
 
-@settings(max_examples=70, deadline=None)
+# 120 random specs in all (every padding mode, stride, dilation, groups, depthwise, pooling, int8)
+@settings(max_examples=50, deadline=None)
 @given(spec=specs(), seed=st.integers(0, 2**32 - 1))
 def test_random_specs_with_the_default_gpu_schedule(spec, seed):
     _assert_matches(convgen.build(spec, "cuda", cache=False), seed)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(spec=quantized_specs(), seed=st.integers(0, 2**32 - 1))
 def test_random_int8_specs_with_the_default_gpu_schedule_bit_for_bit(spec, seed):
     _assert_matches(convgen.build(spec, "cuda", cache=False), seed)
@@ -66,14 +72,16 @@ def gpu_schedules(draw, spec):
     firsts = _first_loops(spec)
     tiles = [t for t in (2, 3, 4, 8) if spec.is_conv and spec.out_channels % t == 0 and spec.out_channels > t]
     s = Schedule.for_spec(spec)
-    family = draw(st.sampled_from(["direct", "channel tile", "shared tile"]))
+    family = draw(st.sampled_from(["direct", "channel tile", "column tile", "shared tile"]))
     if family == "shared tile" and spec.is_conv and spec.groups == 1:
         try:
             s = shared_tile(s, spec, draw(st.integers(1, spec.in_channels)), draw(st.sampled_from([1, 2, 4])))
             return _with_pool(draw, s, spec, firsts)
         except ScheduleError:   # a copy past 4096 elements, or an index cache_read cannot bound (reflect)
             pass
-    if family != "direct" and tiles:
+    if family == "column tile" and spec.is_conv:
+        s = column_tile(s, firsts[0], draw(st.integers(2, 5)), threads)
+    elif family != "direct" and tiles:
         s = channel_tile(s, firsts[0], draw(st.sampled_from(tiles)), threads)
     else:
         s = direct(s, firsts[0], threads)
@@ -86,7 +94,7 @@ def _with_pool(draw, s, spec, firsts):
     return s
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(data=st.data(), seed=st.integers(0, 2**32 - 1))
 def test_random_specs_with_random_gpu_schedules(data, seed):
     spec = data.draw(specs())
@@ -103,7 +111,7 @@ def _staged_schedule() -> Schedule:
 
 
 def _run(files, spec, inputs):
-    loaded = CUDABackend().load(files, SM80)
+    loaded = CUDABackend(emulate=True).load(files, SM80)
     out = np.full(spec.output_shape, np.nan, np.float32)
     arrays = [inputs["x"], inputs["w"], inputs["b"], out]
     loaded.stages[0].launch([a.ctypes.data for a in arrays], 1)
@@ -195,7 +203,9 @@ def test_the_default_gpu_recipe_says_what_it_chose():
     narrow = gpu_recipe(convgen.load_spec(CONV), SM80)
     assert narrow.name == "channel tile" and ("tile", "4 output channels a thread") in narrow.params
     depthwise = gpu_recipe(convgen.load_spec({**CONV, "in_channels": 8, "groups": 8}), SM80)
-    assert depthwise.name == "direct" and "1 output channels a group" in depthwise.why
+    assert depthwise.name == "depthwise column tile" and ("tile", "4 output columns a thread") in depthwise.params
+    narrow = gpu_recipe(convgen.load_spec({**CONV, "in_channels": 8, "groups": 8, "input_size": [6, 6]}), SM80)
+    assert narrow.name == "direct" and "1 output channels a group" in narrow.why   # 6 columns: too few to tile
     small = dict(gpu_recipe(convgen.load_spec({**CONV, "out_channels": 1}), SM80).params)
     assert small["block"] == "64 threads"   # 60 outputs: two warps
 
@@ -216,3 +226,47 @@ def test_every_spec_compiles_with_nvcc_without_warnings_or_spills(path, arch, tm
     kernels = nvcc_compile(tmp_path / f"{files.name}.cu", arch)   # -Werror all-warnings, --warn-on-spills
     assert sorted(k.name for k in kernels) == sorted(f"{launch.name}_kernel" for launch in files.launches)
     assert all(k.spill_bytes == 0 and 0 < k.registers <= 255 for k in kernels)
+
+
+@pytest.mark.skipif(not ON_GPU, reason=NO_GPU)
+@pytest.mark.parametrize("path", spec_paths(), ids=lambda p: p.stem)
+def test_gpu_every_spec_matches_the_reference(path):
+    kernel = convgen.build(path, "cuda", cache=False)
+    assert kernel.device.startswith("on the GPU"), kernel.device
+    _assert_matches(kernel, np.random.SeedSequence().entropy)
+
+
+@pytest.mark.skipif(not ON_GPU, reason=NO_GPU)
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), seed=st.integers(0, 2**32 - 1))
+def test_gpu_random_specs_with_random_gpu_schedules(data, seed):
+    spec = data.draw(specs())
+    _assert_matches(convgen.build(spec, "cuda", schedule=data.draw(gpu_schedules(spec)), cache=False), seed)
+
+
+@pytest.mark.skipif(ON_GPU, reason="a GPU is here: the benchmark runs (scripts/gpu_check.sh)")
+def test_bench_on_cuda_without_a_gpu_says_what_it_needs():
+    from convgen.bench import bench_cuda
+    with pytest.raises(convgen.ConvgenError, match="bench -t cuda: no GPU here to time on"):
+        bench_cuda(convgen.load_spec(CONV))
+
+
+def _has_cuda_bindings() -> bool:
+    try:
+        import cuda.bindings.runtime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(ON_GPU or shutil.which("nvcc") is None or not _has_cuda_bindings(),
+                    reason="needs nvcc and cuda-bindings without a usable GPU (the gpu extra, on a GPU-less machine)")
+def test_the_gpu_path_builds_with_nvcc_and_reports_a_missing_driver(monkeypatch, tmp_path):
+    """What can be checked of the GPU path without a GPU: nvcc builds the library with
+    its launchers and it loads; the first CUDA call names the runtime's error."""
+    import convgen.codegen.cuda as cuda
+    monkeypatch.setattr(cuda, "runner", lambda: "gpu sm_80")
+    kernel = convgen.build(CONV, "cuda", cache=False, workdir=tmp_path)
+    assert kernel.device == "on the GPU (sm_80)" and (tmp_path / "gpu_gpu.so").exists()
+    with pytest.raises(convgen.KernelCallError, match="CUDA runtime: cudaMalloc\\(.*\\) failed: cudaError"):
+        convgen.check(kernel, 1)

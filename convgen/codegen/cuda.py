@@ -15,14 +15,17 @@ stream; templates/cuda/ holds the boilerplate.
 What the renderer refuses, because a GPU would run it wrongly: a launch
 past the target's limits (threads per block, grid size, shared memory); a
 store to a caller's or workspace buffer outside the loops bound to threads
-(every thread of the block would run it); a thread's local buffer declared
-outside the thread loops that use it (each thread would have its own copy);
-a barrier inside a loop bound to threads.
+(every thread of the block would run it); a local buffer declared outside
+the thread loops that use it where the uses do not say which thread's part
+they are (see CUDAEmitter); a barrier inside a loop bound to threads.
 
-`CUDABackend.load` runs the emitted code without a GPU: the .cu compiled as
-C++ with templates/cuda/emulator.h, which runs every CUDA thread of a block
-as a fiber with real barriers (see there). No GPU execution path exists yet:
-a kernel built for cuda always runs emulated, and says so (`Kernel.device`).
+`CUDABackend.load` runs the emitted code on a GPU where one is here (and
+cuda-bindings and nvcc: `runner()`): nvcc builds the .cu into a shared
+library, and each stage is launched by its emitted host code, the arrays
+copied to and from device memory around it (convgen/gpu.py). Elsewhere the
+.cu is compiled as C++ with templates/cuda/emulator.h, which runs every CUDA
+thread of a block as a fiber with real barriers (see there). `Kernel.device`
+says which.
 """
 
 from __future__ import annotations
@@ -30,12 +33,13 @@ from __future__ import annotations
 import ctypes
 import math
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import ir
+from .. import gpu, ir
 from ..errors import CodegenError
-from ..native import load_c_image, load_cpp
+from ..native import load_c_image, load_cpp, load_cuda
 from ..target import GPUTarget
 from .c import C_TYPES, CLikeEmitter, argument_doc, c_name, c_table, helper_definition
 from .render import TEMPLATE_DIRS, render
@@ -70,13 +74,15 @@ class CUDAFiles:
     arch: str
     launches: tuple[Launch, ...]   # per stage, prepare then run
     param_types: tuple[str, ...]   # what each stage takes, as C types (const float *, ...)
+    param_bytes: tuple[int, ...]   # each one's size
+    param_written: tuple[bool, ...]   # whether a stage may write it (outputs, workspace)
 
     @property
     def files(self) -> dict[str, str]:
         return {f"{self.name}.h": self.header, f"{self.name}.cu": self.source}
 
 
-def emit_cuda(program: ir.Func | ir.Program, gpu: GPUTarget) -> CUDAFiles:
+def emit_cuda(program: ir.Func | ir.Program, target: GPUTarget) -> CUDAFiles:
     """Render a program as a CUDA header and source file: a kernel and a
     launcher per stage, and the entry function that launches them in order."""
     if isinstance(program, ir.Func):
@@ -88,7 +94,7 @@ def emit_cuda(program: ir.Func | ir.Program, gpu: GPUTarget) -> CUDAFiles:
     params = [_param(b, w, "__restrict__ ") for b, w in zip(takes, writable)]
     functions, launches = [], []
     for stage in program.stages:
-        launch = _launch(stage, gpu)
+        launch = _launch(stage, target)
         emitter.lines, emitter.launch = [], launch
         used = {node.buffer.name for node in ir.find_all(stage.body, (ir.Load, ir.Store))}
         for buffer in takes:
@@ -107,7 +113,7 @@ def emit_cuda(program: ir.Func | ir.Program, gpu: GPUTarget) -> CUDAFiles:
     steps = [dict(name=f"{program.name}_prepare", stages=[f.name for f in program.prepare]),
              dict(name=f"{program.name}_run", stages=[f.name for f in program.run])] if program.prepare else []
     context = dict(
-        name=program.name, arch=gpu.arch,
+        name=program.name, arch=target.arch,
         guard=f"CONVGEN_{program.name.upper()}_CUH",
         doc_lines=program.doc.splitlines() or [program.name],
         entry_params=entry_params,
@@ -124,8 +130,9 @@ def emit_cuda(program: ir.Func | ir.Program, gpu: GPUTarget) -> CUDAFiles:
                             for b in tables.values()],
                     helpers=[_device_helper(key, emitter.index_type) for key in sorted(emitter.helpers)], **context)
     header = render("cuda/kernel.h.j2", **context)
-    return CUDAFiles(program.name, header, source, gpu.arch, tuple(launches),
-                     tuple(f"{'' if w else 'const '}{C_TYPES[b.dtype]} *" for b, w in zip(takes, writable)))
+    return CUDAFiles(program.name, header, source, target.arch, tuple(launches),
+                     tuple(f"{'' if w else 'const '}{C_TYPES[b.dtype]} *" for b, w in zip(takes, writable)),
+                     tuple(b.nbytes for b in takes), tuple(writable))
 
 
 def _param(buffer: ir.Buffer, writable: bool, restrict: str) -> str:
@@ -153,7 +160,7 @@ def _index_type(program: ir.Program) -> str:
     return "int" if largest < INT_INDEX_LIMIT else "ptrdiff_t"
 
 
-def _launch(stage: ir.Func, gpu: GPUTarget) -> Launch:
+def _launch(stage: ir.Func, target: GPUTarget) -> Launch:
     """The grid and block a stage's bound loops ask for, checked against the GPU's limits."""
     extents = {}
     for loop in ir.find_all(stage.body, ir.Loop):
@@ -169,13 +176,13 @@ def _launch(stage: ir.Func, gpu: GPUTarget) -> Launch:
     for axis, size in zip(ir.GPU_AXES, block):
         if size > BLOCK_LIMITS[axis]:
             raise CodegenError(f"{where}: {size} threads along {axis}; a block takes at most {BLOCK_LIMITS[axis]}")
-    if math.prod(block) > gpu.max_threads_per_block:
-        raise CodegenError(f"{where}: {math.prod(block)} threads a block; {gpu.name} runs at most "
-                           f"{gpu.max_threads_per_block}")
+    if math.prod(block) > target.max_threads_per_block:
+        raise CodegenError(f"{where}: {math.prod(block)} threads a block; {target.name} runs at most "
+                           f"{target.max_threads_per_block}")
     shared = sum(a.buffer.nbytes for a in ir.find_all(stage.body, ir.Allocate) if a.buffer.scope == "shared")
-    if shared > gpu.shared_bytes_per_block:
-        raise CodegenError(f"{where}: {shared} bytes of shared memory a block; {gpu.name} gives at most "
-                           f"{gpu.shared_bytes_per_block} to static __shared__ arrays")
+    if shared > target.shared_bytes_per_block:
+        raise CodegenError(f"{where}: {shared} bytes of shared memory a block; {target.name} gives at most "
+                           f"{target.shared_bytes_per_block} to static __shared__ arrays")
     return Launch(stage.name, grid, block, shared)
 
 
@@ -320,28 +327,47 @@ def _expression_uses(expr: ir.Expr, name: str, bound: dict):
 
 
 # ---------------------------------------------------------------------------
-# The backend interface: emitted CUDA, run by the emulator
+# The backend interface: emitted CUDA, run on a GPU where there is one, else emulated
 # ---------------------------------------------------------------------------
 
 def emulator_header() -> Path:
     return next(d / "cuda" / "emulator.h" for d in TEMPLATE_DIRS if (d / "cuda" / "emulator.h").exists())
 
 
-def _glue(emitted: CUDAFiles) -> str:
-    """A C++ file that includes the .cu and exports each stage's launch to ctypes."""
+def runner() -> str:
+    """Where a cuda kernel built now runs: "gpu sm_XY" (a GPU, cuda-bindings and
+    nvcc are here), else "emulator"."""
+    arch = gpu.present_arch()
+    return f"gpu {arch}" if arch is not None and shutil.which("nvcc") else "emulator"
+
+
+def _glue(emitted: CUDAFiles, emulated: bool) -> str:
+    """A file that includes the .cu and exports each stage to ctypes: `<stage>_call`
+    launches it on the default stream, waits for it and returns the status;
+    `<stage>_enqueue` only launches it (for timing a sequence of launches)."""
     pointers = ", ".join(f"void *p{k}" for k in range(len(emitted.param_types)))
     casts = ", ".join(f"({t})p{k}" for k, t in enumerate(emitted.param_types))
     lines = [f'#include "{emitted.name}.cu"', ""]
     for launch in emitted.launches:
-        lines.append(f'extern "C" int {launch.name}_emulated({pointers}) '
-                     f'{{ return {launch.name}_launch({casts}, nullptr); }}')
-    lines += ['extern "C" const char *convgen_emulation_failure() { return convgen_emulator::failure; }',
-              'extern "C" void convgen_emulation_reset() { convgen_emulator::failure[0] = 0; }', ""]
-    return "\n".join(lines)
+        lines.append(f'extern "C" int {launch.name}_call({pointers}) {{ cudaError_t status = '
+                     f'{launch.name}_launch({casts}, 0); return status ? status : cudaDeviceSynchronize(); }}')
+        lines.append(f'extern "C" int {launch.name}_enqueue({pointers}) {{ return {launch.name}_launch({casts}, 0); }}')
+    if emulated:
+        lines += ['extern "C" const char *convgen_emulation_failure() { return convgen_emulator::failure; }',
+                  'extern "C" void convgen_emulation_reset() { convgen_emulator::failure[0] = 0; }']
+    return "\n".join(lines + [""])
 
 
 class CUDABackend:
+    """emulate: run on the emulator even where a GPU is here (the emulator's own tests)."""
+
     name = "cuda"
+
+    def __init__(self, emulate: bool = False):
+        self.emulate = emulate
+
+    def _runner(self) -> str:
+        return "emulator" if self.emulate else runner()
 
     def emit(self, program: ir.Program, target: GPUTarget, baking=None) -> CUDAFiles:
         if baking is not None:
@@ -350,36 +376,50 @@ class CUDABackend:
         return emit_cuda(program, target)
 
     def load(self, emitted: CUDAFiles, target: GPUTarget, workdir: Path | None = None) -> "CUDALoaded":
-        files = dict(emitted.files, **{f"{emitted.name}_emulated.cpp": _glue(emitted)})
-        library, image = load_cpp(files, f"{emitted.name}_emulated", emulator_header(), workdir)
-        return self._loaded(emitted, library, image)
+        where = self._runner()
+        if where == "emulator":
+            files = dict(emitted.files, **{f"{emitted.name}_emulated.cpp": _glue(emitted, True)})
+            library, image = load_cpp(files, f"{emitted.name}_emulated", emulator_header(), workdir)
+        else:
+            files = dict(emitted.files, **{f"{emitted.name}_gpu.cu": _glue(emitted, False)})
+            library, image = load_cuda(files, f"{emitted.name}_gpu", where.split()[1], workdir)
+        return self._loaded(emitted, library, image, where)
 
     def restore(self, emitted: CUDAFiles, image: bytes, target: GPUTarget,
                 workdir: Path | None = None) -> "CUDALoaded":
+        """The kernel cache keys cuda entries by runner() (cache.py), so the image is for this one."""
         if workdir is not None:
             workdir.mkdir(parents=True, exist_ok=True)
             for file_name, text in emitted.files.items():
                 (workdir / file_name).write_text(text)
-        return self._loaded(emitted, load_c_image(image, f"{emitted.name}_emulated"), image)
+        where = self._runner()
+        suffix = "emulated" if where == "emulator" else "gpu"
+        return self._loaded(emitted, load_c_image(image, f"{emitted.name}_{suffix}"), image, where)
 
     @staticmethod
-    def _loaded(emitted: CUDAFiles, library, image: bytes) -> "CUDALoaded":
-        library.convgen_emulation_failure.restype = ctypes.c_char_p
+    def _loaded(emitted: CUDAFiles, library, image: bytes, where: str) -> "CUDALoaded":
         stages = []
         for launch in emitted.launches:
-            function = getattr(library, f"{launch.name}_emulated")
+            function = getattr(library, f"{launch.name}_call")
             function.argtypes = [ctypes.c_void_p] * len(emitted.param_types)
             function.restype = ctypes.c_int
-            stages.append(EmulatedStage(function, library, launch))
-        return CUDALoaded(tuple(stages), library, image)
+            if where == "emulator":
+                library.convgen_emulation_failure.restype = ctypes.c_char_p
+                stages.append(EmulatedStage(function, library, launch))
+            else:
+                enqueue = getattr(library, f"{launch.name}_enqueue")
+                enqueue.argtypes, enqueue.restype = function.argtypes, ctypes.c_int
+                stages.append(DeviceStage(function, enqueue, launch, emitted.param_bytes, emitted.param_written))
+        device = EMULATION if where == "emulator" else f"on the GPU ({where.split()[1]})"
+        return CUDALoaded(tuple(stages), library, image, device)
 
 
 @dataclass
 class CUDALoaded:
-    stages: tuple["EmulatedStage", ...]
+    stages: tuple
     library: object
     image: bytes
-    device: str = EMULATION
+    device: str
 
 
 @dataclass
@@ -396,3 +436,39 @@ class EmulatedStage:
         if status:
             failure = self.library.convgen_emulation_failure().decode()
             raise CodegenError(f"CUDA emulator: launch of {self.launch_config.name} failed: {failure}")
+
+
+@dataclass
+class DeviceStage:
+    """A stage run on the GPU. `launch` takes the caller's host arrays (the
+    runtime's protocol): it copies each into device memory, launches, waits,
+    and copies back what the stage may write. `launch_on_device` takes device
+    addresses, for timing."""
+
+    function: object              # launch, wait, return the status
+    enqueue: object               # launch only
+    launch_config: Launch
+    nbytes: tuple[int, ...]       # each parameter's size
+    written: tuple[bool, ...]     # which parameters the stage may write (outputs, workspace)
+    convention = "cuda-device"    # the call guard cannot run it (it passes host arrays)
+
+    def launch(self, pointers: list[int], threads: int) -> None:
+        device = [gpu.allocate(n) if host else 0 for host, n in zip(pointers, self.nbytes)]
+        try:
+            for host, address, n in zip(pointers, device, self.nbytes):
+                if host:
+                    gpu.to_device(address, host, n)
+            self.launch_on_device(device)
+            for host, address, n, written in zip(pointers, device, self.nbytes, self.written):
+                if host and written:
+                    gpu.to_host(host, address, n)
+        finally:
+            for address in device:
+                if address:
+                    gpu.free(address)
+
+    def launch_on_device(self, device: list[int], wait: bool = True) -> None:
+        """One launch on device addresses; wait=False returns once it is queued."""
+        status = (self.function if wait else self.enqueue)(*device)
+        if status:
+            raise CodegenError(f"CUDA: launch of {self.launch_config.name} failed with cudaError {status}")

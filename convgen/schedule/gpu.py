@@ -9,6 +9,9 @@ recipes use, with the output loops bound to CUDA blocks and threads.
   pixel, in registers (cache_write, the tile loops unrolled), so that each
   input value it loads feeds `tile` multiply-adds. For convolutions whose
   output channels per group are a multiple of the tile.
+- "depthwise column tile": each thread computes 4 neighbouring output
+  columns of one channel in registers; their windows overlap, so an input
+  value loaded once serves up to 4 of them. For depthwise convolutions.
 - "shared tile" (implicit GEMM): a block computes 64 output channels by 4
   rows by 4 x `columns` columns, its 256 threads 4 channels by `columns`
   columns each in registers (4, or fewer where the grid would have fewer
@@ -37,11 +40,13 @@ from .space import Recipe
 
 BLOCK_THREADS = 256   # 8 warps: enough to hide latency, small enough for 8 blocks an SM
 CHANNEL_TILE = 4
+COLUMN_TILE = 4
+MAX_UNROLLED_TAPS = 7
 
 
 def gpu_recipe(spec: Spec, gpu: GPUTarget) -> Recipe:
-    """The default GPU schedule for a layer: the first of shared tile, channel
-    tile and direct that applies and builds (a refusal is named in `why`). A
+    """The default GPU schedule for a layer: the first of shared tile,
+    depthwise column tile, channel tile and direct that applies and builds (a refusal is named in `why`). A
     pool fused after a convolution is a stage of its own, and a kernel of its
     own: direct."""
     first = _first_loops(spec)
@@ -72,6 +77,13 @@ def _candidates(spec: Spec, gpu: GPUTarget, first: str | None):
                f"a dense convolution of {spec.out_channels} output channels: a block's inputs and weights go "
                f"through shared memory, {chunk} input channels at a time",
                lambda: shared_tile(start, spec, chunk, columns))
+    out_w = spec.conv_output_size[1] if spec.is_conv else 0
+    if spec.is_conv and per_group == 1 and spec.in_channels == spec.groups and out_w >= 2 * COLUMN_TILE:
+        threads = _block_threads(spec, gpu, COLUMN_TILE)
+        yield ("depthwise column tile", (("tile", f"{COLUMN_TILE} output columns a thread"),
+                                         ("block", f"{threads} threads")),
+               f"depthwise: {COLUMN_TILE} neighbouring columns a thread share the inputs of their overlapping "
+               f"windows", lambda: column_tile(start, first, COLUMN_TILE, threads))
     tile = _channel_tile(spec)
     if tile:
         threads = _block_threads(spec, gpu, tile)
@@ -92,15 +104,34 @@ def direct(s: Schedule, first: str, threads: int) -> Schedule:
 
 
 def channel_tile(s: Schedule, first: str, tile: int, threads: int) -> Schedule:
-    """`tile` output channels of one output pixel a thread, accumulated in
-    registers, in the nest that starts at loop `first` (the output channels')."""
-    s = s.split("oc", tile, tail="perfect")
-    loops = [name for name in _output_loops_in_storage_order(s, "oc.o") if name != "oc.i"]
-    s = s.reorder(*loops, "oc.i").cache_write(loops[-1])
-    reduction = _reduction_loops(s, "oc.i")
+    """`tile` output channels of one output pixel a thread, in registers, in
+    the nest that starts at loop `first`."""
+    return _register_tile(s, first, "oc", tile, "perfect", threads)
+
+
+def column_tile(s: Schedule, first: str, tile: int, threads: int) -> Schedule:
+    """`tile` neighbouring output columns of one channel a thread, in
+    registers, in the nest that starts at loop `first`: the columns' windows
+    overlap, so the inputs a thread loads for one column serve the next."""
+    s = _register_tile(s, first, "ow", tile, "guard", threads)
+    # the taps of a row written out, so that the compiler sees the loads the columns share
+    kw = next((loop for loop in ir.find_all(s.func.body, ir.Loop) if loop.var.name == "kw"), None)
+    return s.unroll("kw") if kw is not None and kw.extent <= MAX_UNROLLED_TAPS else s
+
+
+def _register_tile(s: Schedule, first: str, along: str, tile: int, tail: str, threads: int) -> Schedule:
+    """`tile` iterations of output loop `along` a thread, accumulated in
+    registers (cache_write, the tile loops innermost and unrolled); the other
+    output loops fused in storage order and bound to blocks and threads."""
+    s = s.split(along, tile, tail=tail)
+    inner = f"{along}.i"
+    loops = [name for name in _output_loops_in_storage_order(s, f"{along}.o" if first == along else first)
+             if name != inner]
+    s = s.reorder(*loops, inner).cache_write(loops[-1])
+    reduction = _reduction_loops(s, inner)
     if reduction:
-        s = s.reorder(*reduction, "oc.i")
-    s = s.unroll("oc.i.init").unroll("oc.i").unroll("oc.i.out")
+        s = s.reorder(*reduction, inner)
+    s = s.unroll(f"{inner}.init").unroll(inner).unroll(f"{inner}.out")
     return _fused_and_bound(s, loops, threads)
 
 

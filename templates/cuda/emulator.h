@@ -4,7 +4,7 @@
  * -include emulator.h -DCONVGEN_CUDA_EMULATION); it supplies what the kernel
  * code uses of CUDA: dim3, threadIdx, blockIdx, blockDim, gridDim,
  * __global__/__device__/__shared__, __launch_bounds__, __syncthreads(),
- * cudaError_t and cudaGetLastError, and CONVGEN_LAUNCH, which the emitted
+ * cudaError_t, cudaGetLastError and cudaDeviceSynchronize, and CONVGEN_LAUNCH, which the emitted
  * launchers use in place of kernel<<<grid, block, 0, stream>>>(...).
  *
  * A launch runs the grid's blocks one after another. Within a block, each
@@ -144,6 +144,7 @@ inline void launch(dim3 grid, dim3 block, Kernel kernel) {
 
 inline void __syncthreads() { convgen_emulator::barrier(); }
 inline cudaError_t cudaGetLastError() { return convgen_emulator::failure[0] ? cudaErrorLaunchFailure : cudaSuccess; }
+inline cudaError_t cudaDeviceSynchronize() { return cudaGetLastError(); }   // a launch returns when it is done
 
 #define CONVGEN_LAUNCH(kernel, grid, block, stream, ...) \
     convgen_emulator::launch((grid), (block), [&]() { kernel(__VA_ARGS__); })
