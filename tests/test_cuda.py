@@ -270,3 +270,72 @@ def test_the_gpu_path_builds_with_nvcc_and_reports_a_missing_driver(monkeypatch,
     assert kernel.device == "on the GPU (sm_80)" and (tmp_path / "gpu_gpu.so").exists()
     with pytest.raises(convgen.KernelCallError, match="CUDA runtime: cudaMalloc\\(.*\\) failed: cudaError"):
         convgen.check(kernel, 1)
+
+
+class _HostAsDevice:
+    """cuda-bindings' few calls (convgen/gpu.py) played by host memory, and nvcc's library
+    by the emulator's: what the GPU path does in Python (copies in and out around each
+    stage, the prepared workspace, timing on device-resident arrays) runs without a GPU."""
+
+    def __init__(self):
+        self.blocks = {}
+
+    def allocate(self, nbytes):
+        block = np.empty(max(nbytes, 1), np.uint8)
+        block.fill(0xFF)   # not zero: an input the path fails to copy shows
+        self.blocks[block.ctypes.data] = block
+        return block.ctypes.data
+
+    def free(self, address):
+        del self.blocks[address]
+
+    @staticmethod
+    def copy(destination, source, nbytes):
+        import ctypes
+        ctypes.memmove(destination, source, nbytes)
+
+    @staticmethod
+    def elapsed_ms(run, repeats):
+        import time
+        start = time.perf_counter()
+        for _ in range(repeats):
+            run()
+        return (time.perf_counter() - start) * 1e3 / repeats
+
+
+@pytest.fixture
+def host_as_device(monkeypatch):
+    import convgen.codegen.cuda as cuda
+    from convgen import gpu
+    from convgen.native import load_cpp
+    fake = _HostAsDevice()
+    monkeypatch.setattr(cuda, "runner", lambda: "gpu sm_80")
+    monkeypatch.setattr(cuda, "load_cuda", lambda files, name, arch, workdir: load_cpp(
+        {**files, f"{name}.cpp": files[f"{name}.cu"]}, name, cuda.emulator_header(), workdir))
+    monkeypatch.setattr(gpu, "allocate", fake.allocate)
+    monkeypatch.setattr(gpu, "free", fake.free)
+    monkeypatch.setattr(gpu, "to_device", fake.copy)
+    monkeypatch.setattr(gpu, "to_host", fake.copy)
+    monkeypatch.setattr(gpu, "elapsed_ms", fake.elapsed_ms)
+    return fake
+
+
+@pytest.mark.parametrize("path", [p for p in spec_paths() if p.stem in (
+    "vgg_3x3_64_relu_maxpool", "resnet_3x3_64", "ds_cnn_pw_int8", "maxpool_2x2")], ids=lambda p: p.stem)
+def test_the_gpu_path_in_python_copies_in_and_out_around_each_stage(host_as_device, path):
+    """A workspace between two stages (the fused pool), int8, pooling: each through DeviceStage."""
+    kernel = convgen.build(path, "cuda", cache=False)
+    assert kernel.device == "on the GPU (sm_80)"
+    assert all(stage.convention == "cuda-device" for stage in kernel._loaded.stages)
+    _assert_matches(kernel, 5)
+    assert not host_as_device.blocks   # every device buffer freed
+
+
+def test_the_gpu_benchmark_times_the_kernel_on_device_arrays(host_as_device, monkeypatch):
+    import convgen.bench as bench
+    monkeypatch.setattr(bench, "_torch_on_gpu", lambda *args: bench.Entry("torch (cuDNN)", note="not run here"))
+    spec = convgen.load_spec(next(p for p in spec_paths() if p.stem == "vgg_3x3_64_relu_maxpool"))
+    mine, peer = bench.bench_cuda(spec, repeats=2, rounds=1)
+    assert mine.name == "convgen (cuda)" and mine.seconds > 0 and mine.error < 1e-5, mine
+    assert "shared tile" in mine.schedule and peer.note == "not run here"
+    assert not host_as_device.blocks
