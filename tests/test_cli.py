@@ -81,6 +81,15 @@ def test_compile_cuda_report_prints_what_ptxas_says(tmp_path):
     assert all(int(r[0]) > 0 and r[3] == "0B" for r in rows.values())   # registers used, no spills
 
 
+def test_show_for_a_gpu_gives_its_schedule_and_the_cuda(tmp_path):
+    result = convgen("show", SPECS / "layers" / "mobilenetv2_dw_144.yaml", "--arch", "sm_90",
+                     "--html", tmp_path / "page.html")
+    assert result.returncode == 0, result.stderr
+    assert "recipe: depthwise column tile" in result.stdout and "gpu_thread.x for" in result.stdout
+    page = (tmp_path / "page.html").read_text()
+    assert "mobilenetv2_dw_144.cu" in page and "__global__" in page
+
+
 def test_check_cuda_says_where_it_ran():
     result = convgen("check", SPECS / "layers" / "maxpool_2x2_int8.yaml", "-t", "cuda", "--seed", "3")
     assert result.returncode == 0, result.stdout + result.stderr
