@@ -48,8 +48,10 @@ static const cudaError_t cudaErrorLaunchFailure = 719;
 
 namespace convgen_emulator {
 
-inline dim3 thread_index, block_index, block_dim, grid_dim;
-inline char failure[256];
+// static, not inline: an inline variable is one symbol for the whole process (GNU unique), so a
+// kernel's failure or indices would be seen by every other emulated kernel loaded beside it
+static dim3 thread_index, block_index, block_dim, grid_dim;
+static char failure[256];
 
 struct Fiber {
     ucontext_t context;
@@ -58,29 +60,29 @@ struct Fiber {
     bool done;
 };
 
-inline ucontext_t scheduler;
-inline Fiber *current = nullptr;
-inline void *body = nullptr;             // the launch's kernel call (a lambda), and how to run it
-inline void (*run_body)(void *) = nullptr;
+static ucontext_t scheduler;
+static Fiber *current = nullptr;
+static void *body = nullptr;             // the launch's kernel call (a lambda), and how to run it
+static void (*run_body)(void *) = nullptr;
 const size_t STACK_BYTES = 64 * 1024;
 
-inline void start_fiber() {
+static void start_fiber() {
     run_body(body);
     current->done = true;   // returning resumes the scheduler (uc_link)
 }
 
-inline void barrier() {
+static void barrier() {
     if (current != nullptr)
         swapcontext(&current->context, &scheduler);
 }
 
-inline void fail(const char *what) {
+static void fail(const char *what) {
     if (!failure[0])
         snprintf(failure, sizeof failure, "%s (block %u,%u,%u)", what, block_index.x, block_index.y, block_index.z);
 }
 
 /* Run one block: every thread from its start to its end, meeting at each barrier. */
-inline void run_block(Fiber *fibers, size_t count) {
+static void run_block(Fiber *fibers, size_t count) {
     for (size_t k = 0; k < count; ++k) {
         Fiber &fiber = fibers[k];
         getcontext(&fiber.context);
@@ -109,7 +111,7 @@ inline void run_block(Fiber *fibers, size_t count) {
 }
 
 template <class Kernel>
-inline void launch(dim3 grid, dim3 block, Kernel kernel) {
+static void launch(dim3 grid, dim3 block, Kernel kernel) {
     const size_t count = size_t(block.x) * block.y * block.z;
     Fiber *fibers = static_cast<Fiber *>(calloc(count, sizeof(Fiber)));
     char *stacks = static_cast<char *>(malloc(count * STACK_BYTES));
@@ -142,9 +144,9 @@ inline void launch(dim3 grid, dim3 block, Kernel kernel) {
 #define blockDim (convgen_emulator::block_dim)
 #define gridDim (convgen_emulator::grid_dim)
 
-inline void __syncthreads() { convgen_emulator::barrier(); }
-inline cudaError_t cudaGetLastError() { return convgen_emulator::failure[0] ? cudaErrorLaunchFailure : cudaSuccess; }
-inline cudaError_t cudaDeviceSynchronize() { return cudaGetLastError(); }   // a launch returns when it is done
+static inline void __syncthreads() { convgen_emulator::barrier(); }
+static inline cudaError_t cudaGetLastError() { return convgen_emulator::failure[0] ? cudaErrorLaunchFailure : cudaSuccess; }
+static inline cudaError_t cudaDeviceSynchronize() { return cudaGetLastError(); }   // a launch returns when it is done
 
 #define CONVGEN_LAUNCH(kernel, grid, block, stream, ...) \
     convgen_emulator::launch((grid), (block), [&]() { kernel(__VA_ARGS__); })
