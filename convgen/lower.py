@@ -214,7 +214,8 @@ def _pool_stage(spec: Spec, source: Buffer, y: Buffer) -> ir.Stmt:
     rows, cols = spec.conv_output_size
     inside = ir.all_of(ir.le(0, oh), ir.lt(oh, rows), ir.le(0, ow), ir.lt(ow, cols))
     is_max = pool.op == "maxpool2d"
-    window = pool.kernel_size[0] * pool.kernel_size[1]
+    count = _window_count((rows, cols), pool.kernel_size, pool.stride, pool.padding, pool.count_include_pad,
+                          spec.output_size, (ph, pw), ir.FLOAT32)
 
     def update(store, acc):
         value = ir.Load(source, (n, c, oh, ow))
@@ -223,9 +224,38 @@ def _pool_stage(spec: Spec, source: Buffer, y: Buffer) -> ir.Stmt:
     init = FloatImm(float("-inf") if is_max else 0.0)
     taps = [("pi", pool.kernel_size[0]), ("pj", pool.kernel_size[1])]
     body = _accumulate("pool", init, taps, update,
-                       lambda v: Store(y, (n, c, ph, pw), v if is_max else v / FloatImm(float(window))))
+                       lambda v: Store(y, (n, c, ph, pw), v if is_max else v / count))
     return _nest([("pn", spec.batch), ("pc", spec.out_channels), ("ph", spec.output_size[0]),
                   ("pw", spec.output_size[1])], body)
+
+
+def _window_count(size, kernel, stride, padding, include_pad: bool, out_size, outputs, dtype: str) -> ir.Expr:
+    """What an average-pooling window at outputs (oh, ow) divides by, as a
+    dtype value: its elements inside the padded input (include_pad) or inside
+    the input alone, rows times columns. A literal where every window has the
+    same count (no padding left out, no ceil_mode window past the padding);
+    else, per axis that varies, a table of the counts by output index."""
+    literal = FloatImm if dtype == ir.FLOAT32 else (lambda v: _int32(int(v)))
+    factors = []
+    for axis, name, before, after in ((0, "rows", padding[0], padding[1]), (1, "cols", padding[2], padding[3])):
+        counts = []
+        for o in range(out_size[axis]):
+            start = o * stride[axis] - before
+            low, high = (start, min(start + kernel[axis], size[axis] + after)) if include_pad else \
+                (max(start, 0), min(start + kernel[axis], size[axis]))
+            counts.append(high - low)
+        if len(set(counts)) == 1:
+            factors.append(counts[0])
+            continue
+        values = tuple(float(c) for c in counts) if dtype == ir.FLOAT32 else tuple(counts)
+        table = Buffer(f"window_{name}", dtype, ("O",), (len(values),), ir.plain_layout("O"), scope="constant",
+                       values=values)
+        factors.append(ir.Load(table, (outputs[axis],)))
+    rows, cols = factors
+    if isinstance(rows, int) and isinstance(cols, int):
+        return literal(float(rows * cols))
+    return (literal(float(rows)) if isinstance(rows, int) else rows) * \
+        (literal(float(cols)) if isinstance(cols, int) else cols)
 
 
 def _pool_body(spec: Spec, params: dict[str, Buffer]) -> ir.Stmt:
@@ -233,16 +263,18 @@ def _pool_body(spec: Spec, params: dict[str, Buffer]) -> ir.Stmt:
         return _quantized_pool_body(spec, params)
     n, c, oh, ow, kh, kw = (Var(v) for v in ("n", "c", "oh", "ow", "kh", "kw"))
     row, col, guard = _padded_access(spec, _input_index(spec, oh, kh, 0), _input_index(spec, ow, kw, 1))
-    window = spec.kernel_size[0] * spec.kernel_size[1]
     is_max = spec.op == "maxpool2d"
+    count = _window_count(spec.input_size, spec.kernel_size, spec.stride, spec.padding, spec.count_include_pad,
+                          spec.output_size, (oh, ow), ir.FLOAT32)
 
     def update(store, acc):
         value = ir.Load(params["x"], (n, c, row, col))
         return _guarded(guard, store(ir.maximum(acc, value) if is_max else acc + value))
 
     init = FloatImm(float("-inf") if is_max else 0.0)
-    # Average pooling divides by the whole window: padded zeros count (PyTorch's default).
-    finish = (lambda v: v) if is_max else (lambda v: v / FloatImm(float(window)))
+    # Average pooling divides by the window's elements in the padded input (PyTorch's default), or
+    # in the input alone (count_include_pad false)
+    finish = (lambda v: v) if is_max else (lambda v: v / count)
     taps = [("kh", spec.kernel_size[0]), ("kw", spec.kernel_size[1])]
     body = _accumulate("acc", init, taps, update,
                        lambda v: Store(params["y"], (n, c, oh, ow), _activation(spec, finish(v))))
@@ -258,14 +290,21 @@ def _quantized_pool_body(spec: Spec, params: dict[str, Buffer]) -> ir.Stmt:
     value = _widen(ir.Load(params["x"], (n, c, row, col)))
     is_max = spec.op == "maxpool2d"
     pad = _int32(spec.quantization.input_zero_point)
+    count = _window_count(spec.input_size, spec.kernel_size, spec.stride, spec.padding, spec.count_include_pad,
+                          spec.output_size, (oh, ow), ir.INT32)
+    # a tap in the padding adds the zero point where it counts, but not past the padding (ceil_mode)
+    h, w = spec.input_size
+    ih, iw = _input_index(spec, oh, kh, 0), _input_index(spec, ow, kw, 1)
+    in_padding = ir.all_of(ir.lt(ih, h + spec.padding[1]), ir.lt(iw, w + spec.padding[3]))
 
     def update(store, acc):
         if is_max:
             return _guarded(guard, store(ir.maximum(acc, value)))
-        return _guarded(guard, store(acc + value), store(acc + pad))
+        if not spec.count_include_pad:
+            return _guarded(guard, store(acc + value))
+        return _guarded(guard, store(acc + value), _guarded(in_padding, store(acc + pad)))
 
-    window = spec.kernel_size[0] * spec.kernel_size[1]
-    finish = (lambda v: v) if is_max else (lambda v: ir.Call("divide_round", (v, _int32(window))))
+    finish = (lambda v: v) if is_max else (lambda v: ir.Call("divide_round", (v, count)))
     taps = [("kh", spec.kernel_size[0]), ("kw", spec.kernel_size[1])]
     body = _accumulate("acc", _int32(-128 if is_max else 0), taps, update,
                        lambda v: Store(params["y"], (n, c, oh, ow), _saturate(spec, finish(v))))

@@ -69,6 +69,10 @@ def torch_layer(spec: Spec, w, b):
     top, bottom, left, right = spec.padding
     mode = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate"}[spec.padding_mode]
     symmetric = top == bottom and left == right and mode == "constant"
+    if not symmetric and (spec.ceil_mode or not spec.count_include_pad):
+        raise NotImplementedError("ceil_mode or count_include_pad false with uneven padding (F.pad would "
+                                  "make the padding count as input)")
+    _torch_pool_expressible(spec.pool)
 
     def layer(x):
         if not symmetric:
@@ -78,9 +82,10 @@ def torch_layer(spec: Spec, w, b):
         if spec.op == "conv2d":
             y = F.conv2d(x, w, b, spec.stride, padding, spec.dilation, spec.groups)
         elif spec.op == "maxpool2d":
-            y = F.max_pool2d(x, spec.kernel_size, spec.stride, padding, spec.dilation)
+            y = F.max_pool2d(x, spec.kernel_size, spec.stride, padding, spec.dilation, ceil_mode=spec.ceil_mode)
         else:
-            y = F.avg_pool2d(x, spec.kernel_size, spec.stride, padding, count_include_pad=True)
+            y = F.avg_pool2d(x, spec.kernel_size, spec.stride, padding, ceil_mode=spec.ceil_mode,
+                             count_include_pad=spec.count_include_pad)
         if spec.activation == "relu":
             y = F.relu(y)
         elif spec.activation == "relu6":
@@ -91,6 +96,12 @@ def torch_layer(spec: Spec, w, b):
     return layer
 
 
+def _torch_pool_expressible(pool) -> None:
+    top, bottom, left, right = pool.padding if pool is not None else (0, 0, 0, 0)
+    if pool is not None and (top != bottom or left != right) and (pool.ceil_mode or not pool.count_include_pad):
+        raise NotImplementedError("a pool's ceil_mode or count_include_pad false with uneven padding")
+
+
 def _torch_pool(F, pool, y):
     top, bottom, left, right = pool.padding
     if top != bottom or left != right:
@@ -98,8 +109,9 @@ def _torch_pool(F, pool, y):
         y = F.pad(y, (left, right, top, bottom), value=fill)
         top = left = 0
     if pool.op == "maxpool2d":
-        return F.max_pool2d(y, pool.kernel_size, pool.stride, (top, left))
-    return F.avg_pool2d(y, pool.kernel_size, pool.stride, (top, left), count_include_pad=True)
+        return F.max_pool2d(y, pool.kernel_size, pool.stride, (top, left), ceil_mode=pool.ceil_mode)
+    return F.avg_pool2d(y, pool.kernel_size, pool.stride, (top, left), ceil_mode=pool.ceil_mode,
+                        count_include_pad=pool.count_include_pad)
 
 
 # ---------------------------------------------------------------------------
@@ -128,9 +140,11 @@ def _onnxruntime(spec: Spec, inputs, threads: int) -> dict:
         nodes.append(helper.make_node("Conv", names, ["conv"], dilations=list(spec.dilation), group=spec.groups,
                                       **attributes))
     elif spec.op == "maxpool2d":
-        nodes.append(helper.make_node("MaxPool", [current], ["conv"], dilations=list(spec.dilation), **attributes))
+        nodes.append(helper.make_node("MaxPool", [current], ["conv"], dilations=list(spec.dilation),
+                                      ceil_mode=int(spec.ceil_mode), **attributes))
     else:
-        nodes.append(helper.make_node("AveragePool", [current], ["conv"], count_include_pad=1, **attributes))
+        nodes.append(helper.make_node("AveragePool", [current], ["conv"], ceil_mode=int(spec.ceil_mode),
+                                      count_include_pad=int(spec.count_include_pad), **attributes))
     current = "conv"
     if spec.activation != "none":
         if spec.activation == "relu":
@@ -143,7 +157,8 @@ def _onnxruntime(spec: Spec, inputs, threads: int) -> dict:
     if spec.pool is not None:
         p = spec.pool
         op = "MaxPool" if p.op == "maxpool2d" else "AveragePool"
-        extra = {"count_include_pad": 1} if op == "AveragePool" else {}
+        extra = {"count_include_pad": int(p.count_include_pad)} if op == "AveragePool" else {}
+        extra["ceil_mode"] = int(p.ceil_mode)
         pool_pads = [p.padding[0], p.padding[2], p.padding[1], p.padding[3]]
         nodes.append(helper.make_node(op, [current], ["pooled"], kernel_shape=list(p.kernel_size),
                                       strides=list(p.stride), pads=pool_pads, **extra))
@@ -213,6 +228,9 @@ def _tflite(spec: Spec, inputs, threads: int) -> dict:
         raise NotImplementedError("TFLite runs NHWC layers (its native layout) only")
     if spec.padding_mode != "zeros":
         raise NotImplementedError(f"padding_mode {spec.padding_mode}")
+    pools = [spec] if not spec.is_conv else [spec.pool] if spec.pool is not None else []
+    if any(p.ceil_mode or not p.count_include_pad for p in pools):
+        raise NotImplementedError("ceil_mode or count_include_pad false (the model pads explicitly)")
     model = _tflite_model(spec, inputs, schema)
     interpreter = litert.Interpreter(model_content=model, num_threads=threads)
     interpreter.allocate_tensors()

@@ -5,7 +5,10 @@
 
 with xpad the input padded by (top, bottom, left, right) in the padding mode,
 g(o) = o // (O / groups) and Cg = C / groups. Max pooling pads with -inf,
-average pooling with zeros that count towards the mean (PyTorch semantics).
+average pooling with zeros that count towards the mean (PyTorch semantics),
+or, with count_include_pad false, divides by the window's elements inside
+the input. With ceil_mode a last window may hang past the padded input: the
+elements past it are neither maxed nor summed nor counted (PyTorch's rule).
 A convolution's `pool` is applied to its activated output, the same way.
 
 An int8 layer (TensorFlow Lite's scheme, see spec.Quantization) is computed
@@ -13,7 +16,9 @@ in exact integers: acc = b[o] + sum (x - input_zero_point) * w, requantized
 per output channel by quant.requantize, plus the output zero point, clamped
 to the activation range. Zero padding pads with the input zero point (a real
 zero). Max pooling takes the max of int8 values; average pooling sums the
-window and divides rounding half away from zero, as TFLite does.
+window (padding as the input zero point, or left out with count_include_pad
+false, as TFLite's pools do) and divides by the count rounding half away from
+zero, as TFLite does.
 
 This module shares no code with lowering or codegen: it is what they are
 checked against.
@@ -43,12 +48,11 @@ def reference(spec: Spec, x: np.ndarray, w: np.ndarray | None = None, b: np.ndar
         y = _activation(spec.activation, y)
         if spec.pool is not None:
             p = spec.pool
-            y = _pool2d(p.op, _pad(y, p.padding, "zeros", -np.inf if p.op == "maxpool2d" else 0.0),
-                        p.kernel_size, p.stride, (1, 1))
+            y = _pool(p.op, y, p.kernel_size, p.stride, p.padding, (1, 1), "zeros", p.count_include_pad,
+                      spec.output_size)
     else:
-        fill = -np.inf if spec.op == "maxpool2d" else 0.0
-        y = _pool2d(spec.op, _pad(x, spec.padding, spec.padding_mode, fill), spec.kernel_size, spec.stride,
-                    spec.dilation)
+        y = _pool(spec.op, x, spec.kernel_size, spec.stride, spec.padding, spec.dilation, spec.padding_mode,
+                  spec.count_include_pad, spec.output_size)
         y = _activation(spec.activation, y)
     return _from_nchw(y, spec.output_layout)
 
@@ -64,12 +68,16 @@ def _quantized(spec: Spec, x: np.ndarray, w, b) -> np.ndarray:
         multipliers, shifts = (np.array(v, dtype=np.int64).reshape(1, -1, 1, 1) for v in spec.requantization())
         y = requantize(acc, multipliers, shifts) + q.output_zero_point
     elif spec.op == "maxpool2d":
-        y = _pool2d("maxpool2d", _pad(x.astype(np.float64), spec.padding, spec.padding_mode, -np.inf),
-                    spec.kernel_size, spec.stride, spec.dilation).astype(np.int64)
+        y = _pool("maxpool2d", x.astype(np.float64), spec.kernel_size, spec.stride, spec.padding, spec.dilation,
+                  spec.padding_mode, True, spec.output_size).astype(np.int64)
     else:
-        xpad = _pad(x, spec.padding, spec.padding_mode, q.input_zero_point)
-        windows = [window for _, _, window in _taps(xpad, spec.kernel_size, spec.stride, spec.dilation)]
-        total, count = np.sum(windows, axis=0), len(windows)
+        # the window's sum with padding as the input's zero point (shifted so that the zero point is 0)
+        shifted = x - q.input_zero_point
+        total = np.rint(_window_sums(shifted.astype(np.float64), spec.kernel_size, spec.stride, spec.padding,
+                                     spec.padding_mode, spec.output_size)).astype(np.int64)
+        count = _window_counts(spec.input_size, spec.kernel_size, spec.stride, spec.padding,
+                               spec.count_include_pad, spec.output_size).astype(np.int64)
+        total += count * q.input_zero_point
         rounded = total + np.where(total > 0, count // 2, -(count // 2))
         y = np.sign(rounded) * (np.abs(rounded) // count)     # C's division truncates toward zero
     return np.clip(y, low, high).astype(np.int8)
@@ -119,9 +127,42 @@ def _conv2d(spec: Spec, x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return y.reshape(n, spec.out_channels, oh, ow)
 
 
-def _pool2d(op: str, xpad: np.ndarray, kernel, stride, dilation) -> np.ndarray:
-    windows = np.stack([window for _, _, window in _taps(xpad, kernel, stride, dilation)])
-    return np.max(windows, axis=0) if op == "maxpool2d" else np.sum(windows, axis=0) / len(windows)
+def _pool(op: str, x: np.ndarray, kernel, stride, padding, dilation, mode: str, include_pad: bool,
+          out_size) -> np.ndarray:
+    """Max or average pooling of x (NCHW, float64) to out_size."""
+    if op == "maxpool2d":
+        windows = _windows(_pad(x, padding, mode, -np.inf), kernel, stride, dilation, out_size, -np.inf)
+        return np.max(windows, axis=0)
+    total = _window_sums(x, kernel, stride, padding, mode, out_size)
+    return total / _window_counts(x.shape[2:], kernel, stride, padding, include_pad, out_size)
+
+
+def _window_sums(x: np.ndarray, kernel, stride, padding, mode: str, out_size) -> np.ndarray:
+    """Each average-pooling window's sum over x padded (zeros, or the padding mode's values)."""
+    return np.sum(_windows(_pad(x, padding, mode, 0.0), kernel, stride, (1, 1), out_size, 0.0), axis=0)
+
+
+def _windows(xpad: np.ndarray, kernel, stride, dilation, out_size, fill: float) -> np.ndarray:
+    """Every tap's values at each of the out_size outputs, the input extended by `fill`
+    where a ceil_mode window hangs past the padded input."""
+    extra = [max(0, (out_size[i] - 1) * stride[i] + dilation[i] * (kernel[i] - 1) + 1 - xpad.shape[2 + i])
+             for i in range(2)]
+    if any(extra):
+        xpad = np.pad(xpad, ((0, 0), (0, 0), (0, extra[0]), (0, extra[1])), constant_values=fill)
+    return np.stack([window for _, _, window in _taps(xpad, kernel, stride, dilation)])
+
+
+def _window_counts(size, kernel, stride, padding, include_pad: bool, out_size) -> np.ndarray:
+    """[rows, cols]: what each average-pooling window divides by: its elements
+    inside the padded input (include_pad, PyTorch's default) or inside the input."""
+    counts = []
+    for i, before, after in ((0, padding[0], padding[1]), (1, padding[2], padding[3])):
+        start = np.arange(out_size[i]) * stride[i] - before
+        end = start + kernel[i]
+        low, high = (start, np.minimum(end, size[i] + after)) if include_pad else \
+            (np.maximum(start, 0), np.minimum(end, size[i]))
+        counts.append(high - low)
+    return counts[0][:, None] * counts[1][None, :]
 
 
 def _activation(name: str, y: np.ndarray) -> np.ndarray:

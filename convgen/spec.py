@@ -32,13 +32,15 @@ FIELDS = (
     "name", "op", "batch", "in_channels", "out_channels", "input_size",
     "kernel_size", "stride", "padding", "padding_mode", "dilation", "groups",
     "bias", "activation", "layout", "dtype", "quantization", "weights", "schedule", "pool",
+    "count_include_pad", "ceil_mode",
 )
 QUANT_FIELDS = ("input", "output", "weight_scales")
 INT8_RANGE = (-128, 127)
 WEIGHT_RANGE = (-127, 127)   # TFLite's symmetric int8 weights never use -128
 INT32_RANGE = (-(2**31), 2**31 - 1)
 CONV_ONLY_FIELDS = ("out_channels", "groups", "bias", "weights", "pool")
-POOL_FIELDS = ("op", "kernel_size", "stride", "padding")
+POOL_ONLY_FIELDS = ("count_include_pad", "ceil_mode")
+POOL_FIELDS = ("op", "kernel_size", "stride", "padding", "count_include_pad", "ceil_mode")
 POOL_OPS = ("maxpool2d", "avgpool2d")
 
 # C keywords a name may not take, since the name becomes a C symbol.
@@ -56,12 +58,15 @@ PADDING_EXPECTED = "an int, [h, w], [top, bottom, left, right], 'same' or 'valid
 @dataclass(frozen=True)
 class Pool:
     """A pooling layer that follows a convolution, applied in its epilogue:
-    PyTorch's MaxPool2d (padding is -inf) or AvgPool2d (padded zeros count)."""
+    PyTorch's MaxPool2d (padding is -inf) or AvgPool2d (padded zeros count,
+    unless count_include_pad is false); ceil_mode as PyTorch's (see Spec)."""
 
     op: str
     kernel_size: tuple[int, int]
     stride: tuple[int, int]
     padding: tuple[int, int, int, int]
+    count_include_pad: bool = True
+    ceil_mode: bool = False
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,12 @@ class Spec:
     # schedule written in the spec file: Steps, or "naive" / "default"; None when it gives none
     schedule: tuple | str | None = None
     pool: Pool | None = None  # conv2d only: pooling fused after bias and activation
+    # pooling only, as PyTorch's: average pooling divides by the window's elements inside the
+    # padded input (count_include_pad, PyTorch's default) or inside the input alone (ONNX's and
+    # TFLite's); ceil_mode rounds the output size up, so a last window may hang past the padding
+    # (it keeps at least one element of the input or of the top/left padding)
+    count_include_pad: bool = True
+    ceil_mode: bool = False
     quantization: Quantization | None = None  # dtype int8 only
     source: str = "<dict>"
 
@@ -122,7 +133,8 @@ class Spec:
     @property
     def conv_output_size(self) -> tuple[int, int]:
         """Output rows and columns of the convolution or pooling window itself."""
-        return _output_size(self.input_size, self.kernel_size, self.stride, self.padding, self.dilation)
+        return _output_size(self.input_size, self.kernel_size, self.stride, self.padding, self.dilation,
+                            self.ceil_mode)
 
     @property
     def output_size(self) -> tuple[int, int]:
@@ -130,7 +142,8 @@ class Spec:
         size = self.conv_output_size
         if self.pool is None:
             return size
-        return _output_size(size, self.pool.kernel_size, self.pool.stride, self.pool.padding, (1, 1))
+        return _output_size(size, self.pool.kernel_size, self.pool.stride, self.pool.padding, (1, 1),
+                            self.pool.ceil_mode)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -171,7 +184,7 @@ class Spec:
         skip it, so % of peak counts these (macs would pass 100%: 3x3 256 at
         14x14 showed 109%). Equal to macs without padding, or where the
         padding reads real values (reflect, replicate)."""
-        if self.padding_mode != "zeros" or not any(self.padding):
+        if self.padding_mode != "zeros" or not (any(self.padding) or self.ceil_mode):
             return self.macs
         (h, w), (oh, ow) = self.input_size, self.conv_output_size
         rows = _taps_inside(h, oh, self.kernel_size[0], self.stride[0], self.dilation[0], self.padding[0])
@@ -227,12 +240,19 @@ def _taps_inside(size: int, outputs: int, kernel: int, stride: int, dilation: in
     return sum(1 for o in range(outputs) for k in range(kernel) if 0 <= o * stride + k * dilation - before < size)
 
 
-def _output_size(size, kernel, stride, padding, dilation) -> tuple[int, int]:
+def _output_size(size, kernel, stride, padding, dilation, ceil_mode: bool = False) -> tuple[int, int]:
+    """Outputs along each axis; ceil_mode as PyTorch's pooling_output_shape: rounded
+    up, less one where the last window would start past the input and its top/left padding."""
     top, bottom, left, right = padding
-    pads = (top + bottom, left + right)
-    return tuple(
-        (size[i] + pads[i] - dilation[i] * (kernel[i] - 1) - 1) // stride[i] + 1 for i in range(2)
-    )
+    pads, before = (top + bottom, left + right), (top, left)
+    found = []
+    for i in range(2):
+        span = size[i] + pads[i] - dilation[i] * (kernel[i] - 1) - 1
+        out = (span + (stride[i] - 1 if ceil_mode else 0)) // stride[i] + 1
+        if ceil_mode and (out - 1) * stride[i] >= size[i] + before[i]:
+            out -= 1
+        found.append(out)
+    return tuple(found)
 
 
 def same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
@@ -321,6 +341,11 @@ class _SpecParser:
                 self.fail(field, f"one of {options}", value, _suggest(value, choices))
             return value
         return parse
+
+    def boolean(self, field, value):
+        if not isinstance(value, bool):
+            self.fail(field, "true or false", value)
+        return value
 
     def positive_int(self, field, value):
         if not _is_int(value) or value < 1:
@@ -415,12 +440,17 @@ class _SpecParser:
         kernel = self.pair(f"{field}.kernel_size", value["kernel_size"])
         stride = self.pair(f"{field}.stride", value["stride"]) if "stride" in value else kernel
         padding = self.padding(f"{field}.padding", value.get("padding", 0))
+        include_pad = self.boolean(f"{field}.count_include_pad", value.get("count_include_pad", True))
+        ceil_mode = self.boolean(f"{field}.ceil_mode", value.get("ceil_mode", False))
+        if op == "maxpool2d" and "count_include_pad" in value:
+            self.fail(f"{field}.count_include_pad", "no such field for maxpool2d (only avgpool2d has it)",
+                      value["count_include_pad"])
         if isinstance(padding, str):
             self.fail(f"{field}.padding", "an int, [h, w] or [top, bottom, left, right]", padding)
         for axis, pads in ((0, padding[:2]), (1, padding[2:])):
             if max(pads) > kernel[axis] // 2:
                 self.fail(f"{field}.padding", f"at most half the pooling window ({kernel[axis] // 2})", list(padding))
-        return Pool(op, kernel, stride, padding)
+        return Pool(op, kernel, stride, padding, include_pad, ceil_mode)
 
     def scale_and_zero_point(self, field, value):
         if not isinstance(value, dict) or set(value) != {"scale", "zero_point"}:
@@ -478,6 +508,11 @@ class _SpecParser:
             for key in CONV_ONLY_FIELDS:
                 if key in self.data:
                     self.note(key, f"not a field of {op} (only conv2d has it)")
+        else:
+            for key in POOL_ONLY_FIELDS:
+                if key in self.data:
+                    self.note(key, "not a field of conv2d (pooling layers have it; a fused pool takes it "
+                                   "in `pool:`)")
 
         batch = self.field("batch", self.positive_int, default=1)
         in_channels = self.field("in_channels", self.positive_int, required=True)
@@ -499,6 +534,15 @@ class _SpecParser:
         quantization = self.field("quantization", self.quantization)
         schedule = self.field("schedule", self.schedule, default=None)
         pool = self.field("pool", self.pool) if is_conv else None
+        include_pad = self.field("count_include_pad", self.boolean, default=True) if not is_conv else True
+        ceil_mode = self.field("ceil_mode", self.boolean, default=False) if not is_conv else False
+        if op == "maxpool2d" and "count_include_pad" in self.data:
+            self.note("count_include_pad", "not a field of maxpool2d (only avgpool2d has it)")
+        if padding_mode != "zeros" and (include_pad is False or ceil_mode):
+            self.note("count_include_pad" if include_pad is False else "ceil_mode",
+                      f"expected padding_mode zeros: with {padding_mode} padding the padded values are "
+                      f"the input's own" + (" and count" if include_pad is False else
+                                             ", and a window past them has none"))
 
         if self.problems:
             raise SpecError(self.problems)
@@ -511,9 +555,9 @@ class _SpecParser:
         if padding in ("same", "valid"):
             padding = self._resolve_named_padding(padding, input_size, kernel_size, stride, dilation)
         self._check_padding(op, padding, padding_mode, input_size, kernel_size, dilation)
-        out = _output_size(input_size, kernel_size, stride, padding, dilation)
+        out = _output_size(input_size, kernel_size, stride, padding, dilation, bool(ceil_mode))
         if pool is not None and min(out) >= 1:
-            pooled = _output_size(out, pool.kernel_size, pool.stride, pool.padding, (1, 1))
+            pooled = _output_size(out, pool.kernel_size, pool.stride, pool.padding, (1, 1), pool.ceil_mode)
             if min(pooled) < 1:
                 self.note("pool", f"expected an output of at least 1x1; the convolution's {list(out)} pooled by "
                                   f"{list(pool.kernel_size)} gives {list(pooled)}")
@@ -546,7 +590,7 @@ class _SpecParser:
             padding_mode=padding_mode, dilation=dilation, groups=groups, bias=bias,
             activation=activation, input_layout=layout[0], output_layout=layout[1], dtype=dtype,
             weights=weight_values, bias_values=bias_values, schedule=schedule, pool=pool,
-            quantization=quant, source=self.label,
+            quantization=quant, source=self.label, count_include_pad=include_pad, ceil_mode=ceil_mode,
         )
 
     def _check_quantization(self, parsed, is_conv, out_channels, pool) -> Quantization | None:

@@ -47,6 +47,10 @@ def spec_dicts(draw, ops=("conv2d", "conv2d", "maxpool2d", "avgpool2d")):
     padding = _padding(draw, limit)
     if padding is not None:
         spec["padding"] = padding
+    if op != "conv2d" and mode == "zeros":   # PyTorch's pooling options (zero padding only)
+        spec["ceil_mode"] = draw(st.booleans())
+        if op == "avgpool2d":
+            spec["count_include_pad"] = draw(st.booleans())
     if op == "conv2d":
         groups = draw(st.integers(1, 3))
         spec["groups"] = groups
@@ -59,7 +63,10 @@ def spec_dicts(draw, ops=("conv2d", "conv2d", "maxpool2d", "avgpool2d")):
             spec["pool"] = {"op": draw(st.sampled_from(["maxpool2d", "avgpool2d"])), "kernel_size": window,
                             "stride": [draw(st.integers(1, 3)), draw(st.integers(1, 3))],
                             "padding": [draw(st.integers(0, k // 2)) for k in (window[0], window[0],
-                                                                                 window[1], window[1])]}
+                                                                                 window[1], window[1])],
+                            "ceil_mode": draw(st.booleans())}
+            if spec["pool"]["op"] == "avgpool2d":
+                spec["pool"]["count_include_pad"] = draw(st.booleans())
     else:
         spec["in_channels"] = draw(st.integers(1, 4))
     return spec

@@ -20,6 +20,7 @@ def direct_loops(spec, x, w, b):
     xp = np.pad(x.astype(np.float64), pad, mode=mode, **({"constant_values": fill} if mode == "constant" else {}))
     oh, ow = spec.conv_output_size
     (kh, kw), (sh, sw), (dh, dw) = spec.kernel_size, spec.stride, spec.dilation
+    assert spec.padding_mode == "zeros" or not (spec.ceil_mode or not spec.count_include_pad)
     y = np.empty((spec.batch, spec.out_channels, oh, ow))
     cg, og = spec.in_channels // spec.groups, spec.out_channels // spec.groups
     for n in range(spec.batch):
@@ -30,15 +31,18 @@ def direct_loops(spec, x, w, b):
                     for p in range(kh):
                         for q in range(kw):
                             r, c = i * sh + p * dh, j * sw + q * dw
+                            if r >= xp.shape[2] or c >= xp.shape[3]:
+                                continue   # past the padding: a ceil_mode window's overhang counts for nothing
+                            inside = top <= r < xp.shape[2] - bottom and left <= c < xp.shape[3] - right
                             if spec.is_conv:
                                 for ci in range(cg):
                                     values.append(xp[n, (o // og) * cg + ci, r, c] * w[o, ci, p, q])
-                            else:
+                            elif inside or spec.count_include_pad:
                                 values.append(xp[n, o, r, c])
                     if spec.op == "maxpool2d":
                         v = max(values)
                     elif spec.op == "avgpool2d":
-                        v = sum(values) / (kh * kw)
+                        v = sum(values) / len(values)
                     else:
                         v = sum(values) + (b[o] if spec.bias else 0.0)
                     if spec.activation != "none":
@@ -47,26 +51,29 @@ def direct_loops(spec, x, w, b):
                         v = min(v, 6.0)
                     y[n, o, i, j] = v
     if spec.pool is not None:
-        y = pool_loops(spec.pool, y)
+        y = pool_loops(spec.pool, y, spec.output_size)
     return y.transpose(0, 2, 3, 1) if spec.output_layout == "NHWC" else y
 
 
-def pool_loops(pool, y):
-    """A following pool, element by element: windows over the activated output."""
+def pool_loops(pool, y, out_size):
+    """A following pool, element by element: windows over the activated output. A
+    tap past the padding (ceil_mode) counts for nothing; one in the padding is
+    -inf or 0, counted unless count_include_pad is false."""
     (kh, kw), (sh, sw) = pool.kernel_size, pool.stride
     top, bottom, left, right = pool.padding
     is_max = pool.op == "maxpool2d"
     n, c, h, w = y.shape
-    oh, ow = (h + top + bottom - kh) // sh + 1, (w + left + right - kw) // sw + 1
+    oh, ow = out_size
     out = np.empty((n, c, oh, ow))
     for b in range(n):
         for ch in range(c):
             for i in range(oh):
                 for j in range(ow):
                     values = [y[b, ch, r, q] if 0 <= r < h and 0 <= q < w else (-np.inf if is_max else 0.0)
-                              for r in range(i * sh - top, i * sh - top + kh)
-                              for q in range(j * sw - left, j * sw - left + kw)]
-                    out[b, ch, i, j] = max(values) if is_max else sum(values) / (kh * kw)
+                              for r in range(i * sh - top, i * sh - top + kh) if r < h + bottom
+                              for q in range(j * sw - left, j * sw - left + kw) if q < w + right
+                              if pool.count_include_pad or (0 <= r < h and 0 <= q < w)]
+                    out[b, ch, i, j] = max(values) if is_max else sum(values) / len(values)
     return out
 
 
@@ -107,3 +114,27 @@ def test_pooling_padding_semantics():
     # average pooling counts padded zeros: the corner window averages one -1 with three zeros
     y = reference(load_spec({**base, "op": "avgpool2d"}), x)
     assert y[0, 0, 0, 0] == -0.25 and y[0, 0, 1, 1] == -1
+
+
+def test_pooling_options_as_pytorch_has_them():
+    """count_include_pad false divides by the window's elements inside the input; ceil_mode
+    adds a last window that hangs past the padding, counting only what it covers
+    (values worked out by hand for a 5x5 ramp, 3x3 windows, stride 2, padding 1)."""
+    from convgen.spec import load_spec
+    x = np.arange(25, dtype=np.float64).reshape(1, 1, 5, 5)
+    base = {"name": "p", "op": "avgpool2d", "in_channels": 1, "input_size": [5, 5], "kernel_size": 3,
+            "stride": 2, "padding": 1}
+    counted = reference(load_spec(base), x)
+    left_out = reference(load_spec({**base, "count_include_pad": False}), x)
+    # the corner window covers x[0:2, 0:2] = 0 + 1 + 5 + 6 = 12: over 9 with the padding, over 4 without
+    assert counted[0, 0, 0, 0] == 12 / 9 and left_out[0, 0, 0, 0] == 12 / 4
+    assert counted.shape == (1, 1, 3, 3)
+    # 6x6 input, 2x2 windows, stride 2, ceil_mode: 3 outputs a side without padding; with padding 1,
+    # (6 + 2 - 2 + 1) // 2 + 1 = 4, and the last window starts at 5, inside the input: kept
+    ceil = load_spec({**base, "op": "maxpool2d", "input_size": [6, 6], "kernel_size": 2, "ceil_mode": True})
+    assert ceil.output_size == (4, 4)
+    x6 = np.arange(36, dtype=np.float64).reshape(1, 1, 6, 6)
+    assert reference(ceil, x6)[0, 0, 3, 3] == 35   # its window holds x[5, 5] and padding
+    # 5x5, 2x2 windows, stride 2, no padding: 3 outputs with ceil_mode; the last averages one column of 2
+    tail = load_spec({**base, "kernel_size": 2, "padding": 0, "ceil_mode": True})
+    assert tail.output_size == (3, 3) and reference(tail, x)[0, 0, 0, 2] == (4 + 9) / 2

@@ -57,6 +57,18 @@ def test_defaults():
     assert pool.stride == (2, 2) and pool.out_channels == 4 and pool.param_count == 0
 
 
+@pytest.mark.parametrize("size, kernel, stride, padding, expected", [
+    (7, 3, 2, 1, 4), (7, 3, 2, 0, 3), (6, 2, 2, 1, 4), (5, 2, 2, 0, 3), (6, 2, 2, 0, 3), (8, 3, 3, 1, 3),
+])
+def test_ceil_mode_output_size_is_pytorchs(size, kernel, stride, padding, expected):
+    """Expected: what torch.nn.MaxPool2d(kernel, stride, padding, ceil_mode=True) gave (torch 2.13.0):
+    ceil((size + 2p - k) / s) + 1, less one where the last window would start past the input and its
+    top/left padding (8, 3, 3, 1: ceil(7/3) + 1 = 4, but the fourth would start at 9 >= 8 + 1)."""
+    spec = load_spec({"name": "p", "op": "maxpool2d", "in_channels": 1, "input_size": [size, size],
+                      "kernel_size": kernel, "stride": stride, "padding": padding, "ceil_mode": True})
+    assert spec.output_size == (expected, expected)
+
+
 def test_fused_pool_shapes():
     spec = load_spec({**BASE, "padding": 1, "pool": {"op": "maxpool2d", "kernel_size": 2}})
     assert spec.conv_output_size == (32, 32) and spec.output_shape == (1, 64, 16, 16)
@@ -135,6 +147,18 @@ BAD_SPECS = {
                                                                                    "kernel_size": 40}}),
     "pool_on_pooling": ({"name": "p", "op": "maxpool2d", "in_channels": 4, "input_size": [8, 8], "kernel_size": 2},
                         "pool", "not a field of maxpool2d", {"pool": {"op": "maxpool2d", "kernel_size": 2}}),
+    "ceil_mode_not_bool": ({"name": "p", "op": "maxpool2d", "in_channels": 4, "input_size": [8, 8], "kernel_size": 2},
+                           "ceil_mode", "expected true or false; got 'yes'", {"ceil_mode": "yes"}),
+    "count_include_pad_on_maxpool": ({"name": "p", "op": "maxpool2d", "in_channels": 4, "input_size": [8, 8],
+                                      "kernel_size": 2}, "count_include_pad", "not a field of maxpool2d",
+                                     {"count_include_pad": False}),
+    "count_include_pad_with_reflect": ({"name": "p", "op": "avgpool2d", "in_channels": 4, "input_size": [8, 8],
+                                        "kernel_size": 3, "padding": 1}, "count_include_pad",
+                                       "expected padding_mode zeros", {"padding_mode": "reflect",
+                                                                       "count_include_pad": False}),
+    "ceil_mode_on_conv": (BASE, "ceil_mode", "not a field of conv2d", {"ceil_mode": True}),
+    "pool_ceil_mode_not_bool": (BASE, "pool.ceil_mode", "expected true or false",
+                                {"pool": {"op": "avgpool2d", "kernel_size": 2, "ceil_mode": 1}}),
     "not_yaml": ("name: [unclosed\n", None, "not valid YAML"),
     "not_mapping": ("- name\n- op\n", None, "expected a mapping"),
     "empty_file": ("", None, "got an empty file"),
