@@ -153,6 +153,13 @@ def test_fuse_merges_two_loops():
     refusal(lambda: chain().fuse("oc", "ow"), "'ow' must be the whole body of 'oc'")
 
 
+def test_fuse_takes_a_name_for_the_fused_loop():
+    s = chain().fuse("oh", "ow", name="pixel")
+    assert ir.loops_by_name(s.func.body)["pixel"].extent == 63 and s.steps[-1].kwargs == (("name", "pixel"),)
+    matches_reference(CONV, s)
+    refusal(lambda: chain().fuse("oh", "ow", name="oc"), "a loop named 'oc' exists already")
+
+
 # -- unroll, vectorize, parallel -----------------------------------------------
 
 def test_unroll_marks_the_loop_and_both_backends_expand_it():

@@ -149,8 +149,8 @@ class Schedule:
     def reorder(self, *loops: str) -> "Schedule":
         return self.then("reorder", *loops)
 
-    def fuse(self, a: str, b: str) -> "Schedule":
-        return self.then("fuse", a, b)
+    def fuse(self, a: str, b: str, name: str = "") -> "Schedule":
+        return self.then("fuse", a, b, **({"name": name} if name else {}))
 
     def unroll(self, loop: str) -> "Schedule":
         return self.then("unroll", loop)

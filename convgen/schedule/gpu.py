@@ -156,7 +156,8 @@ def shared_tile(s: Schedule, spec: Spec, chunk: int, columns: int = 4) -> Schedu
     s = s.reorder(reduction[0], "oc.i.o", "oh.i", "ow.i.o", *reduction[1:], "oc.i.i", "ow.i.i")
     s = s.cache_read("w", reduction[0], scope="shared").cache_read("x", reduction[0], scope="shared")
     for copy in ("w_shared", "x_shared"):
-        s = _spread_over_threads(s, [n for n in _loop_names(s) if n.startswith(copy + "_")], (z, y, x))
+        s = _spread_over_threads(s, [n for n in _loop_names(s) if n.startswith(copy + "_")], (z, y, x),
+                                 copy.replace("_shared", "_copy"))
     for suffix in (".init", "", ".out"):
         s = (s.unroll(f"oc.i.i{suffix}").unroll(f"ow.i.i{suffix}").bind(f"oc.i.o{suffix}", "thread.z")
              .bind(f"oh.i{suffix}", "thread.y").bind(f"ow.i.o{suffix}", "thread.x"))
@@ -164,12 +165,13 @@ def shared_tile(s: Schedule, spec: Spec, chunk: int, columns: int = 4) -> Schedu
     return s.bind("n", "block.z") if batch else s
 
 
-def _spread_over_threads(s: Schedule, loops: list[str], threads: tuple[int, int, int]) -> Schedule:
-    """A copy nest fused into one loop whose iterations the block's threads share, x fastest."""
+def _spread_over_threads(s: Schedule, loops: list[str], threads: tuple[int, int, int], name: str) -> Schedule:
+    """A copy nest fused into one loop, called `name`, whose iterations the block's threads share, x fastest."""
     fused = loops[0]
-    for name in loops[1:]:
-        s = s.fuse(fused, name)
-        fused = f"{fused}_{name}"
+    for k, inner in enumerate(loops[1:], start=2):
+        last = k == len(loops)
+        s = s.fuse(fused, inner, name if last else "")
+        fused = name if last else f"{fused}_{inner}"
     z, y, x = threads
     s = s.split(fused, x).split(f"{fused}.o", y).split(f"{fused}.o.o", z)
     return (s.bind(f"{fused}.i", "thread.x").bind(f"{fused}.o.i", "thread.y")

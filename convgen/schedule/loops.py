@@ -154,11 +154,12 @@ def tile(func: ir.Func, a: str, b: str, fa: int, fb: int, tail: str = "guard") -
     return reorder(func, f"{a}.o", f"{b}.o", f"{a}.i", f"{b}.i")
 
 
-def fuse(func: ir.Func, a: str, b: str) -> ir.Func:
-    """Merge a loop and the loop directly inside it into one loop `<a>_<b>` (TVM: fuse).
+def fuse(func: ir.Func, a: str, b: str, name: str = "") -> ir.Func:
+    """Merge a loop and the loop directly inside it into one loop, `name` or
+    by default `<a>_<b>` (TVM: fuse; Halide's fuse names it).
 
-    It requires: both loops exist and are serial, and b is exactly a's body.
-    The fused loop is a reduction loop if either of them was.
+    It requires: both loops exist and are serial, and b is exactly a's body;
+    the name is new. The fused loop is a reduction loop if either of them was.
 
     rewrite fuse(oh, ow) with extents 4 and 5:
         for oh in 0..4:             for oh_ow in 0..20:
@@ -170,7 +171,7 @@ def fuse(func: ir.Func, a: str, b: str) -> ir.Func:
     require_serial(inner, "fuse")
     if outer.body is not inner and outer.body != inner:
         raise ScheduleError("fuse", f"'{b}' must be the whole body of '{a}'", f"reorder so that '{b}' follows '{a}'")
-    fused = ir.Var(f"{a}_{b}")
+    fused = ir.Var(name or f"{a}_{b}")
     require_new_names(func, [fused.name], "fuse")
     body = ir.substitute(inner.body, {a: fused // inner.extent, b: fused % inner.extent})
     role = "spatial" if outer.role == inner.role == "spatial" else "reduction"
