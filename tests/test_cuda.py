@@ -340,3 +340,39 @@ def test_the_gpu_benchmark_times_the_kernel_on_device_arrays(host_as_device, mon
     assert mine.name == "convgen (cuda)" and mine.seconds > 0 and mine.error < 1e-5, mine
     assert "shared tile" in mine.schedule and peer.note == "not run here"
     assert not host_as_device.blocks
+
+
+USER_PROGRAM = """/* A C program that calls a convgen CUDA kernel, as a user's would. */
+#include "vgg_3x3_64_relu_maxpool.h"
+
+int main(void)
+{
+    void *x, *w, *b, *y, *workspace;
+    cudaMalloc(&x, 1 * 64 * 56 * 56 * sizeof(float));
+    cudaMalloc(&w, 64 * 64 * 3 * 3 * sizeof(float));
+    cudaMalloc(&b, 64 * sizeof(float));
+    cudaMalloc(&y, 1 * 64 * 28 * 28 * sizeof(float));
+    cudaMalloc(&workspace, VGG_3X3_64_RELU_MAXPOOL_WORKSPACE_BYTES);
+    cudaError_t status = vgg_3x3_64_relu_maxpool(x, w, b, y, workspace, 0);
+    cudaDeviceSynchronize();
+    return status != cudaSuccess;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason=NO_NVCC)
+def test_a_c_program_builds_against_the_emitted_header_and_kernel(tmp_path):
+    """The .cu and .h as a user drops them into a project: the kernel built by nvcc, a C99
+    caller (-Wall -Wextra -Werror) built against the header, linked into an executable."""
+    import subprocess
+    files = emit(plan(convgen.load_spec(next(p for p in spec_paths() if p.stem == "vgg_3x3_64_relu_maxpool")),
+                      SM80), "cuda")
+    for name, text in files.files.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "user.c").write_text(USER_PROGRAM)
+    for command in (["nvcc", "-arch=sm_80", "-c", f"{files.name}.cu", "-o", "kernel.o"],
+                    ["nvcc", "-c", "user.c", "-o", "user.o", "-Xcompiler", "-std=c99,-Wall,-Wextra,-Werror"],
+                    ["nvcc", "-arch=sm_80", "kernel.o", "user.o", "-o", "app"]):
+        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+        assert result.returncode == 0, f"{' '.join(command)}:\n{result.stderr}"
+    assert (tmp_path / "app").exists()
