@@ -20,6 +20,11 @@ window (padding as the input zero point, or left out with count_include_pad
 false, as TFLite's pools do) and divides by the count rounding half away from
 zero, as TFLite does.
 
+A network (convgen.network) is its layers in order: conv2d and the pools as
+above, batchnorm as (x - mean) / sqrt(var + eps) * weight + bias, relu,
+relu6, add, concat along channels, global average pooling, and linear on
+each sample flattened.
+
 This module shares no code with lowering or codegen: it is what they are
 checked against.
 """
@@ -171,3 +176,43 @@ def _activation(name: str, y: np.ndarray) -> np.ndarray:
     if name == "relu6":
         return np.clip(y, 0.0, 6.0)
     return y
+
+
+def network_reference(network, x: np.ndarray, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every tensor of a network (convgen.network.Network) in float64, by name,
+    from the input x (N x C x H x W) and the weights by their state-dict keys."""
+    tensors = {network.input: np.asarray(x, dtype=np.float64)}
+    for layer in network.layers:
+        inputs = [tensors[name] for name in layer.inputs]
+        tensors[layer.output] = _network_layer(layer, inputs, weights)
+    return tensors
+
+
+def _network_layer(layer, inputs: list[np.ndarray], weights: dict[str, np.ndarray]) -> np.ndarray:
+    x = inputs[0]
+
+    def array(key: str) -> np.ndarray:
+        return np.asarray(weights[f"{layer.name}.{key}"], dtype=np.float64)
+    if layer.spec is not None:
+        spec = layer.spec
+        w = array("weight") if spec.is_conv else None
+        b = array("bias") if spec.is_conv and spec.bias else None
+        return reference(spec, x, w, b)
+    if layer.op == "batchnorm":
+        scale = array("weight") / np.sqrt(array("running_var") + layer.eps)
+        shift = array("bias") - array("running_mean") * scale
+        return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
+    if layer.op == "relu":
+        return np.maximum(x, 0.0)
+    if layer.op == "relu6":
+        return np.clip(x, 0.0, 6.0)
+    if layer.op == "add":
+        return np.sum(inputs, axis=0)
+    if layer.op == "concat":
+        return np.concatenate(inputs, axis=1)
+    if layer.op == "global_avgpool":
+        return x.mean(axis=(2, 3), keepdims=True)
+    if layer.op == "linear":
+        y = x.reshape(x.shape[0], -1) @ array("weight").T
+        return y + array("bias") if layer.bias else y
+    raise ValueError(f"no reference for op {layer.op}")

@@ -434,3 +434,21 @@ def test_build_table_names_each_schedule_and_notes_layers_no_recipe_fits(tmp_pat
     rows = {line.split()[0] + " " + line.split()[1]: line for line in result.stdout.splitlines()[3:7]}
     assert "no recipe" in rows["grid3_diagonal llvm"] and "default" in rows["photo_sharpen_nhwc c"]
     assert "note: grid3_diagonal: no default recipe fits this layer on host" in result.stdout
+
+
+def test_info_on_a_network_lists_its_tensors_and_build_leaves_it_aside(tmp_path):
+    (tmp_path / "net.yaml").write_text(
+        "name: net\ninput: {name: x, shape: [1, 3, 8, 8]}\nlayers:\n"
+        "  - {name: conv, op: conv2d, input: x, output: c, out_channels: 4, kernel_size: 3, padding: 1}\n"
+        "  - {name: gap, op: global_avgpool, input: c, output: y}\noutput: y\n")
+    result = convgen("info", tmp_path / "net.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "network net" in result.stdout and "gap              global_avgpool  c" in result.stdout
+    assert "[1, 4, 1, 1]" in result.stdout
+    result = convgen("build", tmp_path, "-o", tmp_path / "out")
+    assert result.returncode == 0 and "a network spec; building networks is not there yet" in result.stdout
+    (tmp_path / "net.yaml").write_text("name: net\ninput: {name: x, shape: [1, 3, 8, 8]}\nlayers:\n"
+                                       "  - {name: r, op: relu, input: q, output: y}\noutput: y\n")
+    result = convgen("info", tmp_path / "net.yaml")
+    assert result.returncode == 2 and "layers[0] (r): input: no tensor 'q'" in result.stderr
+    assert "Traceback" not in result.stderr
