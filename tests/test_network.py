@@ -114,3 +114,22 @@ def test_weights_are_checked_by_key_and_shape(tmp_path):
     problems = caught.value.problems
     assert any("block.npz: bn1.running_var: missing (layer bn1 takes it)" in p for p in problems), problems
     assert any("block.npz: fc.weight: expected shape [5, 12]; got [5, 4]" in p for p in problems), problems
+
+
+def test_batchnorm_folds_into_the_convolution_before_it():
+    """The folded network computes what the original does; a batchnorm whose input
+    something else also reads stays."""
+    from convgen.fold import fold_batchnorm
+    rng = np.random.default_rng(5)
+    net, w = load_network(BLOCK), _weights(rng)
+    folded, fw = fold_batchnorm(net, w)
+    assert [layer.op for layer in folded.layers].count("batchnorm") == 0 and "c1" not in folded.shape
+    conv = next(layer for layer in folded.layers if layer.name == "conv1")
+    assert conv.output == "b1" and conv.spec.bias and "bn1.weight" not in fw and fw["conv1.bias"].shape == (8,)
+    x = rng.standard_normal((2, 8, 10, 10))
+    np.testing.assert_allclose(network_reference(folded, x, fw)["y"], network_reference(net, x, w)["y"],
+                               rtol=1e-10, atol=1e-12)
+    shared = {**BLOCK, "layers": BLOCK["layers"][:2] + [{"name": "add0", "op": "add", "inputs": ["b1", "c1"],
+                                                         "output": "y"}]}
+    kept, _ = fold_batchnorm(load_network(shared), w)
+    assert [layer.op for layer in kept.layers] == ["conv2d", "batchnorm", "add"]
