@@ -21,7 +21,7 @@ from .check import compare_runs, random_inputs, tolerance, weight_transform
 from .errors import ConvgenError, ScheduleError
 from .reference import reference
 from .driver import build
-from .peers import PEERS
+from .peers import PEERS, as_nchw, from_nchw, torch_layer
 from .runtime import aligned_copy, empty, measure
 from .schedule.space import winograd_schedule
 from .spec import Spec
@@ -161,7 +161,7 @@ def _convgen_on_gpu(spec: Spec, kernel, inputs, expected, repeats: int, rounds: 
             if buffer.name in arrays and buffer.name != "y":
                 gpu.to_device(address, arrays[buffer.name].ctypes.data, buffer.nbytes)
         prepared = len(kernel.program.prepare)
-        stages = kernel._loaded.stages
+        stages = kernel.stages
         for stage in stages[:prepared]:
             stage.launch_on_device(device)
 
@@ -180,19 +180,16 @@ def _convgen_on_gpu(spec: Spec, kernel, inputs, expected, repeats: int, rounds: 
 def _torch_on_gpu(spec: Spec, inputs, expected, repeats: int, rounds: int) -> Entry:
     import torch
 
-    from .peers import torch_layer
     torch.backends.cudnn.allow_tf32 = False   # float32 arithmetic, as convgen's
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.benchmark = True
-    nchw = inputs["x"] if spec.input_layout == "NCHW" else inputs["x"].transpose(0, 3, 1, 2)
     memory = torch.channels_last if spec.input_layout == "NHWC" else torch.contiguous_format
-    x = torch.from_numpy(np.ascontiguousarray(nchw)).cuda().contiguous(memory_format=memory)
+    x = torch.from_numpy(as_nchw(inputs["x"], spec.input_layout)).cuda().contiguous(memory_format=memory)
     w = torch.from_numpy(inputs["w"]).cuda().contiguous(memory_format=memory) if spec.is_conv else None
     b = torch.from_numpy(inputs["b"]).cuda() if spec.is_conv and spec.bias else None
     layer = torch_layer(spec, w, b)
     with torch.no_grad():
-        y = layer(x).cpu().numpy()
-    y = y if spec.output_layout == "NCHW" else y.transpose(0, 2, 3, 1)
+        y = from_nchw(layer(x).contiguous().cpu().numpy(), spec.output_layout)
     result = compare_runs(spec, [np.ascontiguousarray(y)], expected, inputs)
     name = "torch (cuDNN)"
     if not result.passed:

@@ -106,10 +106,11 @@ def choose_schedule(spec: Spec, target: Target, schedule=None, threads: int | No
 
 def _choose_gpu_schedule(spec: Spec, gpu: GPUTarget, chosen, own: bool):
     """choose_schedule for a GPU: a spec's own schedule is a CPU's unless it binds loops to the GPU."""
-    steps = as_steps(chosen) if chosen not in (None, DEFAULT, NAIVE) else ()
     if chosen == NAIVE:
         return (), "naive", None
-    if steps and not (own and not any(step.primitive == "bind" for step in steps)):
+    steps = as_steps(chosen) if chosen not in (None, DEFAULT) else ()
+    for_a_cpu = own and not any(step.primitive == "bind" for step in steps)
+    if steps and not for_a_cpu:
         return steps, ("spec" if own else "given"), None
     recipe = gpu_recipe(spec, gpu)
     return tuple(recipe.steps), ("default, not the spec's" if steps else "default"), recipe

@@ -29,11 +29,11 @@ from .runtime import aligned_copy
 from .spec import Spec, same_padding
 
 
-def _nchw(x: np.ndarray, layout: str) -> np.ndarray:
+def as_nchw(x: np.ndarray, layout: str) -> np.ndarray:
     return x if layout == "NCHW" else aligned_copy(x.transpose(0, 3, 1, 2))
 
 
-def _from_nchw(y: np.ndarray, layout: str) -> np.ndarray:
+def from_nchw(y: np.ndarray, layout: str) -> np.ndarray:
     return y if layout == "NCHW" else y.transpose(0, 2, 3, 1)
 
 
@@ -50,7 +50,7 @@ def _torch(spec: Spec, inputs, threads: int) -> dict:
     layer = torch_layer(spec, w, b)
     found = {}
     for name, memory in (("torch (NCHW)", torch.contiguous_format), ("torch (channels_last)", torch.channels_last)):
-        x = torch.from_numpy(_nchw(inputs["x"], spec.input_layout)).contiguous(memory_format=memory)
+        x = torch.from_numpy(as_nchw(inputs["x"], spec.input_layout)).contiguous(memory_format=memory)
         if w is not None:
             w = w.contiguous(memory_format=memory)
             layer = torch_layer(spec, w, b)
@@ -58,7 +58,7 @@ def _torch(spec: Spec, inputs, threads: int) -> dict:
         def call(x=x, layer=layer):
             with torch.no_grad():
                 return layer(x)
-        found[name] = (call, lambda y: _from_nchw(y.contiguous().numpy(), spec.output_layout))
+        found[name] = (call, lambda y: from_nchw(y.contiguous().numpy(), spec.output_layout))
     return found
 
 
@@ -173,10 +173,10 @@ def _onnxruntime(spec: Spec, inputs, threads: int) -> dict:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    x = _nchw(inputs["x"], spec.input_layout)
+    x = as_nchw(inputs["x"], spec.input_layout)
     _ = onnx  # imported to report a missing package by name
     return {"onnxruntime": (lambda: session.run(None, {"x": x})[0],
-                            lambda y: _from_nchw(y, spec.output_layout))}
+                            lambda y: from_nchw(y, spec.output_layout))}
 
 
 # ---------------------------------------------------------------------------
@@ -186,7 +186,7 @@ def _onnxruntime(spec: Spec, inputs, threads: int) -> dict:
 def _numpy(spec: Spec, inputs, threads: int) -> dict:
     if not spec.is_conv or spec.pool is not None or spec.padding_mode != "zeros":
         raise NotImplementedError("the NumPy peer covers plain zero-padded conv2d only")
-    x = _nchw(inputs["x"], spec.input_layout)
+    x = as_nchw(inputs["x"], spec.input_layout)
     w, b = inputs["w"], inputs.get("b")
     top, bottom, left, right = spec.padding
     (kh, kw), (sh, sw), (dh, dw) = spec.kernel_size, spec.stride, spec.dilation
@@ -213,7 +213,7 @@ def _numpy(spec: Spec, inputs, threads: int) -> dict:
                 y = np.minimum(y, 6)
         return y
 
-    return {"numpy": (call, lambda y: _from_nchw(y, spec.output_layout))}
+    return {"numpy": (call, lambda y: from_nchw(y, spec.output_layout))}
 
 
 # ---------------------------------------------------------------------------

@@ -90,6 +90,11 @@ class Kernel:
     threads: int = 1
     device: str = ""           # where a cuda kernel runs (on a GPU, or emulated); "" for CPU backends
 
+    @property
+    def stages(self) -> tuple:
+        """The backend's loaded stages, prepare then run (codegen/__init__.py: LoadedStage)."""
+        return self._loaded.stages
+
     def __post_init__(self):
         self.signature = ir.signature(self.func)
         self._shapes = {a.name: a.shape for a in self.signature.arguments}

@@ -19,7 +19,7 @@ from convgen.errors import CodegenError, ScheduleError
 from convgen.native import nvcc_compile
 from convgen.reference import reference
 from convgen.schedule import Schedule
-from convgen.schedule.gpu import channel_tile, column_tile, direct, gpu_recipe, shared_tile
+from convgen.schedule.gpu import channel_tile, column_tile, direct, first_loops, gpu_recipe, shared_tile
 from convgen.target import load_gpu_target
 
 from conftest import spec_paths
@@ -67,9 +67,8 @@ def gpu_schedules(draw, spec):
     """A random legal GPU schedule of the families schedule/gpu.py builds: any block
     size (a warp multiple or not), a channel tile of any size dividing the channels,
     a shared tile (implicit GEMM) staging any number of input channels at a time."""
-    from convgen.schedule.gpu import _first_loops
     threads = draw(st.sampled_from([1, 7, 32, 64, 96, 128, 256, 512, 1024]))
-    firsts = _first_loops(spec)
+    firsts = first_loops(Schedule.for_spec(spec))
     tiles = [t for t in (2, 3, 4, 8) if spec.is_conv and spec.out_channels % t == 0 and spec.out_channels > t]
     s = Schedule.for_spec(spec)
     family = draw(st.sampled_from(["direct", "channel tile", "column tile", "shared tile"]))
@@ -327,7 +326,7 @@ def test_the_gpu_path_in_python_copies_in_and_out_around_each_stage(host_as_devi
     """A workspace between two stages (the fused pool), int8, pooling: each through DeviceStage."""
     kernel = convgen.build(path, "cuda", cache=False)
     assert kernel.device == "on the GPU (sm_80)"
-    assert all(stage.convention == "cuda-device" for stage in kernel._loaded.stages)
+    assert all(stage.convention == "cuda-device" for stage in kernel.stages)
     _assert_matches(kernel, 5)
     assert not host_as_device.blocks   # every device buffer freed
 

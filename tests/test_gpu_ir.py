@@ -137,30 +137,17 @@ def test_parallel_still_refuses_nested_parallel_loops():
         chain().parallel("oh").parallel("ow")
 
 
-def test_a_c_like_renderer_for_gpus_is_a_few_hooks_on_the_c_emitter():
-    """What the CUDA backend will build on: the C emitter's walk, with GPU loops, shared memory and
-    barriers rendered by overriding its hooks (nothing else of the walk changes)."""
-    from convgen.codegen.c import C_TYPES, CLikeEmitter
+def test_the_cuda_renderer_is_a_few_hooks_on_the_c_emitter():
+    """codegen/cuda.py: the C emitter's walk, with GPU loops, shared memory and barriers
+    rendered by its hooks (the statements inside them are the C emitter's)."""
+    from convgen.codegen.c import CLikeEmitter
+    from convgen.codegen.cuda import CUDAEmitter, Launch
 
-    class GPUEmitter(CLikeEmitter):
-        language = "CUDA"
-
-        def loop_header(self, node, var):
-            if node.kind in ir.GPU_KINDS:
-                index = "blockIdx" if node.kind == "gpu_block" else "threadIdx"
-                return [f"{{ const ptrdiff_t {var} = {index}.{node.axis};"]
-            return super().loop_header(node, var)
-
-        def declare_local(self, buffer):
-            prefix = "__shared__ " if buffer.scope == "shared" else ""
-            return prefix + f"{C_TYPES[buffer.dtype]} {buffer.name}[{buffer.size}];"
-
-        def barrier(self):
-            return "__syncthreads();"
-
+    assert issubclass(CUDAEmitter, CLikeEmitter)
     func = gpu_schedule().cache_read("x", "oc.o", scope="shared").func
-    emitter = GPUEmitter(func.name)
+    emitter = CUDAEmitter(func.name, "int")
+    emitter.launch = Launch(func.name, (2, 1, 1), (10, 1, 1), 288 * 4)
     emitter.stmt(func.body, 1)
     text = "\n".join(emitter.lines)
-    assert "{ const ptrdiff_t oc_o = blockIdx.x;" in text and "{ const ptrdiff_t ow = threadIdx.x;" in text
+    assert "{ const int oc_o = blockIdx.x;" in text and "{ const int ow = threadIdx.x;" in text
     assert "__shared__ float x_shared[288];" in text and text.count("__syncthreads();") == 2

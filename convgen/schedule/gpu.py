@@ -46,12 +46,13 @@ MAX_UNROLLED_TAPS = 7
 
 def gpu_recipe(spec: Spec, gpu: GPUTarget) -> Recipe:
     """The default GPU schedule for a layer: the first of shared tile,
-    depthwise column tile, channel tile and direct that applies and builds (a refusal is named in `why`). A
-    pool fused after a convolution is a stage of its own, and a kernel of its
-    own: direct."""
-    first = _first_loops(spec)
+    depthwise column tile, channel tile and direct that applies and builds
+    (a refusal is named in `why`). A pool fused after a convolution is a
+    stage of its own, and a kernel of its own: direct."""
+    start = Schedule.for_spec(spec)
+    first = first_loops(start)
     refused = []
-    for name, params, why, make in _candidates(spec, gpu, first[0]):
+    for name, params, why, make in _candidates(spec, gpu, start, first[0]):
         try:
             s = make()
         except ScheduleError as err:
@@ -64,9 +65,9 @@ def gpu_recipe(spec: Spec, gpu: GPUTarget) -> Recipe:
     raise AssertionError("direct builds for every layer")
 
 
-def _candidates(spec: Spec, gpu: GPUTarget, first: str | None):
-    """(name, params, why, make the schedule) of each GPU recipe that applies, in order of preference."""
-    start = Schedule.for_spec(spec)
+def _candidates(spec: Spec, gpu: GPUTarget, start: Schedule, first: str | None):
+    """(name, params, why, make the schedule from the lowered `start`) of each
+    GPU recipe that applies, in order of preference."""
     per_group = spec.out_channels // spec.groups if spec.is_conv else 0
     columns, chunk = _shared_shape(spec, gpu)
     if spec.is_conv and spec.groups == 1 and spec.out_channels >= 32 and chunk:
@@ -208,11 +209,11 @@ def _loop_names(s: Schedule) -> list[str]:
     return [loop.var.name for loop in ir.find_all(s.func.body, ir.Loop)]
 
 
-def _first_loops(spec: Spec) -> list[str | None]:
-    """The outermost loop of each nest of the lowered kernel (the convolution's,
+def first_loops(s: Schedule) -> list[str | None]:
+    """The outermost loop of each nest of a lowered kernel (the convolution's,
     then a fused pool's); None for a nest with no loop (lowering leaves out loops
     of one iteration: one output element of a 1x1 kernel)."""
-    func = Schedule.for_spec(spec).func
+    func = s.func
     stages = ir.find_all(func.body, ir.Stage)
     nests = [stage.body for stage in stages] if stages else [func.body]
     return [nest.var.name if isinstance(nest, ir.Loop) else None for nest in nests]
