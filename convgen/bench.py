@@ -69,8 +69,9 @@ def bench(spec: Spec, threads: int = 1, peers=DEFAULT_PEERS, schedule=None, seed
         except ScheduleError as err:
             entries[name] = Entry(name, note=f"not applicable: {err.message}")
     for peer in peers:
-        if spec.is_quantized:
-            entries[peer] = Entry(peer, note="not timed: the peers here run float32 layers, not int8")
+        if spec.is_quantized or spec.residual:
+            entries[peer] = Entry(peer, note="not timed: the peers here run float32 layers, not int8" if
+                                  spec.is_quantized else "not timed: the peers here add no residual")
             continue
         try:
             contenders.update(PEERS[peer](spec, inputs, threads))

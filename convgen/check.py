@@ -41,7 +41,7 @@ class CheckResult:
 
 
 def random_inputs(spec: Spec, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """x (in the spec's layout), and for conv2d w and b: the spec's own values or
+    """x (in the spec's layout), and for conv2d w and b (and r, a residual): the spec's own values or
     uniform in [-1, 1); int8 layers: x over all of int8, w in [-127, 127], b in
     [-2**16, 2**16) (a few times a typical accumulator's spread)."""
     draw = _int8_draws if spec.is_quantized else _float_draws
@@ -52,6 +52,8 @@ def random_inputs(spec: Spec, rng: np.random.Generator) -> dict[str, np.ndarray]
         if spec.bias:
             own = spec.bias_array()
             inputs["b"] = own if own is not None else draw["b"](rng, (spec.out_channels,))
+        if spec.residual:
+            inputs["r"] = draw["x"](rng, spec.residual_shape)
     return inputs
 
 
@@ -76,9 +78,10 @@ def tolerance(spec: Spec, inputs: dict[str, np.ndarray], transform: str = "") ->
         # the sums over channels, the input and output transforms, and the weight transform's
         # float32 sum of up to nine products (each coefficient rounded once)
         terms = spec.in_channels + 4 * (tile + 2) + 16
-        return terms * _UNIT_ROUNDOFF * _winograd_magnitude(spec, magnitudes, tile) + 1e-30
+        magnitude = _winograd_magnitude(spec, magnitudes, tile) + (magnitudes["r"] if spec.residual else 0.0)
+        return (terms + spec.residual) * _UNIT_ROUNDOFF * magnitude + 1e-30
     magnitude = reference(replace(spec, activation="none"), **magnitudes)
-    terms = spec.kernel_size[0] * spec.kernel_size[1] * (spec.in_channels // spec.groups) + 2
+    terms = spec.kernel_size[0] * spec.kernel_size[1] * (spec.in_channels // spec.groups) + 2 + spec.residual
     return terms * _UNIT_ROUNDOFF * magnitude + 1e-30
 
 
@@ -163,3 +166,79 @@ def compare(actual: np.ndarray, expected: np.ndarray, allowed: np.ndarray) -> Ch
     max_error = float(np.nanmax(error))
     return CheckResult(max_abs_error=max_error, max_allowed=float(allowed.flat[worst]),
                        unwritten=unwritten, passed=ok and unwritten == 0)
+
+
+# ---------------------------------------------------------------------------
+# Networks
+# ---------------------------------------------------------------------------
+
+def network_tolerance(network, x: np.ndarray, weights: dict[str, np.ndarray]) -> np.ndarray:
+    """A bound on each output's float32 rounding error, however the network
+    is folded, fused and summed (first-order forward error analysis). Each
+    layer adds its own rounding: (terms summed + 2) unit roundoffs of the
+    sum of the magnitudes of those terms, taken on the exact (float64)
+    values of its inputs; and it carries its inputs' errors as its linear
+    part does on magnitudes (|weights|; ReLU, clipping and max pooling are
+    1-Lipschitz). The result is doubled to cover second-order terms and the
+    rounding of folded weights."""
+    from .reference import network_reference
+    exact = network_reference(network, x, weights)
+    error = {network.input: np.zeros_like(exact[network.input])}
+    for layer in network.layers:
+        magnitudes = [np.abs(exact[t]) for t in layer.inputs]
+        m, e, terms = _propagate(layer, magnitudes, [error[t] for t in layer.inputs],
+                                 {k: np.abs(np.asarray(v, dtype=np.float64)) for k, v in weights.items()
+                                  if k.startswith(layer.name + ".")})
+        error[layer.output] = e + (terms + 2) * _UNIT_ROUNDOFF * m
+    return 2 * error[network.output] + 1e-30
+
+
+def _propagate(layer, m_in, e_in, weights):
+    """(the magnitude of what the layer sums, on these input magnitudes; the
+    input errors carried to its output; how many terms its rounding sums)
+    for one network layer; weights are |weights| by key."""
+    def array(key):
+        return weights[f"{layer.name}.{key}"]
+    spec = layer.spec
+    if spec is not None:
+        linear = replace(spec, activation="none", bias=False, residual=False)
+        w = array("weight") if spec.is_conv else None
+        m = reference(replace(spec, activation="none"), m_in[0], w, array("bias") if spec.is_conv and spec.bias
+                      else None, m_in[1] if spec.residual else None)
+        e = reference(linear, e_in[0], w) + (e_in[1] if spec.residual else 0.0)
+        window = spec.pool.kernel_size if spec.pool is not None else (1, 1)
+        taps = spec.kernel_size[0] * spec.kernel_size[1] * (spec.in_channels // spec.groups if spec.is_conv else 1)
+        return m, e, taps + window[0] * window[1] + spec.residual
+    if layer.op == "batchnorm":
+        scale = array("weight") / np.sqrt(np.asarray(weights[f"{layer.name}.running_var"]) + layer.eps)
+        shift = array("bias") + array("running_mean") * scale
+        per_channel = (lambda v: v.reshape(1, -1, 1, 1))
+        return m_in[0] * per_channel(scale) + per_channel(shift), e_in[0] * per_channel(scale), 3
+    if layer.op in ("relu", "relu6"):
+        return m_in[0], e_in[0], 0
+    if layer.op == "add":
+        return sum(m_in), sum(e_in), len(m_in)
+    if layer.op == "concat":
+        return np.concatenate(m_in, axis=1), np.concatenate(e_in, axis=1), 0
+    if layer.op == "global_avgpool":
+        return m_in[0].mean(axis=(2, 3), keepdims=True), e_in[0].mean(axis=(2, 3), keepdims=True), \
+            m_in[0].shape[2] * m_in[0].shape[3]
+    if layer.op == "linear":
+        w = array("weight")
+        m = m_in[0].reshape(len(m_in[0]), -1) @ w.T + (array("bias") if layer.bias else 0.0)
+        return m, e_in[0].reshape(len(e_in[0]), -1) @ w.T, w.shape[1]
+    raise ValueError(f"network_tolerance: no rule for op {layer.op}")
+
+
+def check_network(kernel, rng: np.random.Generator | int | None = None) -> CheckResult:
+    """Run a network kernel (runtime.NetworkKernel) once on a random input in
+    [-1, 1), its output poisoned with NaN, and compare with the network's
+    float64 reference within network_tolerance."""
+    from .reference import network_reference
+    rng = np.random.default_rng(rng)
+    network = kernel.plan.network
+    weights = kernel.plan.source_weights
+    x = rng.uniform(-1, 1, network.shape[network.input]).astype(np.float32)
+    actual = kernel(x, out=np.full(kernel.output_shape, np.nan, dtype=np.float32))
+    expected = network_reference(network, x, weights)[network.output]
+    return compare(actual, expected, network_tolerance(network, x, weights))

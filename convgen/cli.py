@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 import os
 import re
 import sys
@@ -23,10 +24,10 @@ import yaml
 from . import cache as kernel_cache, firmware, ir
 from .bench import DEFAULT_PEERS, bench, bench_cuda
 from .peers import PEERS
-from .check import check, random_inputs
+from .check import check, check_network, random_inputs
 from .codegen import BACKENDS, CPU_BACKENDS
 from .codegen.c import Baking
-from .driver import build, default_arch, emit, plan
+from .driver import build, build_network, default_arch, emit, plan, plan_network
 from .errors import ConvgenError, ConvgenWarning, ScheduleError
 from .native import llvm_assembly, nvcc_compile
 from .network import is_network, load_network
@@ -127,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     info.set_defaults(run=_info)
 
     show = commands.add_parser("show", help="print the loop nest, and what each schedule step changes")
-    show.add_argument("spec", help="layer spec (YAML)")
+    show.add_argument("spec", help="layer spec (YAML), or a network spec: its fused layers and memory plan")
     _schedule_option(show)
     show.add_argument("--verify-each-step", action="store_true",
                       help="check the kernel against the reference after lowering and after every step")
@@ -143,7 +144,7 @@ def _parser() -> argparse.ArgumentParser:
     show.set_defaults(run=_show)
 
     compile_ = commands.add_parser("compile", help="write the emitted code for one backend")
-    compile_.add_argument("spec", help="layer spec (YAML)")
+    compile_.add_argument("spec", help="layer or network spec (YAML)")
     compile_.add_argument("-t", "--backend", choices=BACKENDS, default="llvm", help="backend (default: llvm)")
     compile_.add_argument("-o", "--output", type=Path, help="folder to write into (default: build/<name>/)")
     compile_.add_argument("--asm", action="store_true", help="llvm: also write the assembly (.s)")
@@ -173,7 +174,7 @@ def _parser() -> argparse.ArgumentParser:
     compile_.set_defaults(run=_compile)
 
     check_ = commands.add_parser("check", help="build a spec and compare it with the NumPy reference")
-    check_.add_argument("spec", help="layer spec (YAML)")
+    check_.add_argument("spec", help="layer or network spec (YAML)")
     check_.add_argument("-t", "--backend", default=",".join(CPU_BACKENDS),
                         help=f"comma-separated backends, of {','.join(BACKENDS)} (default: {','.join(CPU_BACKENDS)}; "
                              f"cuda runs on the CUDA emulator where there is no GPU)")
@@ -217,7 +218,7 @@ def _parser() -> argparse.ArgumentParser:
     explore.set_defaults(run=_explore)
 
     build_ = commands.add_parser("build", help="compile and check every spec under a folder")
-    build_.add_argument("dir", type=Path, help="folder of layer specs (searched recursively for *.yaml)")
+    build_.add_argument("dir", type=Path, help="folder of layer and network specs (searched recursively for *.yaml)")
     build_.add_argument("-o", "--output", type=Path, default=Path("build"), help="output root (default: build/)")
     build_.add_argument("--seed", type=_seed_value, help="seed for the random inputs (default: fresh)")
     build_.set_defaults(run=_build)
@@ -295,13 +296,84 @@ def _network_info(network) -> int:
     for layer in network.layers:
         print(f"{layer.name:<16} {layer.op:<15} {', '.join(layer.inputs):<20} {layer.output:<12} "
               f"{list(network.shape[layer.output])}")
-    print("(building a network is not there yet: convgen builds layers one at a time)")
+    print(f"(convgen show {network.source} prints it folded and fused, with its memory plan)")
     return 0
+
+
+def _network_options(args, command: str, allowed: tuple[str, ...] = ()) -> None:
+    """Refuse the layer-only options a network command was given."""
+    layer_only = {"schedule": "--schedule", "verify_each_step": "--verify-each-step", "arch": "--arch",
+                  "html": "--html", "asm": "--asm", "weights": "--weights"}
+    given = [flag for key, flag in layer_only.items() if getattr(args, key, None) and key not in allowed]
+    if given:
+        raise ConvgenError(f"{command}: {given[0]}: for layer specs; a network takes each layer's default "
+                           f"schedule for the CPU, and its weights from its .npz")
+
+
+def _show_network(args) -> int:
+    _network_options(args, "show")
+    chosen = plan_network(load_network(args.spec), load_target(args.target))
+    for line in chosen.describe():
+        print(line)
+    if args.verbose:
+        print("\n== the composed program ==")
+        print(ir.format_func(chosen.func), end="")
+    print(f"\n{_describe_program(chosen.program)}")
+    return 0
+
+
+def _compile_network(args) -> int:
+    _network_options(args, "compile")
+    network = load_network(args.spec)
+    if args.backend == "cuda":
+        raise ConvgenError("compile: -t cuda: a network builds for llvm or c")
+    if args.backend == "llvm" and (args.prefix or args.report or args.bake_weights):
+        raise ConvgenError("compile: --prefix, --report and --bake-weights are for -t c "
+                           "(the LLVM backend is called from Python)")
+    if not args.bake_weights and (args.align or args.section):
+        raise ConvgenError("compile: --align and --section go with --bake-weights")
+    machine = load_target(args.target)
+    chosen = plan_network(network, machine)
+    if args.prefix:
+        chosen = replace(chosen, program=replace(chosen.program, name=args.prefix + chosen.program.name))
+    folder = args.output or Path("build") / chosen.program.name
+    if folder.exists() and not folder.is_dir():
+        raise ConvgenError(f"compile: -o {folder}: expected a folder to write into; it is a file")
+    folder.mkdir(parents=True, exist_ok=True)
+    baking = Baking(chosen.weights, args.align, args.section) if args.bake_weights else None
+    emitted = emit(chosen, args.backend, baking)
+    for line in chosen.describe():
+        print(line, file=sys.stderr)
+    for name, text in emitted.files.items():
+        print(_write(folder / name, text))
+    if args.report:
+        for line in firmware.report(chosen.func, emitted, machine, folder / "report").lines():
+            print(line)
+    return 0
+
+
+def _check_network(args) -> int:
+    _network_options(args, "check")
+    network = load_network(args.spec)
+    seed = _seed(args)
+    failed = False
+    for target in _backends(args.backend):
+        if target not in CPU_BACKENDS:
+            raise ConvgenError(f"check: -t {target}: a network builds for {' and '.join(CPU_BACKENDS)}")
+        result = check_network(build_network(network, target), seed)
+        failed |= not result.passed
+        print(f"{network.name} [{target}]: {'pass' if result.passed else 'FAIL'}  max error "
+              f"{result.max_abs_error:.3g} (allowed {result.max_allowed:.3g})"
+              + (f", {result.unwritten} outputs never written" if result.unwritten else ""))
+    print(f"seed {seed}")
+    return 1 if failed else 0
 
 
 def _show(args) -> int:
     if args.html is not None and args.html.is_dir():
         raise ConvgenError(f"show: --html {args.html}: expected a file to write; it is a folder")
+    if _is_network_file(args.spec):
+        return _show_network(args)
     spec = load_spec(args.spec)
     if args.arch and args.target != "host":
         raise ConvgenError("show: --target names a CPU and --arch a GPU; give one")
@@ -361,10 +433,12 @@ def _diff(before: str, after: str) -> str:
 
 
 def _compile(args) -> int:
-    spec = load_spec(args.spec)
     if args.prefix and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", args.prefix):
         raise ConvgenError(f"compile: --prefix: expected letters, digits and '_' (a C identifier start); "
                            f"got {args.prefix!r}")
+    if _is_network_file(args.spec):
+        return _compile_network(args)
+    spec = load_spec(args.spec)
     if args.backend == "llvm" and (args.prefix or args.report or args.bake_weights):
         raise ConvgenError("compile: --prefix, --report and --bake-weights are for -t c "
                            "(the LLVM backend is called from Python)")
@@ -471,6 +545,8 @@ _LARGE_BYTES = 1 << 30
 
 
 def _check(args) -> int:
+    if _is_network_file(args.spec):
+        return _check_network(args)
     spec = load_spec(args.spec)
     seed = _seed(args)
     backends = _backends(args.backend)
@@ -544,7 +620,9 @@ def _build(args) -> int:
     started, timings = time.perf_counter(), {"build": 0.0, "cached": 0}
     for path in paths:
         if _is_network_file(path):
-            notes.append(f"{path}: a network spec; building networks is not there yet (convgen info shows it)")
+            for target in CPU_BACKENDS:
+                total += 1
+                passed += _build_network(path, target, args.output, seed, problems, timings)
             continue
         try:
             spec = load_spec(path)
@@ -590,6 +668,30 @@ def _build_one(spec: Spec, target: str, folder: Path, seed: int, problems: list[
     return result.passed
 
 
+def _build_network(path: Path, target: str, output: Path, seed: int, problems: list[str], timings: dict) -> bool:
+    """Build and check one network spec for one backend, printing its row; False on failure."""
+    try:
+        network = load_network(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvgenWarning)   # a layer without a recipe: `convgen show` says so
+            started = time.perf_counter()
+            kernel = build_network(network, target, workdir=output / network.name)
+            timings["build"] += time.perf_counter() - started
+        result = check_network(kernel, seed)
+    except ConvgenError as err:
+        problems.append(f"{path} [{target}]: {err}")
+        print(_row((path.stem, target, "-", "-", "-", "-", "ERROR")), flush=True)
+        return False
+    if not result.passed:
+        problems.append(f"{path} [{target}]: max error {result.max_abs_error:.3g} exceeds "
+                        f"{result.max_allowed:.3g}; {result.unwritten} outputs never written")
+    macs = sum(step.plan.spec.macs for step in kernel.plan.layers if step.plan is not None)
+    shape = "x".join(str(s) for s in network.shape[network.output])
+    print(_row((network.name, target, shape, f"{macs:,}", "network", f"{result.max_abs_error:.2g}",
+                "pass" if result.passed else "FAIL")), flush=True)
+    return result.passed
+
+
 def _cache(args) -> int:
     if kernel_cache.location() is None:
         print("the kernel cache is off (CONVGEN_CACHE is set to turn it off)")
@@ -609,6 +711,13 @@ def _bench(args) -> int:
     if unknown:
         raise ConvgenError(f"bench: --vs: expected names among {', '.join(PEERS)}; got {unknown[0]!r}")
     paths = [args.spec] if args.spec.is_file() else _spec_files(args.spec)
+    networks = [p for p in paths if _is_network_file(p)]
+    if networks and args.spec.is_file():
+        raise ConvgenError(f"bench: {args.spec}: a network spec; bench times layers (convgen check and the "
+                           f"Python API build networks)")
+    for path in networks:
+        print(f"note: {path}: a network spec, left aside (bench times layers)", file=sys.stderr)
+    paths = [p for p in paths if p not in networks]
     if args.backend == "cuda":
         return _bench_cuda(paths, args)
     if args.plot is not None and args.plot.suffix.lower() != ".png":

@@ -18,13 +18,16 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from . import cache as kernel_cache, gpu, ir
-from .codegen import BACKENDS, backend as get_backend
+from .codegen import BACKENDS, CPU_BACKENDS, backend as get_backend
+from .compose import NetworkPlan, compose
 from .errors import ConvgenError, ConvgenWarning
 from .lower import lower
 from .passes import run_passes
-from .runtime import Kernel, is_thread_count
+from .network import Network, is_network, load_network
+from .runtime import Kernel, NetworkKernel, is_thread_count
 from .schedule import Step, as_steps, trace
 from .schedule.gpu import gpu_recipe
 from .schedule.space import Recipe, default_recipe
@@ -177,10 +180,11 @@ def run_prepare(program: ir.Program, weights: dict) -> dict:
             for s in program.prepared}
 
 
-def build(spec: Spec | str | os.PathLike | dict, target: str = "llvm", schedule=None,
+def build(spec: Spec | Network | str | os.PathLike | dict, target: str = "llvm", schedule=None,
           workdir: str | os.PathLike | None = None, threads: int | None = None, cache: bool = True,
-          arch: str | None = None) -> Kernel:
-    """Compile a layer into a callable kernel for this machine.
+          arch: str | None = None) -> Kernel | NetworkKernel:
+    """Compile a layer into a callable kernel for this machine; a network spec
+    (one with `layers:`) into a NetworkKernel, net(x) -> y (build_network).
 
     spec: a Spec, or a path or dict for load_spec. target: the backend, "llvm"
     (JIT for the host CPU), "c" (emitted C built with the host C compiler) or
@@ -199,8 +203,13 @@ def build(spec: Spec | str | os.PathLike | dict, target: str = "llvm", schedule=
     the compiled kernel from the on-disk cache where it is there, and keep
     it there when built (convgen/cache.py; CONVGEN_CACHE=off turns it off).
     """
-    if not isinstance(spec, Spec):
-        spec = load_spec(spec)
+    spec = load_any(spec)
+    if isinstance(spec, Network):
+        if schedule is not None or arch is not None:
+            raise ConvgenError(f"{spec.source}: a network takes each layer's default schedule, for the host's CPU "
+                               f"(schedule= and arch= are for layers)")
+        _check_threads(threads)
+        return build_network(spec, target, workdir, threads, cache)
     if target not in BACKENDS:
         raise ConvgenError(f"build: target: expected one of {', '.join(BACKENDS)}; got {target!r}")
     _check_threads(threads)
@@ -212,20 +221,67 @@ def load(chosen: Plan, backend: str = "llvm", workdir: str | os.PathLike | None 
          threads: int | None = None, use_cache: bool = True) -> Kernel:
     """A plan for this machine emitted, compiled and loaded as a callable
     Kernel; from the kernel cache (cache.py) where it holds this program."""
+    emitted, loaded, cached = _compiled(chosen, backend, workdir, use_cache)
+    parallel = any(stage.convention in ("openmp", "c-openmp") for stage in loaded.stages)
+    return Kernel(chosen.spec, backend, chosen.func, chosen.program, emitted.source, loaded, steps=chosen.steps,
+                  schedule_source=chosen.schedule_source, recipe=chosen.recipe, from_cache=cached,
+                  threads=threads or (chosen.target.cores if parallel else 1), device=getattr(loaded, "device", ""))
+
+
+def _compiled(chosen, backend: str, workdir, use_cache: bool):
+    """(the emitted files, the loaded program, whether it came from the kernel
+    cache) of a Plan or NetworkPlan for this machine."""
     coder, folder = get_backend(backend), Path(workdir) if workdir is not None else None
     name = kernel_cache.key(chosen.program, backend, chosen.target) if use_cache else None
     stored = kernel_cache.get(name) if name else None
     if stored is not None:
-        emitted, loaded = stored.emitted, coder.restore(stored.emitted, stored.image, chosen.target, folder)
-    else:
-        emitted = emit(chosen, backend)
-        loaded = coder.load(emitted, chosen.target, folder)
-        if name:
-            kernel_cache.put(name, emitted, loaded.image)
+        return stored.emitted, coder.restore(stored.emitted, stored.image, chosen.target, folder), True
+    emitted = emit(chosen, backend)
+    loaded = coder.load(emitted, chosen.target, folder)
+    if name:
+        kernel_cache.put(name, emitted, loaded.image)
+    return emitted, loaded, False
+
+
+# ---------------------------------------------------------------------------
+# Networks
+# ---------------------------------------------------------------------------
+
+def load_any(source) -> Spec | Network:
+    """A layer spec or a network spec, from a Spec or Network (as they are), a
+    dict, or a YAML file (a network spec is the one with `layers:`)."""
+    if isinstance(source, (Spec, Network)):
+        return source
+    if isinstance(source, dict):
+        return load_network(source) if is_network(source) else load_spec(source)
+    try:
+        data = yaml.safe_load(Path(source).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        data = None   # load_spec says what is wrong with the file
+    return load_network(source) if is_network(data) else load_spec(source)
+
+
+def plan_network(network: Network, target: Target | None = None, threads: int | None = None,
+                 weights: dict | None = None) -> NetworkPlan:
+    """Fold and fuse the network, plan each layer (its default schedule for
+    the target and thread count) and compose one program over a planned
+    arena (compose.py). weights: by state-dict key; by default the network's
+    .npz."""
+    target = target or host()
+    weights = network.load_weights() if weights is None else weights
+    return compose(network, weights, target, lambda spec, prefix: plan(spec, target, threads=threads, prefix=prefix))
+
+
+def build_network(network: Network, target: str = "llvm", workdir=None, threads: int | None = None,
+                  cache: bool = True, weights: dict | None = None) -> NetworkKernel:
+    """A network compiled as one program with its weights bound: net(x) -> y."""
+    if target not in CPU_BACKENDS:
+        raise ConvgenError(f"{network.source}: target: a network builds for {' or '.join(CPU_BACKENDS)}; "
+                           f"got {target!r}")
+    chosen = plan_network(network, host(), threads, weights)
+    emitted, loaded, _ = _compiled(chosen, target, workdir, cache)
     parallel = any(stage.convention in ("openmp", "c-openmp") for stage in loaded.stages)
-    return Kernel(chosen.spec, backend, chosen.func, chosen.program, emitted.source, loaded, steps=chosen.steps,
-                  schedule_source=chosen.schedule_source, recipe=chosen.recipe, from_cache=stored is not None,
-                  threads=threads or (chosen.target.cores if parallel else 1), device=getattr(loaded, "device", ""))
+    return NetworkKernel(chosen, target, emitted.source, loaded, threads or (host().cores if parallel else 1))
 
 
 def default_arch() -> str:

@@ -3,7 +3,7 @@
 conv2d, per output element:
     acc = bias[oc] (or 0)
     for ic, kh, kw: acc += x[n, group_base + ic, ih, iw] * w[oc, ic, kh, kw]
-    y[n, oc, oh, ow] = activation(acc)
+    y[n, oc, oh, ow] = activation(acc)            (a residual layer: activation(acc + r[n, oc, oh, ow]))
 with ih = oh*sh + kh*dh - pad_top (and alike for iw). Padding becomes a guard
 (zeros: the tap is skipped, so it contributes 0; for max pooling that is the
 -inf of PyTorch) or an index remap (reflect, replicate). No optimisation
@@ -50,6 +50,8 @@ def describe(spec: Spec) -> str:
         parts.insert(1, f"{spec.in_channels}->{spec.out_channels} channels")
         parts.append(f"groups {spec.groups}")
         parts.append("bias" if spec.bias else "no bias")
+        if spec.residual:
+            parts.append("plus the residual r")
     else:
         parts.insert(1, f"{spec.in_channels} channels")
     parts.append(f"activation {spec.activation}")
@@ -76,6 +78,9 @@ def _params(spec: Spec) -> dict[str, Buffer]:
         params["w"] = argument("w", ("O", "I", "H", "W"), spec.weight_shape, "OIHW")
         if spec.bias:
             params["b"] = argument("b", ("O",), (spec.out_channels,), "O")
+        if spec.residual:
+            params["r"] = argument("r", activation_axes, (spec.batch, spec.out_channels, *spec.conv_output_size),
+                                   spec.output_layout)
     params["y"] = argument("y", activation_axes, (spec.batch, spec.out_channels, oh, ow), spec.output_layout)
     return params
 
@@ -182,6 +187,8 @@ def _conv_body(spec: Spec, params: dict[str, Buffer]) -> ir.Stmt:
     if spec.is_quantized:
         pixel, weight = _widen(pixel) + _int32(-spec.quantization.input_zero_point), _widen(weight)
     finish = (lambda v: _requantized(spec, v, oc)) if spec.is_quantized else (lambda v: _activation(spec, v))
+    if spec.residual:
+        finish = (lambda v: _activation(spec, v + ir.Load(params["r"], (n, oc, oh, ow))))
 
     def update(store, acc):
         return _guarded(guard, store(acc + pixel * weight))
@@ -310,3 +317,41 @@ def _quantized_pool_body(spec: Spec, params: dict[str, Buffer]) -> ir.Stmt:
                        lambda v: Store(params["y"], (n, c, oh, ow), _saturate(spec, finish(v))))
     oh_n, ow_n = spec.output_size
     return _nest([("n", spec.batch), ("c", spec.in_channels), ("oh", oh_n), ("ow", ow_n)], body)
+
+
+# ---------------------------------------------------------------------------
+# Network ops with no layer spec: elementwise and concatenation
+# ---------------------------------------------------------------------------
+
+def lower_elementwise(name: str, op: str, inputs: tuple[Buffer, ...], y: Buffer, prefix: str = "") -> ir.Func:
+    """A network's relu, relu6 (one input) or add (the sum of its inputs, in
+    order) over N x C x H x W buffers of one shape: y = op(inputs), element by
+    element. y may be one of the inputs (in place): each element is read
+    before it is written, and by nothing else."""
+    axes = [Var(prefix + v) for v in ("n", "c", "h", "w")]
+    value = ir.Load(inputs[0], tuple(axes))
+    for other in inputs[1:]:
+        value = value + ir.Load(other, tuple(axes))
+    if op in ("relu", "relu6"):
+        value = ir.maximum(value, FloatImm(0.0))
+    if op == "relu6":
+        value = ir.minimum(value, FloatImm(6.0))
+    body = _nest([(v.name, extent) for v, extent in zip(axes, y.shape)], Store(y, tuple(axes), value))
+    params = tuple(dict.fromkeys(inputs + (y,)))
+    return ir.simplify(ir.Func(name, params, body, doc=f"{name}: {op} of {len(inputs)} tensor(s)", prefix=prefix),
+                       drop_unit_loops=True)
+
+
+def lower_concat(name: str, inputs: tuple[Buffer, ...], y: Buffer, prefix: str = "") -> ir.Func:
+    """A network's concat along channels: a stage per input, copying it into
+    its channels of y."""
+    stages, first = [], 0
+    for k, source in enumerate(inputs):
+        n, c, h, w = (Var(f"{prefix}{v}{k}") for v in ("n", "c", "h", "w"))
+        copy = Store(y, (n, c + first, h, w), ir.Load(source, (n, c, h, w)))
+        stages.append(ir.Stage(f"{prefix}copy{k}", _nest([(v.name, e) for v, e in zip((n, c, h, w), source.shape)],
+                                                          copy)))
+        first += source.extent("C")
+    func = ir.Func(name, tuple(inputs) + (y,), Seq(tuple(stages)), doc=f"{name}: concat of {len(inputs)} tensors",
+                   prefix=prefix)
+    return ir.simplify(func, drop_unit_loops=True)

@@ -367,3 +367,71 @@ class _TfliteGraph:
 
 
 PEERS = {"torch": _torch, "onnxruntime": _onnxruntime, "tflite": _tflite, "numpy": _numpy}
+
+
+def torch_network(network):
+    """The network (convgen.network.Network) as a PyTorch module in eval mode:
+    a submodule per layer with weights, named as the layer, so that its
+    state_dict has the keys a network's .npz takes (`<layer>.weight`, ...,
+    and batchnorm's running statistics; num_batches_tracked aside). Its
+    forward runs the layers in order on an NCHW tensor."""
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.functions = {}
+            shape = network.shape
+            for layer in network.layers:
+                source = shape[layer.inputs[0]]
+                spec = layer.spec
+                if layer.op == "conv2d":
+                    module = torch.nn.Conv2d(spec.in_channels, spec.out_channels, spec.kernel_size, groups=spec.groups,
+                                             bias=spec.bias)
+                    self.add_module(layer.name, module)
+                    self.functions[layer.name] = _conv_with(torch_layer, spec, module)
+                elif layer.op == "batchnorm":
+                    self.add_module(layer.name, torch.nn.BatchNorm2d(source[1], eps=layer.eps))
+                elif layer.op == "linear":
+                    features = int(np.prod(source[1:]))
+                    self.add_module(layer.name, torch.nn.Linear(features, layer.out_features, bias=layer.bias))
+                elif spec is not None:
+                    self.functions[layer.name] = torch_layer(spec, None, None)
+            self.eval()
+
+        def forward(self, x):
+            tensors = {network.input: x}
+            for layer in network.layers:
+                inputs = [tensors[name] for name in layer.inputs]
+                tensors[layer.output] = self.run(layer, inputs)
+            return tensors[network.output]
+
+        def run(self, layer, inputs):
+            x = inputs[0]
+            if layer.name in self.functions:
+                return self.functions[layer.name](x)
+            if layer.op in ("batchnorm", "linear"):
+                return getattr(self, layer.name)(x.flatten(1) if layer.op == "linear" else x)
+            if layer.op == "relu":
+                return torch.relu(x)
+            if layer.op == "relu6":
+                return torch.clamp(x, 0.0, 6.0)
+            if layer.op == "add":
+                total = inputs[0]
+                for other in inputs[1:]:
+                    total = total + other
+                return total
+            if layer.op == "concat":
+                return torch.cat(inputs, dim=1)
+            if layer.op == "global_avgpool":
+                return x.mean(dim=(2, 3), keepdim=True)
+            raise NotImplementedError(f"torch_network: no PyTorch form of {layer.op}")
+
+    return Net()
+
+
+def _conv_with(make_layer, spec, module):
+    """torch_layer's convolution, reading the module's own weight and bias (as they are at call time)."""
+    def call(x):
+        return make_layer(spec, module.weight, module.bias)(x)
+    return call

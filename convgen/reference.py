@@ -39,9 +39,10 @@ from .spec import Spec
 _NUMPY_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "edge"}
 
 
-def reference(spec: Spec, x: np.ndarray, w: np.ndarray | None = None, b: np.ndarray | None = None) -> np.ndarray:
-    """Compute the layer in float64 (int8 layers: exactly, in integers). x and the
-    result are in the spec's layouts; w is OIHW."""
+def reference(spec: Spec, x: np.ndarray, w: np.ndarray | None = None, b: np.ndarray | None = None,
+              r: np.ndarray | None = None) -> np.ndarray:
+    """Compute the layer in float64 (int8 layers: exactly, in integers). x, r (a
+    residual layer's) and the result are in the spec's layouts; w is OIHW."""
     if spec.is_quantized:
         return _from_nchw(_quantized(spec, _to_nchw(np.asarray(x, dtype=np.int64), spec.input_layout), w, b),
                           spec.output_layout)
@@ -50,6 +51,8 @@ def reference(spec: Spec, x: np.ndarray, w: np.ndarray | None = None, b: np.ndar
         y = _conv2d(spec, x, np.asarray(w, dtype=np.float64))
         if spec.bias:
             y = y + np.asarray(b, dtype=np.float64).reshape(1, -1, 1, 1)
+        if spec.residual:
+            y = y + _to_nchw(np.asarray(r, dtype=np.float64), spec.output_layout)
         y = _activation(spec.activation, y)
         if spec.pool is not None:
             p = spec.pool
@@ -197,7 +200,7 @@ def _network_layer(layer, inputs: list[np.ndarray], weights: dict[str, np.ndarra
         spec = layer.spec
         w = array("weight") if spec.is_conv else None
         b = array("bias") if spec.is_conv and spec.bias else None
-        return reference(spec, x, w, b)
+        return reference(spec, x, w, b, inputs[1] if spec.residual else None)
     if layer.op == "batchnorm":
         scale = array("weight") / np.sqrt(array("running_var") + layer.eps)
         shift = array("bias") - array("running_mean") * scale

@@ -104,8 +104,8 @@ class Kernel:
         self._scratch = threading.local()   # per calling thread: its workspace (a call runs outside the GIL)
 
     def __call__(self, x: np.ndarray, w: np.ndarray | None = None, b: np.ndarray | None = None,
-                 out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
-        arrays = self._inputs(x, w, b)
+                 out: np.ndarray | None = None, threads: int | None = None, r: np.ndarray | None = None) -> np.ndarray:
+        arrays = self._inputs(x, w, b, r)
         threads = thread_count(threads, self.threads)
         prepared = self._thread_area("prepared", self.program.prepared_bytes)
         if self._prepare:
@@ -116,13 +116,17 @@ class Kernel:
         """Fix the weights and run the prepare step on them once, here; call the result with x alone."""
         if not self.spec.is_conv:
             raise KernelCallError(f"{self.spec.name}: bind: {self.spec.op} has no weights")
-        weights = {k: v for k, v in self._inputs(None, w, b).items() if k != "x"}
+        weights = {k: v for k, v in self._inputs(None, w, b, weights_only=True).items() if k != "x"}
         return BoundKernel(self, weights)
 
-    def _inputs(self, x, w, b) -> dict[str, np.ndarray]:
-        """The arguments, checked against the signature."""
+    def _inputs(self, x, w, b, r=None, weights_only: bool = False) -> dict[str, np.ndarray]:
+        """The arguments, checked against the signature (weights_only: w and b alone, for bind)."""
         spec, takes = self.spec, self.signature
         given = {"x": x}
+        if "r" in takes and not weights_only:
+            given["r"] = r
+        elif r is not None:
+            raise KernelCallError(f"{spec.name}: r: this layer adds no residual (residual: false); got an array")
         if "w" not in takes and (w is not None or b is not None):
             raise KernelCallError(f"{spec.name}: {spec.op} takes only x")
         if "w" in takes:
@@ -132,7 +136,7 @@ class Kernel:
         elif b is not None:
             raise KernelCallError(f"{spec.name}: b: this layer has no bias (bias: false); got an array")
         return {name: _checked(name, array, self._shapes[name], self._dtypes[name]) for name, array in given.items()
-                if not (name == "x" and array is None)}
+                if not (weights_only and name == "x")}
 
     def _thread_area(self, name: str, size: int) -> np.ndarray:
         """This thread's workspace area of `size` bytes, made on its first call and kept."""
@@ -143,13 +147,7 @@ class Kernel:
         return area
 
     def _pointers(self, arrays: dict[str, np.ndarray], prepared: np.ndarray, scratch: np.ndarray | None) -> list[int]:
-        """What every stage function takes: the arguments, the prepared buffers, the scratch buffers."""
-        program = self.program
-        pointers = [arrays[p.name].ctypes.data if p.name in arrays else 0 for p in program.params]
-        pointers += [prepared.ctypes.data + s.offset for s in program.prepared]
-        pointers += [scratch.ctypes.data + s.offset for s in program.scratch] if scratch is not None else \
-            [0] * len(program.scratch)
-        return pointers
+        return stage_pointers(self.program, arrays, prepared, scratch)
 
     def _launch(self, stages, arrays, prepared, scratch, threads: int) -> None:
         pointers = self._pointers(arrays, prepared, scratch)
@@ -200,13 +198,20 @@ class BoundKernel:
         self._local = threading.local()   # per calling thread: its scratch area's address
         self._has_scratch = bool(k.program.scratch)
 
-    def __call__(self, x: np.ndarray, out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
+    def __call__(self, x: np.ndarray, out: np.ndarray | None = None, threads: int | None = None,
+                 r: np.ndarray | None = None) -> np.ndarray:
         if threads is not None:
             threads = thread_count(threads, self._threads)
+        k = self.kernel
+        if "r" in k._shapes or r is not None:   # a residual layer: the general path checks r too
+            if "r" not in k._shapes:
+                raise KernelCallError(f"{k.spec.name}: r: this layer adds no residual (residual: false); got an array")
+            arrays = dict(self.weights, x=_checked("x", x, k._shapes["x"], k._dtypes["x"]),
+                          r=_checked("r", r, k._shapes["r"], k._dtypes["r"]))
+            return k._run_step(arrays, self._prepared, out, threads or self._threads)
         if out is not None and self._guard(x, out, threads or self._threads,
                                            self._scratch() if self._has_scratch else 0) is out:
             return out
-        k = self.kernel
         arrays = dict(self.weights, x=_checked("x", x, k._shapes["x"], k._dtypes["x"]))
         return k._run_step(arrays, self._prepared, out, threads or self._threads)
 
@@ -220,6 +225,69 @@ class BoundKernel:
             return self._local.address
 
 
+def stage_pointers(program: ir.Program, arrays: dict[str, np.ndarray], prepared: np.ndarray,
+                   scratch: np.ndarray | None) -> list[int]:
+    """What every stage function takes: the arguments, the prepared buffers, the scratch buffers."""
+    pointers = [arrays[p.name].ctypes.data if p.name in arrays else 0 for p in program.params]
+    pointers += [prepared.ctypes.data + s.offset for s in program.prepared]
+    pointers += [scratch.ctypes.data + s.offset for s in program.scratch] if scratch is not None else \
+        [0] * len(program.scratch)
+    return pointers
+
+
+@dataclass
+class NetworkKernel:
+    """A compiled network with its weights bound: call it as net(x) -> y (x
+    N x C x H x W float32; y as the network's output tensor), out= to reuse
+    an output array, threads= to override the thread count. The weights'
+    prepare step ran once when it was built; a call runs every layer's run
+    stages in order over the calling thread's arena (`plan.memory`).
+    `plan` is the compose.NetworkPlan: the fused layers, the memory plan,
+    the program; `source` the emitted LLVM IR or C."""
+
+    plan: object
+    target: str
+    source: str
+    _loaded: object
+    threads: int = 1
+
+    def __post_init__(self):
+        program = self.plan.program
+        self.program = program
+        network = self.plan.network
+        self.input_shape = network.shape[network.input]
+        self.output_shape = network.shape[network.output]
+        self._weights = {name: aligned_copy(array) for name, array in self.plan.weights.items()}
+        self._prepared = empty(max(program.prepared_bytes, 1), np.uint8)
+        prepared = len(program.prepare)
+        self._run = self._loaded.stages[prepared:]
+        for stage in self._loaded.stages[:prepared]:
+            stage.launch(stage_pointers(program, self._weights, self._prepared, None), self.threads)
+        self._scratch = threading.local()
+
+    @property
+    def name(self) -> str:
+        return self.program.name
+
+    def __call__(self, x: np.ndarray, out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
+        threads = thread_count(threads, self.threads)
+        x = _checked("x", x, self.input_shape, np.dtype(np.float32))
+        if out is None:
+            out = empty(self.output_shape)
+        elif not (isinstance(out, np.ndarray) and out.flags.c_contiguous and out.flags.writeable):
+            raise KernelCallError(f"{self.name}: out: expected a writeable C-contiguous float32 array")
+        out = _checked("out", out, self.output_shape, np.dtype(np.float32))
+        if np.may_share_memory(out, x):
+            raise KernelCallError(f"{self.name}: out: must not overlap x")
+        arena = getattr(self._scratch, "area", None)
+        if arena is None:   # all-ones bytes, NaN as floats: a value read before it is written shows
+            arena = self._scratch.area = full(max(self.program.workspace_bytes, 1), 0xFF, np.uint8)
+        pointers = stage_pointers(self.program, dict(self._weights, x=x, y=out), self._prepared, arena)
+        for stage in self._run:
+            stage.launch(pointers, threads)
+        return out
+
+
 def _refuse(x, out, threads: int, scratch: int) -> None:
     """The guard of a kernel without one: every call takes the general path."""
     return None
@@ -231,7 +299,7 @@ def _guard(kernel: Kernel, weights: dict[str, np.ndarray], prepared: np.ndarray)
     code, its method definition); no guard where NumPy's array fields could
     not be found, or for a kernel that runs on a GPU."""
     fields = array_fields()
-    if fields is None or any(stage.convention == "cuda-device" for stage in kernel._run):
+    if fields is None or "r" in kernel._shapes or any(stage.convention == "cuda-device" for stage in kernel._run):
         return _refuse, None   # a GPU stage copies the arrays to the device: the general path does that
     program = kernel.program
     names = [p.name for p in program.params]

@@ -32,13 +32,13 @@ FIELDS = (
     "name", "op", "batch", "in_channels", "out_channels", "input_size",
     "kernel_size", "stride", "padding", "padding_mode", "dilation", "groups",
     "bias", "activation", "layout", "dtype", "quantization", "weights", "schedule", "pool",
-    "count_include_pad", "ceil_mode",
+    "count_include_pad", "ceil_mode", "residual",
 )
 QUANT_FIELDS = ("input", "output", "weight_scales")
 INT8_RANGE = (-128, 127)
 WEIGHT_RANGE = (-127, 127)   # TFLite's symmetric int8 weights never use -128
 INT32_RANGE = (-(2**31), 2**31 - 1)
-CONV_ONLY_FIELDS = ("out_channels", "groups", "bias", "weights", "pool")
+CONV_ONLY_FIELDS = ("out_channels", "groups", "bias", "weights", "pool", "residual")
 POOL_ONLY_FIELDS = ("count_include_pad", "ceil_mode")
 POOL_FIELDS = ("op", "kernel_size", "stride", "padding", "count_include_pad", "ceil_mode")
 POOL_OPS = ("maxpool2d", "avgpool2d")
@@ -121,6 +121,9 @@ class Spec:
     ceil_mode: bool = False
     quantization: Quantization | None = None  # dtype int8 only
     source: str = "<dict>"
+    # conv2d, float32: the kernel also takes r, of the convolution's output shape (before a fused
+    # pool) in y's layout, added to the sum before the activation: y = pool(activation(conv(x) + b + r))
+    residual: bool = False
 
     @property
     def is_quantized(self) -> bool:
@@ -154,6 +157,12 @@ class Spec:
     def output_shape(self) -> tuple[int, ...]:
         """Shape of y in the spec's output layout."""
         return layout_shape(self.output_layout, self.batch, self.out_channels, *self.output_size)
+
+    @property
+    def residual_shape(self) -> tuple[int, ...]:
+        """Shape of r (a residual layer's), in the output layout: the convolution's
+        output, before a fused pool."""
+        return layout_shape(self.output_layout, self.batch, self.out_channels, *self.conv_output_size)
 
     @property
     def weight_shape(self) -> tuple[int, int, int, int] | None:
@@ -194,10 +203,10 @@ class Spec:
 
     @property
     def array_dtypes(self) -> dict[str, np.dtype]:
-        """NumPy dtype of each argument: x, w, b, y."""
+        """NumPy dtype of each argument: x, w, b, r (a residual), y."""
         if self.is_quantized:
             return {"x": np.dtype(np.int8), "w": np.dtype(np.int8), "b": np.dtype(np.int32), "y": np.dtype(np.int8)}
-        return dict.fromkeys(("x", "w", "b", "y"), np.dtype(np.float32))
+        return dict.fromkeys(("x", "w", "b", "r", "y"), np.dtype(np.float32))
 
     def weight_array(self) -> np.ndarray | None:
         """The spec's own weights in OIHW (float32, or int8 when quantized), or None when the caller supplies them."""
@@ -534,6 +543,9 @@ class _SpecParser:
         quantization = self.field("quantization", self.quantization)
         schedule = self.field("schedule", self.schedule, default=None)
         pool = self.field("pool", self.pool) if is_conv else None
+        residual = self.field("residual", self.boolean, default=False) if is_conv else False
+        if residual and dtype == "int8":
+            self.note("residual", "not supported with dtype int8 yet")
         include_pad = self.field("count_include_pad", self.boolean, default=True) if not is_conv else True
         ceil_mode = self.field("ceil_mode", self.boolean, default=False) if not is_conv else False
         if op == "maxpool2d" and "count_include_pad" in self.data:
@@ -591,6 +603,7 @@ class _SpecParser:
             activation=activation, input_layout=layout[0], output_layout=layout[1], dtype=dtype,
             weights=weight_values, bias_values=bias_values, schedule=schedule, pool=pool,
             quantization=quant, source=self.label, count_include_pad=include_pad, ceil_mode=ceil_mode,
+            residual=residual,
         )
 
     def _check_quantization(self, parsed, is_conv, out_channels, pool) -> Quantization | None:

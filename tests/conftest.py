@@ -49,5 +49,5 @@ def backend(request):
 
 
 def spec_paths():
-    """Layer specs (specs/targets/ holds hardware descriptions)."""
-    return sorted(p for p in SPECS.rglob("*.yaml") if p.parent.name != "targets")
+    """Layer specs (specs/targets/ holds hardware descriptions, specs/networks/ network specs)."""
+    return sorted(p for p in SPECS.rglob("*.yaml") if p.parent.name not in ("targets", "networks"))

@@ -58,6 +58,8 @@ def spec_dicts(draw, ops=("conv2d", "conv2d", "maxpool2d", "avgpool2d")):
         depthwise = draw(st.booleans())
         spec["out_channels"] = spec["in_channels"] if depthwise else groups * draw(st.integers(1, 3))
         spec["bias"] = draw(st.booleans())
+        if draw(st.integers(0, 3)) == 0:  # a residual added in the epilogue now and then
+            spec["residual"] = True
         if draw(st.integers(0, 4)) == 0:  # a fused pool now and then
             window = [draw(st.integers(1, 3)), draw(st.integers(1, 3))]
             spec["pool"] = {"op": draw(st.sampled_from(["maxpool2d", "avgpool2d"])), "kernel_size": window,
@@ -93,6 +95,7 @@ def quantized_specs(draw, **kwargs):
     accumulator's typical spread, so outputs span the int8 range, some saturating."""
     data = draw(spec_dicts(**kwargs))
     data.pop("pool", None)
+    data.pop("residual", None)
     data["dtype"] = "int8"
     input_scale = draw(st.floats(0.001, 0.1))
     if data["op"] != "conv2d":

@@ -5,6 +5,7 @@ import sys
 
 import re
 import shutil
+import numpy as np
 import pytest
 
 from conftest import SPECS
@@ -436,7 +437,7 @@ def test_build_table_names_each_schedule_and_notes_layers_no_recipe_fits(tmp_pat
     assert "note: grid3_diagonal: no default recipe fits this layer on host" in result.stdout
 
 
-def test_info_on_a_network_lists_its_tensors_and_build_leaves_it_aside(tmp_path):
+def test_info_on_a_network_lists_its_tensors_and_build_builds_it(tmp_path):
     (tmp_path / "net.yaml").write_text(
         "name: net\ninput: {name: x, shape: [1, 3, 8, 8]}\nlayers:\n"
         "  - {name: conv, op: conv2d, input: x, output: c, out_channels: 4, kernel_size: 3, padding: 1}\n"
@@ -446,9 +447,38 @@ def test_info_on_a_network_lists_its_tensors_and_build_leaves_it_aside(tmp_path)
     assert "network net" in result.stdout and "gap              global_avgpool  c" in result.stdout
     assert "[1, 4, 1, 1]" in result.stdout
     result = convgen("build", tmp_path, "-o", tmp_path / "out")
-    assert result.returncode == 0 and "a network spec; building networks is not there yet" in result.stdout
+    assert result.returncode == 1 and "net.yaml: weights: no .npz named, and none beside the spec" in result.stderr
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "net.npz", **{"conv.weight": rng.uniform(-1, 1, (4, 3, 3, 3)).astype(np.float32),
+                                      "conv.bias": rng.uniform(-1, 1, 4).astype(np.float32)})
+    result = convgen("build", tmp_path, "-o", tmp_path / "out", "--seed", "1")
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith("net ")]
+    assert [(row[1], row[-1]) for row in rows] == [("llvm", "pass"), ("c", "pass")]
+    assert (tmp_path / "out" / "net" / "net.c").exists()
     (tmp_path / "net.yaml").write_text("name: net\ninput: {name: x, shape: [1, 3, 8, 8]}\nlayers:\n"
                                        "  - {name: r, op: relu, input: q, output: y}\noutput: y\n")
     result = convgen("info", tmp_path / "net.yaml")
     assert result.returncode == 2 and "layers[0] (r): input: no tensor 'q'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_network_show_check_and_compile(tmp_path):
+    net = SPECS / "networks" / "resnet_block.yaml"
+    result = convgen("show", net)
+    assert result.returncode == 0, result.stderr
+    assert "folded bn1 (batchnorm) into conv1" in result.stdout
+    assert "fused add (add) into conv2 (its residual: x)" in result.stdout
+    assert "conv2: r1, x -> y: conv2d 3x3 32->32 relu" in result.stdout and "lower bound" in result.stdout
+    result = convgen("check", net, "--seed", "4")
+    assert result.returncode == 0, result.stderr
+    assert "resnet_block [llvm]: pass" in result.stdout and "resnet_block [c]: pass" in result.stdout
+    result = convgen("compile", net, "-t", "c", "--bake-weights", "--prefix", "m_", "-o", tmp_path)
+    assert result.returncode == 0, result.stderr
+    header = (tmp_path / "m_resnet_block.h").read_text()
+    assert "void m_resnet_block(const float *CONVGEN_RESTRICT x, float *CONVGEN_RESTRICT y, " \
+           "void *CONVGEN_RESTRICT workspace);" in header
+    assert "#define M_RESNET_BLOCK_ARENA_BYTES " in header and "#define M_RESNET_BLOCK_LOWER_BOUND_BYTES" in header
+    result = convgen("check", net, "--schedule", "naive")
+    assert result.returncode == 2 and "--schedule: for layer specs" in result.stderr
     assert "Traceback" not in result.stderr

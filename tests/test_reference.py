@@ -9,10 +9,13 @@ from convgen.reference import reference
 from strategies import specs
 
 
-def direct_loops(spec, x, w, b):
-    """Element by element, straight from the definition, in NCHW."""
+def direct_loops(spec, x, w, b, residual=None):
+    """Element by element, straight from the definition, in NCHW (residual: a
+    residual layer's r, of the convolution's output, in the output layout)."""
     if spec.input_layout == "NHWC":
         x = x.transpose(0, 3, 1, 2)
+    if residual is not None and spec.output_layout == "NHWC":
+        residual = residual.transpose(0, 3, 1, 2)
     top, bottom, left, right = spec.padding
     mode = {"zeros": "constant", "reflect": "reflect", "replicate": "edge"}[spec.padding_mode]
     fill = -np.inf if spec.op == "maxpool2d" else 0.0
@@ -44,7 +47,7 @@ def direct_loops(spec, x, w, b):
                     elif spec.op == "avgpool2d":
                         v = sum(values) / len(values)
                     else:
-                        v = sum(values) + (b[o] if spec.bias else 0.0)
+                        v = sum(values) + (b[o] if spec.bias else 0.0) + (residual[n, o, i, j] if spec.residual else 0.0)
                     if spec.activation != "none":
                         v = max(v, 0.0)
                     if spec.activation == "relu6":
@@ -84,7 +87,8 @@ def test_reference_matches_direct_loops(spec, seed):
     x = rng.uniform(-1, 1, spec.input_shape)
     w = rng.uniform(-1, 1, spec.weight_shape) if spec.is_conv else None
     b = rng.uniform(-1, 1, spec.out_channels) if spec.is_conv else None
-    np.testing.assert_allclose(reference(spec, x, w, b), direct_loops(spec, x, w, b), rtol=1e-12, atol=1e-12)
+    r = rng.uniform(-1, 1, spec.residual_shape) if spec.residual else None
+    np.testing.assert_allclose(reference(spec, x, w, b, r), direct_loops(spec, x, w, b, r), rtol=1e-12, atol=1e-12)
 
 
 def test_reflect_and_replicate_padding_values():

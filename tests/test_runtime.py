@@ -397,3 +397,29 @@ def test_a_hand_built_kernel_is_taken_as_its_buffers_say():
     takes = ir.signature(func)
     assert [(a.name, a.role, a.layout, a.shape) for a in takes.arguments] == [
         ("x", "input", "WC", (3, 2)), ("y", "output", "CW", (2, 3))]
+
+
+def test_a_residual_layer_takes_r_and_others_refuse_it():
+    spec = convgen.load_spec({"name": "res", "op": "conv2d", "in_channels": 4, "out_channels": 4,
+                              "input_size": [6, 6], "kernel_size": 3, "padding": 1, "residual": True,
+                              "activation": "relu"})
+    rng = np.random.default_rng(0)
+    x, r = rng.uniform(-1, 1, (1, 4, 6, 6)).astype(np.float32), rng.uniform(-1, 1, (1, 4, 6, 6)).astype(np.float32)
+    w, b = rng.uniform(-1, 1, (4, 4, 3, 3)).astype(np.float32), rng.uniform(-1, 1, 4).astype(np.float32)
+    kernel = convgen.build(spec)
+    expected = convgen.reference(spec, x, w, b, r)
+    np.testing.assert_allclose(kernel(x, w, b, r=r), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(kernel.bind(w, b)(x, r=r), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(KernelCallError, match="r: required"):
+        kernel(x, w, b)
+    with pytest.raises(KernelCallError, match="r: required"):
+        kernel.bind(w, b)(x)
+    plain = convgen.build({"name": "plain", "op": "conv2d", "in_channels": 4, "out_channels": 4,
+                           "input_size": [6, 6], "kernel_size": 3, "padding": 1})
+    with pytest.raises(KernelCallError, match="r: this layer adds no residual"):
+        plain(x, w, b, r=r)
+    with pytest.raises(convgen.SpecError, match="residual: not supported with dtype int8"):
+        convgen.load_spec({"name": "q", "op": "conv2d", "in_channels": 4, "out_channels": 4, "input_size": [6, 6],
+                           "kernel_size": 3, "residual": True, "dtype": "int8",
+                           "quantization": {"input": {"scale": 0.1, "zero_point": 0},
+                                            "output": {"scale": 0.1, "zero_point": 0}, "weight_scales": 0.01}})

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -144,8 +144,7 @@ def emit_c(program: ir.Func | ir.Program, baking: Baking | None = None) -> CFile
         raise CodegenError(f"C backend: baked {unknown[0]}: the program has no buffer of that name")
     emitter = CLikeEmitter(program.name, set(baked))
     takes = [b for b in program.buffers if b.name not in baked]
-    # baked buffers are const data; the rest of the workspace is laid out again without them
-    workspace = lay_out([s.buffer for s in program.prepared + program.scratch if s.buffer.name not in baked])
+    workspace = _unbaked_workspace(program, set(baked))
     outputs = program.outputs
     single = len(program.stages) == 1 and not workspace
     functions = []
@@ -174,6 +173,7 @@ def emit_c(program: ir.Func | ir.Program, baking: Baking | None = None) -> CFile
         args=[argument_doc(p, p.name in outputs) for p in arguments],
         baked=[argument_doc(baked_buffers[name], False) for name in baked],
         workspace_bytes=workspace_bytes,
+        sizes=[dict(name=f"{program.name.upper()}_{suffix}", value=value, doc=doc) for suffix, value, doc in program.sizes],
         workspace=[dict(name=s.buffer.name, offset=s.offset, ctype=C_TYPES[s.buffer.dtype],
                         doc=argument_doc(s.buffer, False)) for s in workspace],
         single=single, functions=functions, steps=steps,
@@ -194,6 +194,18 @@ def emit_c(program: ir.Func | ir.Program, baking: Baking | None = None) -> CFile
     kinds = frozenset(loop.kind for body in bodies for loop in ir.find_all(body, ir.Loop))
     return CFiles(program.name, header, source, tuple(baked), kinds, tuple(f.name for f in program.stages),
                   len(takes), workspace_bytes, tuple(p.name for p in arguments))
+
+
+def _unbaked_workspace(program: ir.Program, baked: set[str]) -> tuple[ir.Slot, ...]:
+    """The workspace without the baked buffers (const data now): the prepared
+    buffers left laid out again, then the scratch buffers as the program
+    placed them (a memory plan may overlap them), moved to follow."""
+    prepared = lay_out([s.buffer for s in program.prepared if s.buffer.name not in baked])
+    if not program.scratch:
+        return prepared
+    start = -(-workspace_end(prepared) // ir.program.ALIGNMENT) * ir.program.ALIGNMENT
+    shift = start - min(s.offset for s in program.scratch)
+    return prepared + tuple(replace(s, offset=s.offset + shift) for s in program.scratch)
 
 
 def c_table(name: str, dtype: str, values, attributes: str = "", storage: str = "static const") -> str:

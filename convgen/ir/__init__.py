@@ -22,10 +22,10 @@ from .simplify import (Ranges, bounds, conjuncts, flat_index, hoist_conditions, 
 from .program import Program, Slot, split, with_stages
 from .signature import Argument, Signature, signature
 from .verify import VerifyError, verify
-from .walk import (Rewriter, Visitor, children, constant_buffers, find_all, free_vars, loops_by_name, substitute,
-                   with_prefix)
+from .walk import (Rewriter, Visitor, children, constant_buffers, find_all, free_vars, loops_by_name, rebind,
+                   substitute, with_prefix)
 
 __all__ = [*_nodes_all, "constant_buffers", "format_buffer", "format_expr", "format_func", "format_stmt", "Ranges", "bounds",
            "flat_index", "hoist_conditions", "linear_coefficient", "simplify", "truncation_is_floor", "Rewriter", "Visitor", "children", "find_all",
-           "free_vars", "loops_by_name", "substitute", "with_prefix", "verify", "VerifyError", "Argument", "Signature", "signature",
+           "free_vars", "loops_by_name", "rebind", "substitute", "with_prefix", "verify", "VerifyError", "Argument", "Signature", "signature",
            "Program", "Slot", "split", "with_stages"]

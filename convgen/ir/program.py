@@ -14,7 +14,8 @@ workspace buffers), run in order, in two steps:
   are *scratch*.
 
 The workspace is one area: the prepared buffers first, then the scratch
-ones, each at an offset rounded up to a cache line.
+ones, each at an offset rounded up to a cache line (scratch buffers live
+at different times may share bytes where a memory plan places them so).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ class Program:
     prepare: tuple[Func, ...]        # stage functions, in order
     run: tuple[Func, ...]
     doc: str = ""
+    # facts a backend states beside the workspace size (a network's memory plan):
+    # (name suffix, bytes, what it is), e.g. ("ARENA_BYTES", 65536, "...")
+    sizes: tuple[tuple[str, int, str], ...] = ()
 
     @property
     def buffers(self) -> tuple[Buffer, ...]:
@@ -80,7 +84,7 @@ def _reads(stage: Stage) -> set[str]:
     return {load.buffer.name for load in find_all(stage.body, Load)}
 
 
-def _writes(stage: Stage) -> set[str]:
+def stage_writes(stage: Stage) -> set[str]:
     return {store.buffer.name for store in find_all(stage.body, Store)}
 
 
@@ -94,9 +98,9 @@ def prepare_stages(func: Func) -> int:
     count = 0
     for stage in func.stages:
         reads = _reads(stage) & (arguments | workspace)
-        if not reads <= known or not _writes(stage) <= workspace:
+        if not reads <= known or not stage_writes(stage) <= workspace:
             break
-        known |= _writes(stage)
+        known |= stage_writes(stage)
         count += 1
     return count if count < len(func.stages) else 0   # something must run per call
 
@@ -110,13 +114,22 @@ def lay_out(buffers) -> tuple[Slot, ...]:
     return tuple(slots)
 
 
-def split(func: Func) -> Program:
-    """The kernel as stage functions, its workspace laid out (see the module's doc)."""
+def split(func: Func, place_scratch=None) -> Program:
+    """The kernel as stage functions, its workspace laid out (see the module's
+    doc). place_scratch: offsets for the scratch buffers, by name, from the
+    start of the scratch part (which follows the prepared buffers), where a
+    plan places them (buffers live at different times may share bytes: a
+    network's arena); by default, one after another."""
     stages = func.stages
     first_run = prepare_stages(func)
-    prepared_names = set().union(*(_writes(s) for s in stages[:first_run])) if first_run else set()
-    slots = lay_out([b for b in func.workspace if b.name in prepared_names] +
-                    [b for b in func.workspace if b.name not in prepared_names])
+    prepared_names = set().union(*(stage_writes(s) for s in stages[:first_run])) if first_run else set()
+    slots = lay_out([b for b in func.workspace if b.name in prepared_names])
+    scratch = [b for b in func.workspace if b.name not in prepared_names]
+    if place_scratch is None:
+        slots = lay_out([s.buffer for s in slots] + scratch)
+    else:
+        start = _round_up(workspace_end(slots))
+        slots += tuple(Slot(b, start + place_scratch[b.name]) for b in scratch)
     prepared = tuple(s for s in slots if s.buffer.name in prepared_names)
     scratch = tuple(s for s in slots if s.buffer.name not in prepared_names)
     buffers = func.params + tuple(s.buffer for s in slots)

@@ -159,3 +159,31 @@ def with_prefix(func: Func, prefix: str) -> Func:
     rename = _Rename(func.prefix, prefix, {loop.var.name for loop in find_all(func.body, Loop)})
     return replace(func, body=rename.visit(func.body), workspace=tuple(rename.buffer(b) for b in func.workspace),
                    prefix=prefix)
+
+
+class _Rebind(Rewriter):
+    def __init__(self, mapping: dict[str, Buffer]):
+        self.mapping = mapping
+
+    def buffer(self, buffer: Buffer) -> Buffer:
+        return self.mapping.get(buffer.name, buffer) if buffer.scope == "global" else buffer
+
+    def visit_Load(self, node: Load) -> Load:
+        return Load(self.buffer(node.buffer), tuple(self.visit(i) for i in node.indices))
+
+    def visit_Store(self, node: Store) -> Store:
+        return Store(self.buffer(node.buffer), tuple(self.visit(i) for i in node.indices), self.visit(node.value))
+
+
+def rebind(func: Func, mapping: dict[str, Buffer]) -> Func:
+    """func with each parameter named in mapping replaced by the buffer given
+    (same axes, shape and layout; another name or scope), in its parameters
+    and in every access: how a layer's x, w, b and y become a network's
+    tensors and weights."""
+    for name, buffer in mapping.items():
+        old = next(p for p in func.params if p.name == name)
+        if (old.axes, old.shape, old.layout, old.dtype) != (buffer.axes, buffer.shape, buffer.layout, buffer.dtype):
+            raise ValueError(f"rebind {name} -> {buffer.name}: another shape, layout or type")
+    rewriter = _Rebind(mapping)
+    params = tuple(mapping.get(p.name, p) for p in func.params)
+    return replace(func, params=params, body=rewriter.visit(func.body))

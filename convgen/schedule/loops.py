@@ -154,6 +154,17 @@ def tile(func: ir.Func, a: str, b: str, fa: int, fb: int, tail: str = "guard") -
     return reorder(func, f"{a}.o", f"{b}.o", f"{a}.i", f"{b}.i")
 
 
+def _prefixed(prefix: str, name: str) -> str:
+    """A name a step gives, in a kernel lowered with a name prefix: prefixed like its other loops."""
+    return name if name.startswith(prefix) else prefix + name
+
+
+def _joined(prefix: str, a: str, b: str) -> str:
+    """`<a>_<b>`, the prefix once (the steps then name it as they would without one)."""
+    return prefix + a[len(prefix):] + "_" + b[len(prefix):] if a.startswith(prefix) and b.startswith(prefix) \
+        else f"{a}_{b}"
+
+
 def fuse(func: ir.Func, a: str, b: str, name: str = "") -> ir.Func:
     """Merge a loop and the loop directly inside it into one loop, `name` or
     by default `<a>_<b>` (TVM: fuse; Halide's fuse names it).
@@ -171,7 +182,7 @@ def fuse(func: ir.Func, a: str, b: str, name: str = "") -> ir.Func:
     require_serial(inner, "fuse")
     if outer.body is not inner and outer.body != inner:
         raise ScheduleError("fuse", f"'{b}' must be the whole body of '{a}'", f"reorder so that '{b}' follows '{a}'")
-    fused = ir.Var(name or f"{a}_{b}")
+    fused = ir.Var(_prefixed(func.prefix, name) if name else _joined(func.prefix, a, b))
     require_new_names(func, [fused.name], "fuse")
     body = ir.substitute(inner.body, {a: fused // inner.extent, b: fused % inner.extent})
     role = "spatial" if outer.role == inner.role == "spatial" else "reduction"
