@@ -29,6 +29,7 @@ from .codegen import BACKENDS, CPU_BACKENDS
 from .codegen.c import Baking
 from .driver import build, build_network, default_arch, emit, plan, plan_network
 from .errors import ConvgenError, ConvgenWarning, ScheduleError
+from .import_onnx import import_onnx, write_network
 from .native import llvm_assembly, nvcc_compile
 from .network import is_network, load_network
 from .peak import measure_bandwidth, measure_peak
@@ -216,6 +217,12 @@ def _parser() -> argparse.ArgumentParser:
     explore.add_argument("--seed", type=_seed_value, help="seed for the random inputs (default: fresh)")
     explore.add_argument("--top", type=_whole(0), default=0, help="print only the best N (default: all)")
     explore.set_defaults(run=_explore)
+
+    import_ = commands.add_parser("import", help="a model (ONNX) as a network spec and its weights")
+    import_.add_argument("model", type=Path, help="the model file (.onnx)")
+    import_.add_argument("-o", "--output", type=Path, metavar="DIR",
+                         help="folder to write <name>.yaml and <name>.npz into (default: build/<model name>/)")
+    import_.set_defaults(run=_import)
 
     build_ = commands.add_parser("build", help="compile and check every spec under a folder")
     build_.add_argument("dir", type=Path, help="folder of layer and network specs (searched recursively for *.yaml)")
@@ -690,6 +697,20 @@ def _build_network(path: Path, target: str, output: Path, seed: int, problems: l
     print(_row((network.name, target, shape, f"{macs:,}", "network", f"{result.max_abs_error:.2g}",
                 "pass" if result.passed else "FAIL")), flush=True)
     return result.passed
+
+
+def _import(args) -> int:
+    if args.model.suffix.lower() != ".onnx":
+        raise ConvgenError(f"import: {args.model}: expected an ONNX model (.onnx)")
+    spec, weights = import_onnx(args.model)
+    folder = args.output or Path("build") / args.model.stem
+    if folder.exists() and not folder.is_dir():
+        raise ConvgenError(f"import: -o {folder}: expected a folder to write into; it is a file")
+    for path in write_network(spec, weights, folder):
+        print(path)
+    print(f"{len(spec['layers'])} layers; `convgen check {folder / (spec['name'] + '.yaml')}` builds and checks it",
+          file=sys.stderr)
+    return 0
 
 
 def _cache(args) -> int:

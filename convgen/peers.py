@@ -424,7 +424,7 @@ def torch_network(network):
             if layer.op == "concat":
                 return torch.cat(inputs, dim=1)
             if layer.op == "global_avgpool":
-                return x.mean(dim=(2, 3), keepdim=True)
+                return torch.nn.functional.adaptive_avg_pool2d(x, 1)
             raise NotImplementedError(f"torch_network: no PyTorch form of {layer.op}")
 
     return Net()
