@@ -200,6 +200,10 @@ def _propagate(layer, m_in, e_in, weights):
     def array(key):
         return weights[f"{layer.name}.{key}"]
     spec = layer.spec
+    if layer.op == "linear":
+        w = array("weight")
+        m = m_in[0].reshape(len(m_in[0]), -1) @ w.T + (array("bias") if layer.bias else 0.0)
+        return m, e_in[0].reshape(len(e_in[0]), -1) @ w.T, w.shape[1]
     if spec is not None:
         linear = replace(spec, activation="none", bias=False, residual=False)
         w = array("weight") if spec.is_conv else None
@@ -220,25 +224,25 @@ def _propagate(layer, m_in, e_in, weights):
         return sum(m_in), sum(e_in), len(m_in)
     if layer.op == "concat":
         return np.concatenate(m_in, axis=1), np.concatenate(e_in, axis=1), 0
-    if layer.op == "global_avgpool":
-        return m_in[0].mean(axis=(2, 3), keepdims=True), e_in[0].mean(axis=(2, 3), keepdims=True), \
-            m_in[0].shape[2] * m_in[0].shape[3]
-    if layer.op == "linear":
-        w = array("weight")
-        m = m_in[0].reshape(len(m_in[0]), -1) @ w.T + (array("bias") if layer.bias else 0.0)
-        return m, e_in[0].reshape(len(e_in[0]), -1) @ w.T, w.shape[1]
     raise ValueError(f"network_tolerance: no rule for op {layer.op}")
 
 
 def check_network(kernel, rng: np.random.Generator | int | None = None) -> CheckResult:
-    """Run a network kernel (runtime.NetworkKernel) once on a random input in
-    [-1, 1), its output poisoned with NaN, and compare with the network's
-    float64 reference within network_tolerance."""
+    """Run a network kernel (runtime.NetworkKernel) on a random input and
+    compare with the network reference: a float network once, its input in
+    [-1, 1) and its output poisoned with NaN, within network_tolerance; an
+    int8 network bit for bit, its input over all of int8, run twice with the
+    output filled with -128 and then 127 (an unwritten element differs)."""
     from .reference import network_reference
     rng = np.random.default_rng(rng)
     network = kernel.plan.network
     weights = kernel.plan.source_weights
-    x = rng.uniform(-1, 1, network.shape[network.input]).astype(np.float32)
+    shape = network.shape[network.input]
+    if network.is_quantized:
+        x = rng.integers(-128, 128, shape, dtype=np.int8)
+        outputs = [kernel(x, out=np.full(kernel.output_shape, fill, dtype=np.int8)) for fill in INT8_FILLS]
+        return compare_exact(outputs, network_reference(network, x, weights)[network.output])
+    x = rng.uniform(-1, 1, shape).astype(np.float32)
     actual = kernel(x, out=np.full(kernel.output_shape, np.nan, dtype=np.float32))
     expected = network_reference(network, x, weights)[network.output]
     return compare(actual, expected, network_tolerance(network, x, weights))

@@ -98,14 +98,15 @@ def compose(network: Network, weights: dict[str, np.ndarray], target: Target, pl
     plans = {layer.name: plan_layer(layer.spec, _prefix(layer)) for layer in fused.layers if layer.spec is not None}
     storage = _storage(fused, plans)
     shape = fused.shape
-    buffers = {name: _tensor_buffer(storage[name], shape[name], "workspace") for name in storage}
-    buffers[fused.input] = _tensor_buffer("x", shape[fused.input], "global")
-    buffers[fused.output] = _tensor_buffer("y", shape[fused.output], "global")
+    dtype = ir.INT8 if fused.is_quantized else ir.FLOAT32
+    buffers = {name: _tensor_buffer(storage[name], shape[name], "workspace", dtype) for name in storage}
+    buffers[fused.input] = _tensor_buffer("x", shape[fused.input], "global", dtype)
+    buffers[fused.output] = _tensor_buffer("y", shape[fused.output], "global", dtype)
     steps, arrays, views = [], {}, {}
     for layer in fused.layers:
         prefix = _prefix(layer)
         if layer.spec is None:
-            steps.append(_elementwise_step(layer, prefix, buffers))
+            steps.append(_elementwise_step(fused, layer, prefix, buffers))
             continue
         step, taken, view = _layer_step(layer, prefix, plans[layer.name], buffers, weights, network.source)
         steps.append(step)
@@ -131,10 +132,10 @@ def compose(network: Network, weights: dict[str, np.ndarray], target: Target, pl
                        func, program)
 
 
-def _tensor_buffer(name: str, shape: tuple[int, ...], scope: str) -> ir.Buffer:
+def _tensor_buffer(name: str, shape: tuple[int, ...], scope: str, dtype: str) -> ir.Buffer:
     """A tensor as an N x C x H x W buffer (a linear layer's N x F is N x F x 1 x 1)."""
     shape = tuple(shape) + (1,) * (4 - len(shape))
-    return ir.Buffer(name, ir.FLOAT32, ACTIVATION_AXES, shape, ir.plain_layout(ACTIVATION_AXES), scope=scope)
+    return ir.Buffer(name, dtype, ACTIVATION_AXES, shape, ir.plain_layout(ACTIVATION_AXES), scope=scope)
 
 
 def _last_readers(network: Network) -> dict[str, int]:
@@ -201,15 +202,17 @@ def _layer_step(layer: Layer, prefix: str, plan, buffers: dict[str, ir.Buffer], 
         if name in param:
             p = param[name]
             mapping[name] = ir.Buffer(prefix + name, p.dtype, p.axes, p.shape, p.layout, weight=True)
-            taken[prefix + name] = np.ascontiguousarray(weights[f"{layer.name}.{key}"], dtype=np.float32
+            taken[prefix + name] = np.ascontiguousarray(weights[f"{layer.name}.{key}"], dtype=np.dtype(p.dtype)
                                                         ).reshape(p.shape)
     return LayerStep(layer, plan, ir.rebind(func, mapping)), taken, view
 
 
-def _elementwise_step(layer: Layer, prefix: str, buffers: dict[str, ir.Buffer]) -> LayerStep:
+def _elementwise_step(network: Network, layer: Layer, prefix: str, buffers: dict[str, ir.Buffer]) -> LayerStep:
     inputs, y, name = tuple(buffers[t] for t in layer.inputs), buffers[layer.output], c_identifier(layer.name)
+    quantization = tuple(network.quantization[t] for t in (*layer.inputs, layer.output)) if network.is_quantized \
+        else ()
     func = lower_concat(name, inputs, y, prefix) if layer.op == "concat" else \
-        lower_elementwise(name, layer.op, inputs, y, prefix)
+        lower_elementwise(name, layer.op, inputs, y, prefix, quantization)
     return LayerStep(layer, None, func)
 
 

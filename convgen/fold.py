@@ -13,10 +13,11 @@ rewritten pair; `fuse` applies them all, in order, and says what it did.
 - fuse_pools: a max or average pool whose input only it reads, written by a
   float convolution, becomes the convolution's fused `pool:` (pooled in its
   epilogue; the schedule computes the pooled window's part in place);
-- as_layer_specs: what is left of the ops with no layer spec of their own
-  becomes one: batchnorm a depthwise 1x1 convolution, global_avgpool an
-  average pool over the whole image, linear a 1x1 convolution on its input
-  flattened to N x features x 1 x 1.
+- batchnorms_as_convs: a batchnorm left becomes a depthwise 1x1 convolution
+  (global_avgpool and linear are layer specs already: network.py).
+
+int8 networks take only fuse_activations (a relu or relu6 keeps its
+input's scale, so it is the convolution's clamp, as TFLite fuses it).
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def batchnorm_affine(layer: Layer, weights) -> tuple[np.ndarray, np.ndarray]:
 def fuse_activations(network, weights):
     def can_take(source: Layer, layer: Layer) -> bool:
         return (layer.op in ("relu", "relu6") and source.spec is not None and source.spec.activation == "none"
-                and not source.spec.is_quantized and source.spec.pool is None)
+                and source.spec.pool is None)
 
     def take(source: Layer, layer: Layer, weights) -> Layer:
         return replace(source, spec=replace(source.spec, activation=layer.op))
@@ -154,45 +155,36 @@ def fuse_residuals(network, weights):
     return replace(network, layers=layers, shapes=shapes), weights, said
 
 
-def as_layer_specs(network: Network, weights) -> tuple[Network, dict, list[str]]:
-    """batchnorm, global_avgpool and linear layers as layer specs (see the module's doc)."""
+def batchnorms_as_convs(network: Network, weights) -> tuple[Network, dict, list[str]]:
+    """Each batchnorm left (not after a convolution it could fold into) as a
+    depthwise 1x1 convolution with the batchnorm's scale and shift."""
     shape, weights, layers, said = network.shape, dict(weights), [], []
     for layer in network.layers:
-        source = shape[layer.inputs[0]]
-        data = None
-        if layer.op == "batchnorm":
-            scale, shift = batchnorm_affine(layer, weights)
-            for key in ("running_mean", "running_var"):
-                del weights[f"{layer.name}.{key}"]
-            weights[f"{layer.name}.weight"] = scale.reshape(-1, 1, 1, 1)
-            weights[f"{layer.name}.bias"] = shift
-            data = dict(op="conv2d", in_channels=source[1], out_channels=source[1], groups=source[1],
-                        input_size=list(source[2:]), kernel_size=1)
-        elif layer.op == "global_avgpool":
-            data = dict(op="avgpool2d", in_channels=source[1], input_size=list(source[2:]),
-                        kernel_size=list(source[2:]))
-        elif layer.op == "linear":
-            features = int(np.prod(source[1:]))
-            weights[f"{layer.name}.weight"] = weights[f"{layer.name}.weight"].reshape(-1, features, 1, 1)
-            data = dict(op="conv2d", in_channels=features, out_channels=layer.out_features, input_size=[1, 1],
-                        kernel_size=1, bias=layer.bias)
-        if data is None:
+        if layer.op != "batchnorm":
             layers.append(layer)
             continue
-        spec = load_spec(dict(data, name=f"{network.name}_{layer.name}", batch=source[0]))
+        channels = shape[layer.inputs[0]][1]
+        scale, shift = batchnorm_affine(layer, weights)
+        for key in ("running_mean", "running_var"):
+            del weights[f"{layer.name}.{key}"]
+        weights[f"{layer.name}.weight"] = scale.reshape(-1, 1, 1, 1)
+        weights[f"{layer.name}.bias"] = shift
+        source = shape[layer.inputs[0]]
+        spec = load_spec(dict(name=f"{network.name}_{layer.name}", op="conv2d", batch=source[0], in_channels=channels,
+                              out_channels=channels, groups=channels, input_size=list(source[2:]), kernel_size=1))
         layers.append(replace(layer, spec=spec))   # keeps its op, for what it says
-        said.append(f"{layer.name} ({layer.op}) as {spec.op} {spec.kernel_size[0]}x{spec.kernel_size[1]}")
+        said.append(f"{layer.name} (batchnorm) as a depthwise 1x1 convolution")
     return replace(network, layers=tuple(layers)), weights, said
 
 
 def fuse(network: Network, weights: dict[str, np.ndarray]) -> tuple[Network, dict[str, np.ndarray], list[str]]:
     """Every rewrite, in order: fold batch norms, fuse residual adds, then
     activations (after the sum, as they follow it), then pools (after the
-    activation, as they follow it), then
-    what is left as layer specs. Returns (network, weights, what was done, a line each)."""
+    activation, as they follow it), then the batchnorms left as depthwise
+    convolutions. Returns (network, weights, what was done, a line each)."""
     said = []
     for name, rewrite in (("folded", _fold_batchnorm), ("fused", fuse_residuals), ("fused", fuse_activations),
-                          ("fused", fuse_pools), ("as a layer spec:", as_layer_specs)):
+                          ("fused", fuse_pools), ("left", batchnorms_as_convs)):
         network, weights, done = rewrite(network, weights)
         said += [f"{name} {line}" for line in done]
     return network, weights, said

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from . import ir
 from .ir import Buffer, Cast, FloatImm, IntImm, Loop, Seq, Store, Var
+from .quant import ADD_LEFT_SHIFT, add_multipliers, round_half_away
 from .spec import Spec
 
 
@@ -323,23 +324,48 @@ def _quantized_pool_body(spec: Spec, params: dict[str, Buffer]) -> ir.Stmt:
 # Network ops with no layer spec: elementwise and concatenation
 # ---------------------------------------------------------------------------
 
-def lower_elementwise(name: str, op: str, inputs: tuple[Buffer, ...], y: Buffer, prefix: str = "") -> ir.Func:
+def lower_elementwise(name: str, op: str, inputs: tuple[Buffer, ...], y: Buffer, prefix: str = "",
+                      quantization: tuple = ()) -> ir.Func:
     """A network's relu, relu6 (one input) or add (the sum of its inputs, in
     order) over N x C x H x W buffers of one shape: y = op(inputs), element by
     element. y may be one of the inputs (in place): each element is read
-    before it is written, and by nothing else."""
+    before it is written, and by nothing else. int8 buffers (quantization:
+    each input's (scale, zero point), then the output's): relu and relu6
+    clamp at the input's scale; add is TFLite's (reference.py)."""
     axes = [Var(prefix + v) for v in ("n", "c", "h", "w")]
-    value = ir.Load(inputs[0], tuple(axes))
-    for other in inputs[1:]:
-        value = value + ir.Load(other, tuple(axes))
-    if op in ("relu", "relu6"):
-        value = ir.maximum(value, FloatImm(0.0))
-    if op == "relu6":
-        value = ir.minimum(value, FloatImm(6.0))
+    loads = [ir.Load(b, tuple(axes)) for b in inputs]
+    value = _int8_elementwise(op, loads, quantization) if y.dtype == ir.INT8 else _float_elementwise(op, loads)
     body = _nest([(v.name, extent) for v, extent in zip(axes, y.shape)], Store(y, tuple(axes), value))
     params = tuple(dict.fromkeys(inputs + (y,)))
     return ir.simplify(ir.Func(name, params, body, doc=f"{name}: {op} of {len(inputs)} tensor(s)", prefix=prefix),
                        drop_unit_loops=True)
+
+
+def _float_elementwise(op: str, loads: list[ir.Expr]) -> ir.Expr:
+    value = loads[0]
+    for other in loads[1:]:
+        value = value + other
+    if op in ("relu", "relu6"):
+        value = ir.maximum(value, FloatImm(0.0))
+    if op == "relu6":
+        value = ir.minimum(value, FloatImm(6.0))
+    return value
+
+
+def _int8_elementwise(op: str, loads: list[ir.Expr], quantization: tuple) -> ir.Expr:
+    if op in ("relu", "relu6"):
+        scale, zero_point = quantization[0]
+        high = min(127, zero_point + round_half_away(6.0 / scale)) if op == "relu6" else 127
+        return Cast(ir.minimum(ir.maximum(_widen(loads[0]), _int32(zero_point)), _int32(high)), ir.INT8)
+    (s1, z1), (s2, z2), (scale, zero_point) = quantization
+    m1, shift1, m2, shift2, m_out, shift_out = add_multipliers(s1, s2, scale)
+
+    def scaled(load, zp, m, shift):
+        shifted = (_widen(load) + _int32(-zp)) * _int32(1 << ADD_LEFT_SHIFT)
+        return ir.Call("requantize", (shifted, _int32(m), _int32(shift)))
+    total = scaled(loads[0], z1, m1, shift1) + scaled(loads[1], z2, m2, shift2)
+    out = ir.Call("requantize", (total, _int32(m_out), _int32(shift_out))) + _int32(zero_point)
+    return Cast(ir.minimum(ir.maximum(out, _int32(-128)), _int32(127)), ir.INT8)
 
 
 def lower_concat(name: str, inputs: tuple[Buffer, ...], y: Buffer, prefix: str = "") -> ir.Func:

@@ -2,7 +2,7 @@
 immutable Network in which every tensor's shape is known.
 
     name: block
-    input: {name: x, shape: [1, 64, 56, 56]}     # N, C, H, W (float32, NCHW)
+    input: {name: x, shape: [1, 64, 56, 56]}     # N, C, H, W (NCHW; float32, or dtype int8 with quantization)
     weights: block.npz                           # default: <spec file>.npz beside it, if there
     layers:
       - {name: conv1, op: conv2d, input: x, output: c1, out_channels: 64, kernel_size: 3, padding: 1, bias: false}
@@ -15,12 +15,22 @@ Each layer reads named tensors (`input`, or `inputs` for add and concat)
 and writes one (`output`); a tensor is written once, before it is read.
 conv2d, maxpool2d and avgpool2d take every field of a layer spec
 (docs/spec-format.md) but those the input tensor decides (batch,
-in_channels, input_size, layout, dtype). The other ops: batchnorm (`eps`,
-default 1e-5), relu, relu6, add (same shapes), concat (along channels),
-global_avgpool (to N x C x 1 x 1), linear (`out_features`, `bias`; its
-input flattened per sample). Weights are arrays of the .npz named as
-PyTorch's state dict names them: `<layer>.weight`, `<layer>.bias`, and for
-batchnorm also `<layer>.running_mean` and `<layer>.running_var`.
+in_channels, input_size, layout, dtype, and an int8 layer's input
+quantization). The other ops: batchnorm (`eps`, default 1e-5), relu, relu6,
+add (same shapes), concat (along channels), global_avgpool (to N x C x 1 x
+1; an average pool over the whole image, as which it is kept in `spec`),
+linear (`out_features`, `bias`; its input flattened per sample; kept in
+`spec` as a 1x1 convolution on N x features x 1 x 1). Weights are arrays of
+the .npz named as PyTorch's state dict names them: `<layer>.weight`,
+`<layer>.bias`, and for batchnorm also `<layer>.running_mean` and
+`<layer>.running_var`.
+
+An int8 network (TFLite's scheme; `input: {..., dtype: int8, quantization:
+{scale, zero_point}}`) gives each layer that changes the scale its output's
+`quantization`: conv2d and linear `{output: {scale, zero_point},
+weight_scales: [...]}` (int8 weights, int32 bias), add `{output: {...}}`;
+pools, global_avgpool, relu, relu6 and concat keep their input's. No
+batchnorm (fold it before quantizing).
 
 Every problem is reported, one line each, naming the file, the layer and
 the field. This is the spec stage for networks; building one is still to
@@ -29,7 +39,7 @@ come (the networks issue).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +54,7 @@ LAYER_OPS = ("conv2d", "maxpool2d", "avgpool2d")
 OTHER_OPS = ("batchnorm", "relu", "relu6", "add", "concat", "global_avgpool", "linear")
 OPS = LAYER_OPS + OTHER_OPS
 _OWN_FIELDS = {"name", "op", "input", "inputs", "output"}
-_OTHER_FIELDS = {"batchnorm": {"eps"}, "linear": {"out_features", "bias"}}
+_OTHER_FIELDS = {"batchnorm": {"eps"}, "linear": {"out_features", "bias", "quantization"}, "add": {"quantization"}}
 _DECIDED_BY_INPUT = ("batch", "in_channels", "input_size", "layout", "dtype")
 
 
@@ -54,23 +64,24 @@ class Layer:
     op: str
     inputs: tuple[str, ...]
     output: str
-    spec: Spec | None = None       # conv2d and the pools: the layer as a layer spec
+    spec: Spec | None = None       # conv2d, pools, global_avgpool, linear: the layer as a layer spec
     eps: float = 1e-5              # batchnorm
     out_features: int = 0          # linear
     bias: bool = True              # linear
+    output_quantization: tuple[float, int] | None = None   # int8 add: its output's (scale, zero point)
 
     def weight_shapes(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
         """The arrays this layer takes from the weights file, by key, with their shapes."""
+        if self.op == "linear":
+            features = int(np.prod(shapes[self.inputs[0]][1:]))
+            found = {f"{self.name}.weight": (self.out_features, features)}
+            return found | ({f"{self.name}.bias": (self.out_features,)} if self.bias else {})
         if self.spec is not None and self.spec.is_conv:
             found = {f"{self.name}.weight": self.spec.weight_shape}
             return found | ({f"{self.name}.bias": (self.spec.out_channels,)} if self.spec.bias else {})
         if self.op == "batchnorm":
             channels = shapes[self.inputs[0]][1]
             return {f"{self.name}.{key}": (channels,) for key in ("weight", "bias", "running_mean", "running_var")}
-        if self.op == "linear":
-            features = int(np.prod(shapes[self.inputs[0]][1:]))
-            found = {f"{self.name}.weight": (self.out_features, features)}
-            return found | ({f"{self.name}.bias": (self.out_features,)} if self.bias else {})
         return {}
 
 
@@ -83,10 +94,21 @@ class Network:
     shapes: tuple[tuple[str, tuple[int, ...]], ...]   # every tensor's shape (NCHW, or N x features), in order
     weights_file: Path | None = None
     source: str = "<dict>"
+    dtype: str = "float32"        # of every tensor: float32, or int8
+    # int8: every tensor's (scale, zero point), in order
+    quantizations: tuple[tuple[str, tuple[float, int]], ...] = ()
 
     @property
     def shape(self) -> dict[str, tuple[int, ...]]:
         return dict(self.shapes)
+
+    @property
+    def quantization(self) -> dict[str, tuple[float, int]]:
+        return dict(self.quantizations)
+
+    @property
+    def is_quantized(self) -> bool:
+        return self.dtype == "int8"
 
     def load_weights(self) -> dict[str, np.ndarray]:
         """The arrays the layers take, from the weights file, checked: each key there, each shape right."""
@@ -105,9 +127,20 @@ class Network:
                 elif arrays[key].shape != shape:
                     problems.append(f"{self.weights_file}: {key}: expected shape {list(shape)}; "
                                     f"got {list(arrays[key].shape)}")
+                elif self.is_quantized and not _fits(arrays[key], key.endswith(".bias")):
+                    problems.append(f"{self.weights_file}: {key}: expected whole numbers in "
+                                    f"{'int32' if key.endswith('.bias') else '[-127, 127] (int8 weights)'}")
         if problems:
             raise SpecError(problems)
+        if self.is_quantized:
+            arrays = {k: v.astype(np.int32 if k.endswith(".bias") else np.int8) for k, v in arrays.items()}
         return arrays
+
+
+def _fits(array: np.ndarray, is_bias: bool) -> bool:
+    """Whole numbers in an int8 network's range: int32 for a bias, [-127, 127] for weights."""
+    low, high = (-(2**31), 2**31 - 1) if is_bias else (-127, 127)
+    return bool(np.all(np.round(array) == array) and array.min(initial=0) >= low and array.max(initial=0) <= high)
 
 
 def is_network(data: Any) -> bool:
@@ -136,6 +169,8 @@ class _NetworkParser:
         self.label, self.data, self.path = label, data, path
         self.problems: list[str] = []
         self.refused: set[str] = set()   # tensors of layers already refused: their readers are not reported again
+        self.quant: dict[str, tuple[float, int]] = {}   # int8: each tensor's (scale, zero point)
+        self.dtype = "float32"
 
     def note(self, where: str, message: str) -> None:
         self.problems.append(f"{self.label}: {where}: {message}")
@@ -155,9 +190,12 @@ class _NetworkParser:
         given = self.data["input"]
         shape = given.get("shape") if isinstance(given, dict) else None
         if not (isinstance(given, dict) and isinstance(given.get("name"), str) and isinstance(shape, list)
-                and len(shape) == 4 and all(isinstance(v, int) and v >= 1 for v in shape)):
-            self.note("input", f"expected {{name: TENSOR, shape: [N, C, H, W]}} with positive ints; got {given!r}")
+                and len(shape) == 4 and all(isinstance(v, int) and v >= 1 for v in shape)
+                and set(given) <= {"name", "shape", "dtype", "quantization"}):
+            self.note("input", f"expected {{name: TENSOR, shape: [N, C, H, W]}} with positive ints (and for an "
+                               f"int8 network dtype: int8, quantization: {{scale, zero_point}}); got {given!r}")
             raise SpecError(self.problems)
+        self.input_quantization(given)
         shapes = {given["name"]: tuple(shape)}
         layers = self.data["layers"]
         if not isinstance(layers, list) or not layers:
@@ -176,7 +214,32 @@ class _NetworkParser:
         if self.problems:
             raise SpecError(self.problems)
         return Network(name, given["name"], tuple(parsed), output, tuple(shapes.items()), self.weights_file(),
-                       self.label)
+                       self.label, self.dtype, tuple(self.quant.items()))
+
+    def input_quantization(self, given: dict) -> None:
+        """The input's dtype, and for int8 its (scale, zero point)."""
+        dtype = given.get("dtype", "float32")
+        if dtype not in ("float32", "int8"):
+            self.note("input.dtype", f"expected float32 or int8; got {dtype!r}")
+            raise SpecError(self.problems)
+        self.dtype = dtype
+        if (dtype == "int8") != ("quantization" in given):
+            self.note("input.quantization", "required for dtype int8, and only for it: {scale, zero_point}")
+            raise SpecError(self.problems)
+        if dtype == "int8":
+            pair = self.scale_and_zero_point("input.quantization", given["quantization"])
+            if pair is None:
+                raise SpecError(self.problems)
+            self.quant[given["name"]] = pair
+
+    def scale_and_zero_point(self, where: str, value) -> tuple[float, int] | None:
+        if not (isinstance(value, dict) and set(value) == {"scale", "zero_point"}
+                and isinstance(value["scale"], (int, float)) and not isinstance(value["scale"], bool)
+                and 0 < value["scale"] < float("inf") and isinstance(value["zero_point"], int)
+                and -128 <= value["zero_point"] <= 127):
+            self.note(where, f"expected {{scale: positive number, zero_point: int in [-128, 127]}}; got {value!r}")
+            return None
+        return float(value["scale"]), value["zero_point"]
 
     def weights_file(self) -> Path | None:
         given = self.data.get("weights")
@@ -217,17 +280,22 @@ class _NetworkParser:
             self.note(f"{where}: {extra[0]}", why)
             return None
         source = shapes[inputs[0]]
+        if "quantization" in item and not self.quant:
+            self.note(f"{where}: quantization", "for int8 networks only (the input is float32)")
+            return None
         if op in LAYER_OPS:
-            return self.layer_spec(where, item, name, op, inputs, output, source)
+            fields = {k: v for k, v in item.items() if k not in _OWN_FIELDS}
+            return self.layer_spec(where, fields, name, op, op, inputs, output, source)
         if op == "linear":
-            features = item.get("out_features")
-            if not isinstance(features, int) or features < 1 or not isinstance(item.get("bias", True), bool):
-                self.note(f"{where}: out_features", f"expected a positive int (and bias true or false); "
-                                                    f"got {features!r}")
-                return None
-            return Layer(name, op, tuple(inputs), output, out_features=features, bias=item.get("bias", True))
+            return self.linear(where, item, name, inputs, output, source)
         if len(source) != 4:
             self.note(f"{where}: input", f"expected a N x C x H x W tensor; {inputs[0]} is {list(source)}")
+            return None
+        if op == "global_avgpool":
+            return self.layer_spec(where, {"kernel_size": list(source[2:])}, name, op, "avgpool2d", inputs, output,
+                                   source)
+        if op == "batchnorm" and self.quant:
+            self.note(where, "batchnorm in an int8 network: fold it into the convolution before quantizing")
             return None
         if op == "batchnorm":
             eps = item.get("eps", 1e-5)
@@ -244,31 +312,75 @@ class _NetworkParser:
             self.note(f"{where}: inputs", f"expected tensors that differ only in channels; got "
                                           f"{[list(shapes[t]) for t in inputs]}")
             return None
+        return self.elementwise(where, item, name, op, inputs, output)
+
+    def elementwise(self, where, item, name, op, inputs, output) -> Layer | None:
+        """relu, relu6, add and concat; int8: an add's output quantization, the others' their input's."""
+        if not self.quant:
+            return Layer(name, op, tuple(inputs), output)
+        given = [self.quant[t] for t in inputs]
+        if op == "add":
+            pair = self.scale_and_zero_point(f"{where}: quantization.output",
+                                             (item.get("quantization") or {}).get("output"))
+            if pair is None or set(item.get("quantization")) != {"output"}:
+                if pair is not None:
+                    self.note(f"{where}: quantization", "expected {output: {scale, zero_point}} alone")
+                return None
+            self.quant[output] = pair
+            return Layer(name, op, tuple(inputs), output, output_quantization=pair)
+        if op == "concat" and len(set(given)) != 1:
+            self.note(f"{where}: inputs", f"expected int8 tensors of one scale and zero point (requantizing "
+                                          f"concat is not supported yet); got {given}")
+            return None
+        self.quant[output] = given[0]
         return Layer(name, op, tuple(inputs), output)
 
-    def layer_spec(self, where, item, name, op, inputs, output, source) -> Layer | None:
+    def linear(self, where, item, name, inputs, output, source) -> Layer | None:
+        """A linear layer, kept in `spec` as a 1x1 convolution of its input flattened."""
+        features = item.get("out_features")
+        if not isinstance(features, int) or features < 1 or not isinstance(item.get("bias", True), bool):
+            self.note(f"{where}: out_features", f"expected a positive int (and bias true or false); got {features!r}")
+            return None
+        flat = int(np.prod(source[1:]))
+        fields = {"out_channels": features, "kernel_size": 1, "bias": item.get("bias", True),
+                  **({"quantization": item["quantization"]} if "quantization" in item else {})}
+        layer = self.layer_spec(where, fields, name, "linear", "conv2d", inputs, output, (source[0], flat, 1, 1))
+        return None if layer is None else replace(layer, out_features=features, bias=item.get("bias", True))
+
+    def layer_spec(self, where, fields, name, op, spec_op, inputs, output, source) -> Layer | None:
+        """A layer kept as a layer spec of op spec_op, from its fields and its input tensor."""
         if len(source) != 4:
             self.note(f"{where}: input", f"expected a N x C x H x W tensor; {inputs[0]} is {list(source)}")
             return None
-        data = {k: v for k, v in item.items() if k not in _OWN_FIELDS}
-        data.update(name=f"{self.data['name']}_{name}", op=op, batch=source[0], in_channels=source[1],
+        data = dict(fields, name=f"{self.data['name']}_{name}", op=spec_op, batch=source[0], in_channels=source[1],
                     input_size=[source[2], source[3]])
+        if self.quant:
+            if "quantization" in data and not isinstance(data["quantization"], dict):
+                self.note(f"{where}: quantization", f"expected a mapping; got {data['quantization']!r}")
+                return None
+            scale, zero_point = self.quant[inputs[0]]
+            mine = {k: v for k, v in data.get("quantization", {}).items()}
+            if "input" in mine:
+                self.note(f"{where}: quantization.input", "the input tensor decides it")
+                return None
+            data.update(dtype="int8", quantization={"input": {"scale": scale, "zero_point": zero_point}, **mine})
         try:
             spec = load_spec(data)
         except SpecError as err:
             self.problems += [problem.replace("<dict>:", f"{self.label}: {where}:", 1) for problem in err.problems]
             return None
+        if self.quant:
+            q = spec.quantization
+            self.quant[output] = (q.output_scale, q.output_zero_point)
         return Layer(name, op, tuple(inputs), output, spec=spec)
 
     @staticmethod
     def output_shape(index: int, layer: Layer, shapes: dict) -> tuple[int, ...]:
         source = shapes[layer.inputs[0]]
+        if layer.op == "linear":
+            return (source[0], layer.out_features)
         if layer.spec is not None:
             return (source[0], layer.spec.out_channels, *layer.spec.output_size)
         if layer.op == "concat":
             return (source[0], sum(shapes[t][1] for t in layer.inputs), source[2], source[3])
-        if layer.op == "global_avgpool":
-            return (source[0], source[1], 1, 1)
-        if layer.op == "linear":
-            return (source[0], layer.out_features)
         return source

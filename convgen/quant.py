@@ -69,3 +69,17 @@ def requantize(acc: np.ndarray, multiplier: np.ndarray, shift: np.ndarray) -> np
     if np.any((shifted < INT32_MIN) | (shifted > INT32_MAX)):
         raise ValueError("requantize: the accumulator overflows int32 after the left shift")
     return rounding_divide_by_power_of_two(saturating_rounding_doubling_high_mul(shifted, multiplier), right)
+
+
+# TFLite's int8 ADD: both inputs less their zero points, shifted left this many bits, then
+# each scaled by its scale over twice the larger input scale (a multiplier below one)
+ADD_LEFT_SHIFT = 20
+
+
+def add_multipliers(input1_scale: float, input2_scale: float, output_scale: float) -> tuple[int, ...]:
+    """(m1, shift1, m2, shift2, m_out, shift_out) of TFLite's int8 ADD (its
+    Prepare: QuantizeMultiplierSmallerThanOneExp of s1 / 2max, s2 / 2max and
+    2max / (2**20 * output_scale), computed in double)."""
+    twice_max = 2 * max(input1_scale, input2_scale)
+    return (*quantize_multiplier(input1_scale / twice_max), *quantize_multiplier(input2_scale / twice_max),
+            *quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * output_scale)))

@@ -22,8 +22,10 @@ zero, as TFLite does.
 
 A network (convgen.network) is its layers in order: conv2d and the pools as
 above, batchnorm as (x - mean) / sqrt(var + eps) * weight + bias, relu,
-relu6, add, concat along channels, global average pooling, and linear on
-each sample flattened.
+relu6, add, concat along channels, global average pooling (an average pool
+over the whole image), and linear (a 1x1 convolution of each sample
+flattened). An int8 network's relu and relu6 clamp at their input's scale,
+and its add is TFLite's (quant.py).
 
 This module shares no code with lowering or codegen: it is what they are
 checked against.
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import quant
 from .quant import requantize
 from .spec import Spec
 
@@ -182,25 +185,34 @@ def _activation(name: str, y: np.ndarray) -> np.ndarray:
 
 
 def network_reference(network, x: np.ndarray, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Every tensor of a network (convgen.network.Network) in float64, by name,
-    from the input x (N x C x H x W) and the weights by their state-dict keys."""
-    tensors = {network.input: np.asarray(x, dtype=np.float64)}
+    """Every tensor of a network (convgen.network.Network) by name, from the
+    input x (N x C x H x W) and the weights by their state-dict keys: in
+    float64, or for an int8 network exactly, in integers (int64 arrays)."""
+    kind = np.int64 if network.is_quantized else np.float64
+    tensors = {network.input: np.asarray(x, dtype=kind)}
     for layer in network.layers:
         inputs = [tensors[name] for name in layer.inputs]
-        tensors[layer.output] = _network_layer(layer, inputs, weights)
+        tensors[layer.output] = np.asarray(_network_layer(network, layer, inputs, weights), dtype=kind)
     return tensors
 
 
-def _network_layer(layer, inputs: list[np.ndarray], weights: dict[str, np.ndarray]) -> np.ndarray:
+def _network_layer(network, layer, inputs: list[np.ndarray], weights: dict[str, np.ndarray]) -> np.ndarray:
     x = inputs[0]
 
     def array(key: str) -> np.ndarray:
-        return np.asarray(weights[f"{layer.name}.{key}"], dtype=np.float64)
+        return np.asarray(weights[f"{layer.name}.{key}"], dtype=np.int64 if network.is_quantized else np.float64)
+    if layer.op == "linear":   # a 1x1 convolution of each sample flattened
+        spec = layer.spec
+        y = reference(spec, x.reshape(x.shape[0], -1, 1, 1), array("weight").reshape(spec.weight_shape),
+                      array("bias") if layer.bias else None)
+        return y.reshape(x.shape[0], -1)
     if layer.spec is not None:
         spec = layer.spec
         w = array("weight") if spec.is_conv else None
         b = array("bias") if spec.is_conv and spec.bias else None
         return reference(spec, x, w, b, inputs[1] if spec.residual else None)
+    if network.is_quantized:
+        return _quantized_network_layer(network, layer, inputs)
     if layer.op == "batchnorm":
         scale = array("weight") / np.sqrt(array("running_var") + layer.eps)
         shift = array("bias") - array("running_mean") * scale
@@ -213,9 +225,28 @@ def _network_layer(layer, inputs: list[np.ndarray], weights: dict[str, np.ndarra
         return np.sum(inputs, axis=0)
     if layer.op == "concat":
         return np.concatenate(inputs, axis=1)
-    if layer.op == "global_avgpool":
-        return x.mean(axis=(2, 3), keepdims=True)
-    if layer.op == "linear":
-        y = x.reshape(x.shape[0], -1) @ array("weight").T
-        return y + array("bias") if layer.bias else y
     raise ValueError(f"no reference for op {layer.op}")
+
+
+def _quantized_network_layer(network, layer, inputs: list[np.ndarray]) -> np.ndarray:
+    """relu, relu6 (a clamp at the input's own scale, TFLite's fused ranges),
+    concat (inputs of one scale) and TFLite's int8 ADD: each input less its
+    zero point, shifted left 20 bits, scaled by its scale over twice the
+    larger input scale; the sum scaled to the output, plus its zero point,
+    clamped."""
+    x = inputs[0]
+    scale, zero_point = network.quantization[layer.inputs[0]]
+    if layer.op == "relu":
+        return np.maximum(x, zero_point)
+    if layer.op == "relu6":
+        return np.clip(x, zero_point, min(127, zero_point + quant.round_half_away(6.0 / scale)))
+    if layer.op == "concat":
+        return np.concatenate(inputs, axis=1)
+    if layer.op == "add":
+        (s1, z1), (s2, z2) = (network.quantization[t] for t in layer.inputs)
+        out_scale, out_zero_point = layer.output_quantization
+        m1, sh1, m2, sh2, m_out, sh_out = quant.add_multipliers(s1, s2, out_scale)
+        total = (quant.requantize((inputs[0] - z1) << quant.ADD_LEFT_SHIFT, m1, sh1)
+                 + quant.requantize((inputs[1] - z2) << quant.ADD_LEFT_SHIFT, m2, sh2))
+        return np.clip(quant.requantize(total, m_out, sh_out) + out_zero_point, -128, 127)
+    raise ValueError(f"no int8 reference for op {layer.op}")

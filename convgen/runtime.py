@@ -238,7 +238,8 @@ def stage_pointers(program: ir.Program, arrays: dict[str, np.ndarray], prepared:
 @dataclass
 class NetworkKernel:
     """A compiled network with its weights bound: call it as net(x) -> y (x
-    N x C x H x W float32; y as the network's output tensor), out= to reuse
+    N x C x H x W, float32 or an int8 network's int8; y as the network's
+    output tensor), out= to reuse
     an output array, threads= to override the thread count. The weights'
     prepare step ran once when it was built; a call runs every layer's run
     stages in order over the calling thread's arena (`plan.memory`).
@@ -257,6 +258,7 @@ class NetworkKernel:
         network = self.plan.network
         self.input_shape = network.shape[network.input]
         self.output_shape = network.shape[network.output]
+        self.dtype = np.dtype(np.int8 if network.is_quantized else np.float32)
         self._weights = {name: aligned_copy(array) for name, array in self.plan.weights.items()}
         self._prepared = empty(max(program.prepared_bytes, 1), np.uint8)
         prepared = len(program.prepare)
@@ -271,12 +273,12 @@ class NetworkKernel:
 
     def __call__(self, x: np.ndarray, out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
         threads = thread_count(threads, self.threads)
-        x = _checked("x", x, self.input_shape, np.dtype(np.float32))
+        x = _checked("x", x, self.input_shape, self.dtype)
         if out is None:
-            out = empty(self.output_shape)
+            out = empty(self.output_shape, self.dtype)
         elif not (isinstance(out, np.ndarray) and out.flags.c_contiguous and out.flags.writeable):
-            raise KernelCallError(f"{self.name}: out: expected a writeable C-contiguous float32 array")
-        out = _checked("out", out, self.output_shape, np.dtype(np.float32))
+            raise KernelCallError(f"{self.name}: out: expected a writeable C-contiguous {self.dtype} array")
+        out = _checked("out", out, self.output_shape, self.dtype)
         if np.may_share_memory(out, x):
             raise KernelCallError(f"{self.name}: out: must not overlap x")
         arena = getattr(self._scratch, "area", None)

@@ -4,6 +4,7 @@ two buffers live at once share bytes, and the built network matches the
 float64 network reference on fresh random inputs, its output poisoned and
 its arena starting as NaN."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -199,3 +200,62 @@ def test_a_network_as_one_c_function_with_baked_weights_under_sanitizers(tmp_pat
     weights = network.load_weights()
     expected = network_reference(network, x, weights)["y"]
     assert np.all(np.abs(actual - expected) <= network_tolerance(network, x, weights))
+
+
+INT8_NET = {
+    "name": "q", "input": {"name": "x", "shape": [2, 8, 10, 10], "dtype": "int8",
+                           "quantization": {"scale": 0.05, "zero_point": 3}},
+    "layers": [
+        {"name": "c1", "op": "conv2d", "input": "x", "output": "a", "out_channels": 8, "kernel_size": 3, "padding": 1,
+         "quantization": {"output": {"scale": 0.1, "zero_point": -5}, "weight_scales": 0.01}},
+        {"name": "r1", "op": "relu", "input": "a", "output": "ar"},
+        {"name": "dw", "op": "conv2d", "input": "ar", "output": "d", "out_channels": 8, "groups": 8, "kernel_size": 3,
+         "padding": 1, "quantization": {"output": {"scale": 0.08, "zero_point": 2},
+                                        "weight_scales": [0.02, 0.03, 0.01, 0.02, 0.04, 0.02, 0.01, 0.02]}},
+        {"name": "add", "op": "add", "inputs": ["d", "ar"], "output": "s",
+         "quantization": {"output": {"scale": 0.15, "zero_point": -1}}},
+        {"name": "r6", "op": "relu6", "input": "s", "output": "s6"},
+        {"name": "pool", "op": "avgpool2d", "input": "s6", "output": "p", "kernel_size": 2},
+        {"name": "mp", "op": "maxpool2d", "input": "s6", "output": "m", "kernel_size": 2},
+        {"name": "cat", "op": "concat", "inputs": ["p", "m"], "output": "k"},
+        {"name": "gap", "op": "global_avgpool", "input": "k", "output": "g"},
+        {"name": "fc", "op": "linear", "input": "g", "output": "y", "out_features": 5,
+         "quantization": {"output": {"scale": 0.2, "zero_point": 0}, "weight_scales": 0.01}},
+    ], "output": "y"}
+
+
+def _int8_weights(network, rng):
+    weights = {}
+    for layer in network.layers:
+        for key, shape in layer.weight_shapes(network.shape).items():
+            weights[key] = rng.integers(-3000, 3000, shape).astype(np.int32) if key.endswith(".bias") else \
+                rng.integers(-127, 128, shape).astype(np.int8)
+    return weights
+
+
+@pytest.mark.parametrize("backend", ["llvm", "c"])
+def test_an_int8_network_of_every_op_matches_bit_for_bit(backend):
+    """TFLite's scheme: convolutions with fused clamps, ADD's requantization,
+    relu6 at its input's scale, both pools, concat, global pooling, linear."""
+    network = load_network(INT8_NET)
+    kernel = build_network(network, backend, weights=_int8_weights(network, np.random.default_rng(0)))
+    assert [s.layer.op for s in kernel.plan.layers][:3] == ["conv2d", "conv2d", "add"]   # relu fused into c1
+    for seed in (1, 2):
+        result = check_network(kernel, seed)
+        assert result.passed and result.unwritten == 0, result
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda n: n["layers"][3].pop("quantization"), "layers[3] (add): quantization.output: expected {scale"),
+    (lambda n: n["layers"][0]["quantization"].update(input={"scale": 1.0, "zero_point": 0}),
+     "layers[0] (c1): quantization.input: the input tensor decides it"),
+    (lambda n: n["input"].pop("quantization"), "input.quantization: required for dtype int8"),
+    (lambda n: n["layers"].insert(1, {"name": "bn", "op": "batchnorm", "input": "a", "output": "b"}),
+     "batchnorm in an int8 network"),
+])
+def test_int8_network_specs_are_validated(change, message):
+    import copy
+    data = copy.deepcopy(INT8_NET)
+    change(data)
+    with pytest.raises(convgen.SpecError, match=re.escape(message)):
+        load_network(data)
