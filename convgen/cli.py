@@ -30,6 +30,7 @@ from .codegen.c import Baking
 from .driver import build, build_network, default_arch, emit, plan, plan_network
 from .errors import ConvgenError, ConvgenWarning, ScheduleError
 from .import_onnx import import_onnx, write_network
+from .import_tflite import import_tflite
 from .native import llvm_assembly, nvcc_compile
 from .network import is_network, load_network
 from .peak import measure_bandwidth, measure_peak
@@ -218,8 +219,8 @@ def _parser() -> argparse.ArgumentParser:
     explore.add_argument("--top", type=_whole(0), default=0, help="print only the best N (default: all)")
     explore.set_defaults(run=_explore)
 
-    import_ = commands.add_parser("import", help="a model (ONNX) as a network spec and its weights")
-    import_.add_argument("model", type=Path, help="the model file (.onnx)")
+    import_ = commands.add_parser("import", help="a model (ONNX or TFLite) as a network spec and its weights")
+    import_.add_argument("model", type=Path, help="the model file (.onnx or .tflite)")
     import_.add_argument("-o", "--output", type=Path, metavar="DIR",
                          help="folder to write <name>.yaml and <name>.npz into (default: build/<model name>/)")
     import_.set_defaults(run=_import)
@@ -700,9 +701,11 @@ def _build_network(path: Path, target: str, output: Path, seed: int, problems: l
 
 
 def _import(args) -> int:
-    if args.model.suffix.lower() != ".onnx":
-        raise ConvgenError(f"import: {args.model}: expected an ONNX model (.onnx)")
-    spec, weights = import_onnx(args.model)
+    importers = {".onnx": import_onnx, ".tflite": import_tflite}
+    importer = importers.get(args.model.suffix.lower())
+    if importer is None:
+        raise ConvgenError(f"import: {args.model}: expected an ONNX (.onnx) or TFLite (.tflite) model")
+    spec, weights = importer(args.model)
     folder = args.output or Path("build") / args.model.stem
     if folder.exists() and not folder.is_dir():
         raise ConvgenError(f"import: -o {folder}: expected a folder to write into; it is a file")

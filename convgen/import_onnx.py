@@ -117,7 +117,7 @@ def import_onnx(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     name = g.fresh(Path(source).stem if graph.name in ("", "main_graph", "torch_jit") else graph.name, "net")
     spec = {"name": name, "input": {"name": g.tensor[given.name], "shape": list(shape)},
             "layers": g.layers, "output": output}
-    _validate(spec, source)
+    validate_network(spec, source)
     return spec | {"source": Path(source).name}, g.weights
 
 
@@ -377,7 +377,7 @@ _HANDLERS = {
 }
 
 
-def _validate(spec: dict, source: str) -> None:
+def validate_network(spec: dict, source: str) -> None:
     """The imported spec, validated as any network spec is (shapes that do not chain, say)."""
     from .network import load_network
     try:
