@@ -190,3 +190,16 @@ def _run(command: list[str], cwd: Path) -> str:
     if result.returncode != 0:
         raise CompileError(f"{' '.join(command)} failed:\n{result.stderr.strip()[-2000:]}")
     return result.stdout
+
+
+def run_network(network, target: Target, x: np.ndarray, folder: Path) -> tuple[list[np.ndarray], Report]:
+    """A network's output for x (N x C x H x W, the network's dtype),
+    computed by its emitted C, one function with the weights baked, on the
+    target's emulated board: one result per output fill (as run_layer); and
+    what it costs there (code and const data, stack, the arena)."""
+    from .driver import plan_network
+    chosen = plan_network(network, target)
+    files = emit(chosen, "c", Baking(chosen.weights))
+    runs = run_on_qemu(chosen.func, files, target, {"x": x}, Path(folder) / "run")["y"]
+    shape = network.shape[network.output]
+    return [flat.reshape(shape) for flat in runs], report(chosen.func, files, target, Path(folder) / "report")
