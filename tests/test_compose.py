@@ -55,10 +55,13 @@ def _assert_matches(kernel, network, weights, seed):
 def test_example_networks_match_the_reference(path, backend):
     network = load_network(path)
     kernel = convgen.build(path, backend)
-    weights = network.load_weights()
-    for seed in (0, 1):   # a second call on the same arena
-        _assert_matches(kernel, network, weights, seed)
-    assert check_network(kernel, 2).passed
+    if not network.is_quantized:
+        weights = network.load_weights()
+        for seed in (0, 1):   # a second call on the same arena
+            _assert_matches(kernel, network, weights, seed)
+    for seed in (2, 3):       # int8: bit for bit
+        result = check_network(kernel, seed)
+        assert result.passed, result
 
 
 @pytest.mark.parametrize("backend", ["llvm", "c"])

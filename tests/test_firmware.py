@@ -182,3 +182,20 @@ def test_report_gives_code_size_stack_and_caller_memory(tmp_path):
     assert result.text > 0 and result.stack > 0 and result.stack_kind == "static"
     # x [1,3,9,8], w [4,3,3,3], b [4], y [1,4,9,8], float32
     assert result.caller_bytes == 4 * (3 * 9 * 8 + 4 * 3 * 3 * 3 + 4 + 4 * 9 * 8)
+
+
+@needs_qemu
+def test_the_int8_ds_cnn_runs_bit_exact_on_cortex_m4_as_one_c_function(tmp_path):
+    """specs/networks/ds_cnn_int8.yaml: the whole network one C function, its
+    weights const, its arena the workspace, on QEMU's Cortex-M4 board; the
+    output filled with -128 and then 127 before the two runs."""
+    from convgen.network import load_network
+    from convgen.reference import network_reference
+    network = load_network(Path(__file__).parent.parent / "specs" / "networks" / "ds_cnn_int8.yaml")
+    x = np.random.default_rng(5).integers(-128, 128, network.shape[network.input], dtype=np.int8)
+    runs, cost = firmware.run_network(network, load_target("cortex-m4"), x, tmp_path)
+    expected = network_reference(network, x, network.load_weights())[network.output]
+    assert len(runs) == 2
+    for run in runs:
+        np.testing.assert_array_equal(run, expected)
+    assert cost.workspace_bytes <= 2 * 64 * 25 * 5   # the arena: two of its 64 x 25 x 5 int8 tensors at most
