@@ -5,7 +5,7 @@
 
 The `onnx` package reads the model (`pip install 'convgen[onnx]'`); nothing
 else is needed, and nothing of ONNX at run time. Supported, float32, NCHW,
-static shapes, batch of any size:
+static shapes, batch of any size (float32, or int8 in QDQ form, below):
 
 - Conv (auto_pad NOTSET with explicit pads, SAME_UPPER, SAME_LOWER, VALID;
   group; dilations; strides; bias); BatchNormalization; Relu; Clip to
@@ -18,6 +18,16 @@ static shapes, batch of any size:
   constant after it as its bias;
 - Identity and Dropout pass their input on; Constant nodes, and Casts of
   constants, give values.
+
+int8 models in QDQ form (ONNX Runtime's static quantization: QuantizeLinear
+and DequantizeLinear around float ops) become int8 networks in TFLite's
+scheme: a layer's output quantization is what the QuantizeLinear after it
+applies, its weights and bias the integers behind a DequantizeLinear
+(symmetric int8 weights, per channel or per tensor; an int32 bias at input
+scale times weight scale). An average over the image whose output has its
+own scale becomes a depthwise convolution of weights 1 at scale 1 / (H x W),
+which requantizes as it sums. ONNX Runtime requantizes in floating point, so
+its results and convgen's may differ by one quantization step.
 
 Anything else is refused with the list of such ops and the nodes where they
 are. ONNX lists pads as [top, left, bottom, right]; a network spec as
@@ -48,6 +58,16 @@ class UnsupportedModel(ConvgenError):
                          "\n".join(f"  {p}" for p in problems))
 
 
+@dataclass(frozen=True)
+class _QConstant:
+    """A constant of a QDQ model: its integers, scale(s), zero point(s) and axis."""
+
+    values: np.ndarray
+    scale: np.ndarray
+    zero_point: np.ndarray
+    axis: int
+
+
 @dataclass
 class _Graph:
     """What the import builds: layers of a network spec, its weights, and how
@@ -61,6 +81,15 @@ class _Graph:
     weights: dict[str, np.ndarray] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     names: set[str] = field(default_factory=set)
+    # QDQ models: the (scale, zero point) a QuantizeLinear gives each float tensor it reads, by name;
+    # constants that a DequantizeLinear dequantizes (quantized weights and biases), by its output
+    quantized_as: dict[str, tuple[float, int]] = field(default_factory=dict)
+    dequantized: dict[str, "_QConstant"] = field(default_factory=dict)
+    input_quantization: tuple[float, int] | None = None
+
+    @property
+    def is_int8(self) -> bool:
+        return self.input_quantization is not None
 
     def fresh(self, hint: str, prefix: str) -> str:
         base = re.sub(r"\W+", "_", hint).strip("_").lower() or prefix
@@ -107,16 +136,22 @@ def import_onnx(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     if len(shape) != 4 or min(shape) < 1:
         raise ConvgenError(f"{source}: input {given.name}: expected a static N x C x H x W shape; got {list(shape)}")
     if given.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-        raise ConvgenError(f"{source}: input {given.name}: expected float32 (int8 models: QDQ import is to come)")
+        raise ConvgenError(f"{source}: input {given.name}: expected float32 (an int8 model in QDQ form "
+                           f"quantizes a float input)")
     g.tensor[given.name] = g.fresh(given.name, "x")
+    _find_quantization(g, graph, onnx.helper.get_attribute_value)
+    g.input_quantization = g.quantized_as.get(given.name)
     for node in graph.node:
         _import_node(g, node, onnx.helper.get_attribute_value)
     if g.problems:
         raise UnsupportedModel(source, g.problems)
     output = g.tensor.get(graph.output[0].name)
     name = g.fresh(Path(source).stem if graph.name in ("", "main_graph", "torch_jit") else graph.name, "net")
-    spec = {"name": name, "input": {"name": g.tensor[given.name], "shape": list(shape)},
-            "layers": g.layers, "output": output}
+    given_spec = {"name": g.tensor[given.name], "shape": list(shape)}
+    if g.is_int8:
+        scale, zero_point = g.input_quantization
+        given_spec.update(dtype="int8", quantization={"scale": scale, "zero_point": zero_point})
+    spec = {"name": name, "input": given_spec, "layers": g.layers, "output": output}
     validate_network(spec, source)
     return spec | {"source": Path(source).name}, g.weights
 
@@ -140,6 +175,92 @@ def _flow(layer: dict) -> str:
 
 
 # ---------------------------------------------------------------------------
+# QDQ: int8 models as ONNX Runtime's static quantization writes them
+# ---------------------------------------------------------------------------
+#
+# Every int8 tensor is a QuantizeLinear of the float tensor an op computes,
+# read back through a DequantizeLinear; weights and biases are integer
+# constants behind a DequantizeLinear. The import reads the float ops as
+# convgen's int8 layers: a layer's output quantization is the scale and zero
+# point that the QuantizeLinear after it applies, its weights the integers
+# behind the DequantizeLinear.
+
+def _find_quantization(g: _Graph, graph, attribute_value) -> None:
+    from onnx import numpy_helper
+    constants = dict(g.constants)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute:
+            constants[node.output[0]] = numpy_helper.to_array(attribute_value(node.attribute[0]))
+    for node in graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3:
+            continue
+        scale, zero_point = constants.get(node.input[1]), constants.get(node.input[2])
+        if scale is None or zero_point is None:
+            continue
+        axis = next((attribute_value(a) for a in node.attribute if a.name == "axis"), 1)
+        if node.op_type == "QuantizeLinear" and node.input[0] not in constants and scale.size == 1:
+            if zero_point.dtype != np.int8:
+                g.problems.append(f"QuantizeLinear (node {node.name}): expected int8 activations; got "
+                                  f"{zero_point.dtype}")
+            g.quantized_as[node.input[0]] = (float(scale.reshape(-1)[0]), int(zero_point.reshape(-1)[0]))
+        elif node.op_type == "DequantizeLinear" and node.input[0] in constants:
+            g.dequantized[node.output[0]] = _QConstant(constants[node.input[0]], scale.reshape(-1),
+                                                       zero_point.reshape(-1), axis)
+
+
+def _quantize_linear(g, node, attrs):
+    """An int8 tensor: the same tensor as the float one it quantizes (whose layer took this scale)."""
+    source = node.input[0]
+    if source not in g.tensor:
+        raise _Refused(f"input {source} is not a tensor the graph computes")
+    g.tensor[node.output[0]] = g.tensor[source]
+
+
+def _dequantize_linear(g, node, attrs):
+    """An int8 tensor read back as float: the same tensor; or a quantized constant (kept in g.dequantized)."""
+    if node.output[0] in g.dequantized:
+        return
+    g.tensor[node.output[0]] = _data(g, node, 0)
+
+
+def _int8_output(g: _Graph, node) -> dict:
+    """{output: {scale, zero_point}}: what the QuantizeLinear after the node applies."""
+    pair = g.quantized_as.get(node.output[0])
+    if pair is None:
+        raise _Refused("its output is not quantized (expected a QuantizeLinear after it)")
+    return {"output": {"scale": pair[0], "zero_point": pair[1]}}
+
+
+def _int8_weights(g: _Graph, node, index: int, channels: int) -> tuple[np.ndarray, list[float]]:
+    """(the int8 weights, their scales) behind a DequantizeLinear."""
+    q = g.dequantized.get(node.input[index])
+    if q is None or q.values.dtype != np.int8:
+        raise _Refused(f"input {index} ({node.input[index]}): expected int8 weights behind a DequantizeLinear")
+    if np.any(q.zero_point != 0) or q.values.min(initial=0) < -127:
+        raise _Refused("int8 weights must be symmetric: zero point 0, values in [-127, 127]")
+    if len(q.scale) not in (1, channels) or (len(q.scale) > 1 and q.axis != 0):
+        raise _Refused(f"expected one weight scale, or one per output channel on axis 0; got {len(q.scale)}")
+    return q.values, [float(v) for v in q.scale]
+
+
+def _int32_bias(g: _Graph, node, index: int, expected_scales: np.ndarray) -> np.ndarray | None:
+    """The int32 bias behind a DequantizeLinear, its scale input scale x weight scale (as TFLite's)."""
+    if index >= len(node.input) or not node.input[index]:
+        return None
+    q = g.dequantized.get(node.input[index])
+    if q is None or q.values.dtype != np.int32 or np.any(q.zero_point != 0):
+        raise _Refused(f"input {index}: expected an int32 bias behind a DequantizeLinear, zero point 0")
+    if not np.allclose(np.broadcast_to(q.scale, expected_scales.shape), expected_scales, rtol=1e-5):
+        raise _Refused("the bias scale is not the input scale times the weight scale")
+    return q.values.astype(np.int32)
+
+
+def _input_scale(g: _Graph, node) -> float:
+    spec_tensor = g.tensor[node.input[0]]
+    return next(scale for name, (scale, _) in g.quantized_as.items() if g.tensor.get(name) == spec_tensor)
+
+
+# ---------------------------------------------------------------------------
 # Nodes
 # ---------------------------------------------------------------------------
 
@@ -157,7 +278,8 @@ def _import_node(g: _Graph, node, attribute_value) -> None:
     if handler is None:
         g.problems.append(f"{where}: op {node.op_type} is not supported")
         return
-    missing = [name for name in node.input if name and name not in g.tensor and name not in g.constants]
+    missing = [name for name in node.input
+               if name and name not in g.tensor and name not in g.constants and name not in g.dequantized]
     if missing:
         return   # what it reads came from a refused node, already listed
     try:
@@ -204,7 +326,8 @@ def _add_layer(g: _Graph, node, op: str, fields: dict, inputs: list[str], weight
     layer.update(fields)
     g.layers.append(layer)
     for key, array in (weights or {}).items():
-        g.weights[f"{name}.{key}"] = np.ascontiguousarray(array, dtype=np.float32)
+        kind = array.dtype if np.issubdtype(array.dtype, np.integer) else np.float32   # int8 models keep integers
+        g.weights[f"{name}.{key}"] = np.ascontiguousarray(array, dtype=kind)
     g.tensor[node.output[0]] = out
 
 
@@ -240,6 +363,8 @@ def _window_fields(g: _Graph, node, attrs: dict, spatial: tuple[int, int]) -> di
 
 
 def _conv(g, node, attrs):
+    if g.is_int8:
+        return _int8_conv(g, node, attrs)
     w = _constant(g, node, 1)
     b = _constant(g, node, 2)
     if w is None or w.ndim != 4:
@@ -251,6 +376,20 @@ def _conv(g, node, attrs):
     _add_layer(g, node, "conv2d", fields, [_data(g, node, 0)], {"weight": w} | ({"bias": b} if b is not None else {}))
 
 
+def _int8_conv(g, node, attrs):
+    w = g.dequantized.get(node.input[1])
+    if w is None or w.values.ndim != 4:
+        raise _Refused("expected 4-D int8 weights behind a DequantizeLinear")
+    values, scales = _int8_weights(g, node, 1, w.values.shape[0])
+    bias = _int32_bias(g, node, 2, _input_scale(g, node) * np.asarray(scales))
+    fields = {"out_channels": int(values.shape[0]), **_window_fields(g, node, attrs, values.shape[2:])}
+    if attrs.get("group", 1) != 1:
+        fields["groups"] = int(attrs["group"])
+    fields.update(bias=bias is not None, quantization={**_int8_output(g, node), "weight_scales": scales})
+    _add_layer(g, node, "conv2d", fields, [_data(g, node, 0)],
+               {"weight": values} | ({"bias": bias} if bias is not None else {}))
+
+
 def _batchnorm(g, node, attrs):
     scale, bias, mean, var = (_constant(g, node, k) for k in (1, 2, 3, 4))
     eps = float(f"{attrs.get('epsilon', 1e-5):.7g}")   # a float32 attribute: 1e-05, not 9.99999974738e-06
@@ -258,7 +397,20 @@ def _batchnorm(g, node, attrs):
                {"weight": scale, "bias": bias, "running_mean": mean, "running_var": var})
 
 
+def _keeps_quantization(g: _Graph, node) -> None:
+    """An int8 pool, ReLU or concat keeps its input's scale and zero point: the model's must agree."""
+    if not g.is_int8:
+        return
+    given = {g.quantized_as.get(name) for name in node.input[:1] if name in g.quantized_as}
+    given |= {pair for name, pair in g.quantized_as.items() if g.tensor.get(name) == g.tensor.get(node.input[0])}
+    out = g.quantized_as.get(node.output[0])
+    if out is None or given != {out}:
+        raise _Refused(f"an int8 {node.op_type} whose output is quantized otherwise than its input "
+                       f"({sorted(given)} -> {out})")
+
+
 def _relu(g, node, attrs):
+    _keeps_quantization(g, node)
     _add_layer(g, node, "relu", {}, [_data(g, node, 0)])
 
 
@@ -267,6 +419,7 @@ def _clip(g, node, attrs):
     high = _constant(g, node, 2) if len(node.input) > 2 and node.input[2] else attrs.get("max")
     if low is None or high is None or float(low) != 0.0 or float(high) != 6.0:
         raise _Refused(f"only Clip to [0, 6] (ReLU6) is supported; got [{low}, {high}]")
+    _keeps_quantization(g, node)
     _add_layer(g, node, "relu6", {}, [_data(g, node, 0)])
 
 
@@ -281,11 +434,24 @@ def _pool(g, node, attrs):
         fields["count_include_pad"] = bool(attrs.get("count_include_pad", 0))
     if attrs.get("ceil_mode", 0):
         fields["ceil_mode"] = True
+    _keeps_quantization(g, node)
     _add_layer(g, node, op, fields, [_data(g, node, 0)])
 
 
 def _global_avgpool(g, node, attrs):
+    if g.is_int8:
+        return _int8_global_avgpool(g, node)
     _add_layer(g, node, "global_avgpool", {}, [_data(g, node, 0)])
+
+
+def _int8_global_avgpool(g, node):
+    """An int8 average over the image whose output has a scale of its own (as
+    ONNX Runtime quantizes it): a depthwise convolution over the whole image
+    with weights 1 at scale 1 / (H x W), which requantizes as it sums."""
+    n, c, h, w = g.shapes[node.input[0]]
+    fields = {"out_channels": c, "groups": c, "kernel_size": [h, w], "bias": False,
+              "quantization": {**_int8_output(g, node), "weight_scales": 1.0 / (h * w)}}
+    _add_layer(g, node, "conv2d", fields, [_data(g, node, 0)], {"weight": np.ones((c, 1, h, w), np.int8)})
 
 
 def _reduce_mean(g, node, attrs):
@@ -298,6 +464,9 @@ def _reduce_mean(g, node, attrs):
 
 
 def _add(g, node, attrs):
+    if g.is_int8:
+        _add_layer(g, node, "add", {"quantization": _int8_output(g, node)}, [_data(g, node, 0), _data(g, node, 1)])
+        return
     constant = [k for k in (0, 1) if node.input[k] in g.constants]
     if constant:
         _bias_for_linear(g, node, constant[0])
@@ -320,6 +489,7 @@ def _bias_for_linear(g, node, index: int) -> None:
 def _concat(g, node, attrs):
     if attrs.get("axis") not in (1, -3):
         raise _Refused(f"only Concat along channels (axis 1) is supported; got axis {attrs.get('axis')}")
+    _keeps_quantization(g, node)
     _add_layer(g, node, "concat", {}, [_data(g, node, k) for k in range(len(node.input))])
 
 
@@ -350,6 +520,8 @@ def _flatten(g, node, attrs):
 def _gemm(g, node, attrs):
     if attrs.get("transA", 0):
         raise _Refused("transA 1")
+    if g.is_int8:
+        return _int8_gemm(g, node, attrs)
     w = _constant(g, node, 1)
     c = _constant(g, node, 2)
     w = w if attrs.get("transB", 0) else w.T
@@ -359,6 +531,25 @@ def _gemm(g, node, attrs):
     if c is not None:
         weights["bias"] = (np.broadcast_to(c, (w.shape[0],)) * attrs.get("beta", 1.0)).astype(np.float32)
     _add_layer(g, node, "linear", fields, [_data(g, node, 0)], weights)
+
+
+def _int8_gemm(g, node, attrs):
+    if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+        raise _Refused("an int8 Gemm with alpha or beta other than 1")
+    w = g.dequantized.get(node.input[1])
+    if w is None or w.values.ndim != 2:
+        raise _Refused("expected 2-D int8 weights behind a DequantizeLinear")
+    transposed = bool(attrs.get("transB", 0))
+    outputs = w.values.shape[0] if transposed else w.values.shape[1]
+    if not transposed and len(w.scale) > 1:
+        raise _Refused("per-channel weight scales on a Gemm without transB")
+    values, scales = _int8_weights(g, node, 1, outputs)
+    values = values if transposed else values.T
+    bias = _int32_bias(g, node, 2, _input_scale(g, node) * np.asarray(scales))
+    fields = {"out_features": int(outputs), "bias": bias is not None,
+              "quantization": {**_int8_output(g, node), "weight_scales": scales}}
+    _add_layer(g, node, "linear", fields, [_data(g, node, 0)],
+               {"weight": np.ascontiguousarray(values)} | ({"bias": bias} if bias is not None else {}))
 
 
 def _matmul(g, node, attrs):
@@ -373,6 +564,7 @@ _HANDLERS = {
     "Conv": _conv, "BatchNormalization": _batchnorm, "Relu": _relu, "Clip": _clip, "MaxPool": _pool,
     "AveragePool": _pool, "GlobalAveragePool": _global_avgpool, "ReduceMean": _reduce_mean, "Add": _add,
     "Concat": _concat, "Gemm": _gemm, "MatMul": _matmul, "Cast": _cast,
+    "QuantizeLinear": _quantize_linear, "DequantizeLinear": _dequantize_linear,
     **{op: _pass_through for op in PASS_THROUGH}, **{op: _flatten for op in FLATTENING},
 }
 

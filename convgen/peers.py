@@ -395,7 +395,7 @@ def torch_network(network):
                 elif layer.op == "linear":
                     features = int(np.prod(source[1:]))
                     self.add_module(layer.name, torch.nn.Linear(features, layer.out_features, bias=layer.bias))
-                elif spec is not None:
+                elif spec is not None and layer.op != "global_avgpool":   # that exports as GlobalAveragePool
                     self.functions[layer.name] = torch_layer(spec, None, None)
             self.eval()
 

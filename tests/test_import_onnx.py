@@ -23,7 +23,7 @@ from convgen.network import load_network  # noqa: E402
 from convgen.reference import network_reference  # noqa: E402
 
 ROOT = Path(__file__).parent.parent
-MODELS = sorted((ROOT / "specs" / "networks").glob("*.onnx"))
+MODELS = sorted(p for p in (ROOT / "specs" / "networks").glob("*.onnx") if not p.stem.endswith("_qdq"))
 
 
 def _ort(model_path, x):
@@ -164,3 +164,40 @@ def test_a_file_that_is_not_a_model_is_refused(tmp_path):
     result = subprocess.run([sys.executable, "-m", "convgen.cli", "import", str(tmp_path / "bad.onnx")],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "not an ONNX model" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("backend", ["llvm", "c"])
+def test_an_int8_qdq_model_matches_onnx_runtime_within_one_step(backend, tmp_path):
+    """specs/networks/ds_cnn_qdq.onnx (ONNX Runtime's static quantization of
+    the DS-CNN): imported as an int8 network, exact against convgen's int8
+    reference, and within one quantization step of ONNX Runtime, which
+    requantizes in floating point where TFLite's scheme uses fixed point."""
+    model = ROOT / "specs" / "networks" / "ds_cnn_qdq.onnx"
+    network, spec_path = _imported(model, tmp_path)
+    assert network.is_quantized
+    kernel = convgen.build(spec_path, backend)
+    assert convgen.check_network(kernel, 0).passed
+    (scale, zero_point), (out_scale, out_zero_point) = (network.quantization[t] for t in (network.input, network.output))
+    rng = np.random.default_rng(1)
+    differ = total = 0
+    for _ in range(20):
+        x = np.clip(np.round(rng.normal(0, 1, network.shape[network.input]) / scale) + zero_point, -128, 127)
+        x = x.astype(np.int8)
+        theirs = _ort(model, (scale * (x.astype(np.float32) - zero_point)).astype(np.float32))
+        theirs = np.clip(np.round(theirs / out_scale) + out_zero_point, -128, 127).reshape(kernel.output_shape)
+        steps = np.abs(kernel(x).astype(np.int64) - theirs.astype(np.int64))
+        assert steps.max() <= 1
+        differ, total = differ + int((steps > 0).sum()), total + steps.size
+    assert differ < total / 4, f"{differ} of {total} outputs differ by one step"
+
+
+def test_an_int8_model_whose_pool_requantizes_is_refused(tmp_path):
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+             helper.make_node("MaxPool", ["xd"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("QuantizeLinear", ["p", "ps", "xz"], ["pq"]),
+             helper.make_node("DequantizeLinear", ["pq", "ps", "xz"], ["y"])]
+    model = _model(nodes, [1, 2, 4, 4], initializers=[("xs", 0.1), ("ps", 0.2)])
+    model.graph.initializer.append(numpy_helper.from_array(np.array(3, dtype=np.int8), "xz"))
+    with pytest.raises(UnsupportedModel, match="an int8 MaxPool whose output is quantized otherwise"):
+        import_onnx(_save(model, tmp_path))
