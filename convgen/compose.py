@@ -66,11 +66,7 @@ class NetworkPlan:
         """The fused program in words: the rewrites, a line per layer, the memory plan."""
         lines = [f"network {self.network.name}: {len(self.network.layers)} layers as written, "
                  f"{len(self.fused.layers)} after folding and fusion"]
-        lines += [f"  {line}" for line in self.rewrites]
-        for step in self.layers:
-            layer = step.layer
-            what = _summary(step.plan.spec) if step.plan is not None else layer.op
-            lines.append(f"  {layer.name}: {', '.join(layer.inputs)} -> {layer.output}: {what}")
+        lines += [f"  {line}" for line in self.rewrites] + _layer_lines(self.layers)
         return lines + ["memory plan:"] + [f"  {line}" for line in self.memory.table(
             [step.layer.name for step in self.layers])] + [f"  {line}" for line in self.in_place()]
 
@@ -261,10 +257,14 @@ def _summary(spec) -> str:
     return " ".join(parts)
 
 
+def _layer_lines(steps) -> list[str]:
+    """A line per layer: what it reads and writes, and what it is."""
+    return [f"  {step.layer.name}: {', '.join(step.layer.inputs)} -> {step.layer.output}: "
+            f"{_summary(step.plan.spec) if step.plan is not None else step.layer.op}" for step in steps]
+
+
 def _doc(network: Network, fused: Network, memory: MemoryPlan, steps) -> str:
+    """What the backends put in comments: the layers and the memory plan."""
     lines = [f"{network.name}: a network of {len(fused.layers)} layers (from {network.source})."]
-    for step in steps:
-        what = _summary(step.plan.spec) if step.plan is not None else step.layer.op
-        lines.append(f"  {step.layer.name}: {', '.join(step.layer.inputs)} -> {step.layer.output}: {what}")
-    return "\n".join(lines + ["Memory plan:"] + [f"  {line}" for line in memory.table(
+    return "\n".join(lines + _layer_lines(steps) + ["Memory plan:"] + [f"  {line}" for line in memory.table(
         [step.layer.name for step in steps])])

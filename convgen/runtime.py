@@ -202,17 +202,15 @@ class BoundKernel:
                  r: np.ndarray | None = None) -> np.ndarray:
         if threads is not None:
             threads = thread_count(threads, self._threads)
+        if r is None and out is not None and self._guard(x, out, threads or self._threads,
+                                                         self._scratch() if self._has_scratch else 0) is out:
+            return out   # a residual layer has no guard: it takes the path below, which checks r
         k = self.kernel
-        if "r" in k._shapes or r is not None:   # a residual layer: the general path checks r too
+        arrays = dict(self.weights, x=_checked("x", x, k._shapes["x"], k._dtypes["x"]))
+        if "r" in k._shapes or r is not None:
             if "r" not in k._shapes:
                 raise KernelCallError(f"{k.spec.name}: r: this layer adds no residual (residual: false); got an array")
-            arrays = dict(self.weights, x=_checked("x", x, k._shapes["x"], k._dtypes["x"]),
-                          r=_checked("r", r, k._shapes["r"], k._dtypes["r"]))
-            return k._run_step(arrays, self._prepared, out, threads or self._threads)
-        if out is not None and self._guard(x, out, threads or self._threads,
-                                           self._scratch() if self._has_scratch else 0) is out:
-            return out
-        arrays = dict(self.weights, x=_checked("x", x, k._shapes["x"], k._dtypes["x"]))
+            arrays["r"] = _checked("r", r, k._shapes["r"], k._dtypes["r"])
         return k._run_step(arrays, self._prepared, out, threads or self._threads)
 
     def _scratch(self) -> int:
