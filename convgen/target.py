@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import subprocess
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -125,9 +126,26 @@ def host() -> Target:
         features=llvm.get_host_cpu_features().flatten(),
         cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
         cc=tuple(shlex.split(os.environ.get("CC", "cc"))),
-        cflags=tuple(shlex.split(os.environ.get("CFLAGS", "-O3 -march=native"))),
+        cflags=tuple(shlex.split(os.environ.get("CFLAGS", "-O3 -march=native"))) + _gcc_workarounds(
+            tuple(shlex.split(os.environ.get("CC", "cc")))),
         caches=_host_caches(),
     )
+
+
+# GCC 12.2 at -O3 with AVX2 or AVX-512 miscompiles a guarded max reduction once it if-converts the
+# loop to vectorize it (a fused max pool's window over a padded edge came out 0 where no padding was
+# involved; clang and GCC at -O2 get it right): its loop if-conversion is off for the host's C.
+_GCC_WORKAROUNDS = ("-fno-tree-loop-if-convert",)
+
+
+@lru_cache(maxsize=None)
+def _gcc_workarounds(cc: tuple[str, ...]) -> tuple[str, ...]:
+    """The flags that keep GCC's known miscompilations away, where the host's C compiler is GCC."""
+    try:
+        banner = subprocess.run([*cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return _GCC_WORKAROUNDS if "Free Software Foundation" in banner and "clang" not in banner else ()
 
 
 _TARGET_FIELDS = ("name", "triple", "cpu", "features", "cores", "cc", "cflags", "caches", "registers", "qemu")

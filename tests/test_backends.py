@@ -294,3 +294,15 @@ def test_baked_weights_are_what_the_prepare_step_fills(tmp_path):
     result = compare(run_program(program, {"x": inputs["x"], "y": out}, out), reference(spec, **inputs),
                      tolerance(spec, inputs))
     assert result.passed, result
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_a_fused_max_pool_over_a_padded_edge(backend):
+    """Found by the random specs: GCC 12.2 at -O3 with AVX2 miscompiled this
+    pool's guarded max (0 where no padding was involved) until target.py
+    turned its loop if-conversion off for the host's C."""
+    spec = convgen.load_spec({"name": "edge_pool", "op": "conv2d", "in_channels": 1, "out_channels": 1,
+                              "input_size": [5, 3], "kernel_size": 1, "bias": False,
+                              "pool": {"op": "maxpool2d", "kernel_size": [3, 1], "stride": 1, "padding": [1, 0, 0, 0]}})
+    for seed in range(3):
+        _assert_matches(convgen.build(spec, backend), seed)
