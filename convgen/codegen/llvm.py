@@ -593,6 +593,9 @@ class _LLVMEmitter:
         b = self.builder
         if self.is_vector(a) or self.is_vector(n):
             a, n = self.broadcast(a), self.broadcast(n)
+            # lanes a condition masks off read 0 for n (masked loads of a count table): make them divide
+            # by 1, since x86 traps on an integer division by zero even in a lane whose result is unused
+            n = b.select(b.icmp_signed("==", n, self.constant(n, I32, 0)), self.constant(n, I32, 1), n)
         half = b.sdiv(n, self.constant(a, I32, 2))
         toward = b.select(b.icmp_signed(">", a, self.constant(a, I32, 0)), half, b.sub(self.constant(a, I32, 0), half))
         return b.sdiv(b.add(a, toward), n)
