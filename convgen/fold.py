@@ -149,10 +149,7 @@ def fuse_residuals(network, weights):
                 gone.add(conv.name)
                 said.append(f"{layer.name} (add) into {conv.name} (its residual: {other})")
                 break
-    layers = tuple(moved.get(layer.name, layer) for layer in network.layers if layer.name not in gone)
-    kept = {network.input} | {layer.output for layer in layers}
-    shapes = tuple((name, shape) for name, shape in network.shapes if name in kept)
-    return replace(network, layers=layers, shapes=shapes), weights, said
+    return _merged(network, moved, gone), weights, said
 
 
 def batchnorms_as_convs(network: Network, weights) -> tuple[Network, dict, list[str]]:

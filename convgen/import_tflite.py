@@ -190,13 +190,17 @@ class _Reader:
                   "padding": self.padding(options, source[1:3], filters.shape[2:], stride, dilation),
                   **({"dilation": dilation} if dilation != [1, 1] else {}),
                   **({"groups": groups} if groups > 1 else {}), "bias": bias is not None, **self.activation(options)}
-        weights = {"weight": filters}
+        self.add_weighted_layer(op, "conv2d", fields, x, filters, bias, w_index)
+
+    def add_weighted_layer(self, op, kind: str, fields: dict, x: int, weights: np.ndarray, bias, w_index: int):
+        """A conv2d or linear layer: its weights, its bias (int32 in an int8 model) and, int8, its quantization."""
+        arrays = {"weight": np.ascontiguousarray(weights)}
         if bias is not None:
-            weights["bias"] = bias.astype(np.int32 if self.int8 else np.float32)
+            arrays["bias"] = bias.astype(np.int32 if self.int8 else np.float32)
         if self.int8:
             fields["quantization"] = {**self.output_quantization(op),
-                                      "weight_scales": self.weight_scales(w_index, int(filters.shape[0]))}
-        self.add_layer(op, "conv2d", fields, [self.data(x)], weights)
+                                      "weight_scales": self.weight_scales(w_index, int(weights.shape[0]))}
+        self.add_layer(op, kind, fields, [self.data(x)], arrays)
 
     def weight_scales(self, index: int, channels: int) -> list[float]:
         q = self.info(index).quantization
@@ -250,13 +254,7 @@ class _Reader:
         fields = {"out_features": int(weights.shape[0]), "bias": bias is not None}
         if options.fusedActivationFunction:
             raise _Refused("a fused activation on FULLY_CONNECTED")
-        arrays = {"weight": np.ascontiguousarray(weights)}
-        if bias is not None:
-            arrays["bias"] = bias.astype(np.int32 if self.int8 else np.float32)
-        if self.int8:
-            fields["quantization"] = {**self.output_quantization(op),
-                                      "weight_scales": self.weight_scales(w_index, int(weights.shape[0]))}
-        self.add_layer(op, "linear", fields, [self.data(x)], arrays)
+        self.add_weighted_layer(op, "linear", fields, x, weights, bias, w_index)
 
     def nhwc_source(self, index: int) -> tuple[int, ...]:
         """The NHWC shape of what a tensor was before RESHAPE or SQUEEZE flattened it."""
