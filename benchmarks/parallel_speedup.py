@@ -2,7 +2,7 @@
 
     python benchmarks/parallel_speedup.py [SPEC] [--threads N] [--rounds R]
 
-Builds the layer with a parallel schedule (the explore recipe: 16-channel
+Builds the layer with a parallel schedule (a direct recipe written out: 16-channel
 vectors, an 8-column register tile, blocked weights, padded input, the
 channel-block and row loops fused and run in parallel), checks it against
 the reference, then times 1 and N threads interleaved, R rounds of medians,

@@ -24,7 +24,7 @@ import yaml
 from . import cache as kernel_cache, firmware, ir
 from .bench import DEFAULT_PEERS, bench, bench_cuda
 from .peers import PEERS
-from .check import check, check_network, random_inputs
+from .check import check, check_network
 from .codegen import BACKENDS, CPU_BACKENDS
 from .codegen.c import Baking
 from .driver import build, build_network, default_arch, emit, plan, plan_network
@@ -35,12 +35,11 @@ from .native import llvm_assembly, nvcc_compile
 from .network import is_network, load_network
 from .peak import measure_bandwidth, measure_peak
 from .roofline import plot_roofline
-from .runtime import measure
-from .schedule.space import candidates
 from .schedule_page import nest_diff, schedule_page
 from .schedule.steps import SCHEDULE_WORDS, load_steps
 from .spec import Spec, load_spec
 from .target import gpu_arches, host, load_gpu_target, load_target
+from .tune.records import default_path as default_records_path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,12 +211,45 @@ def _parser() -> argparse.ArgumentParser:
                        help="info: the folder, its entries and size; clear: remove every entry")
     cache.set_defaults(run=_cache)
 
-    explore = commands.add_parser("explore", help="try a space of schedules; rank those that match by speed")
-    explore.add_argument("spec", help="layer spec (YAML)")
-    explore.add_argument("--threads", type=_whole(1), help="threads for parallel candidates (default: all cores)")
-    explore.add_argument("--seed", type=_seed_value, help="seed for the random inputs (default: fresh)")
-    explore.add_argument("--top", type=_whole(0), default=0, help="print only the best N (default: all)")
-    explore.set_defaults(run=_explore)
+    tune = commands.add_parser("tune", help="search each layer's schedules; keep every measurement; builds then "
+                                            "use the best")
+    tune.add_argument("spec", type=Path, help="layer or network spec (YAML), or a folder of them")
+    tune.add_argument("--budget", type=_time_value, default=60.0, metavar="TIME",
+                      help="search time per layer: 60s (default), 90, 10m; a rerun continues the same search "
+                           "(strategy and seed) until its budget is spent")
+    tune.add_argument("--target", default="host", help="the machine to tune for: host (the one measuring)")
+    tune.add_argument("--threads", type=_whole(1), help="threads the kernel runs on (default: all cores, as "
+                                                        "convgen.build)")
+    tune.add_argument("--db", type=Path, help="records database (default: $CONVGEN_RECORDS, else the user data "
+                                              "folder; `convgen records where` says)")
+    tune.add_argument("--seed", type=_seed_value, default=0, help="seed of the search and of the inputs (default 0)")
+    tune.add_argument("--strategy", choices=("guided", "random"), default="guided",
+                      help="guided (default): coordinate descent from the default, ranked by a cost model; "
+                           "random: the baseline")
+    tune.add_argument("--cluster", metavar="ADDRESS", help="measure on the workers of this Dask scheduler "
+                                                           "(tcp://host:8786)")
+    tune.add_argument("--timeout", type=_time_value, default=120.0, metavar="TIME",
+                      help="a candidate that takes longer to build, check and time is recorded as hung "
+                           "(default 120s)")
+    tune.add_argument("--max-candidates", type=_whole(1), metavar="N", help="stop a layer after N candidates")
+    tune.add_argument("--min-time", type=_time_value, default=0.1, metavar="TIME",
+                      help="time each candidate's calls for at least this long, their median counting "
+                           "(default 0.1s; longer on a noisy machine)")
+    tune.add_argument("--report", action="store_true",
+                      help="print each layer's default and tuned GFLOP/s and winning schedule, and plot the "
+                           "search curves")
+    tune.add_argument("--plot", type=Path, default=Path("build/tune/search_curve.png"), metavar="PNG",
+                      help="where --report writes the curves (default: build/tune/search_curve.png)")
+    tune.set_defaults(run=_tune)
+
+    records = commands.add_parser("records", help="the tuner's measurements: list, export, import")
+    records.add_argument("action", choices=("list", "export", "import", "where"),
+                         help="list: every record, winners marked; export: as JSON lines on stdout; import FILE: "
+                              "JSON lines from export; where: the database's path")
+    records.add_argument("file", nargs="?", type=Path, help="import: the JSON lines file (- for stdin)")
+    records.add_argument("--db", type=Path, help="records database (default: $CONVGEN_RECORDS, else the user "
+                                                 "data folder)")
+    records.set_defaults(run=_records)
 
     import_ = commands.add_parser("import", help="a model (ONNX or TFLite) as a network spec and its weights")
     import_.add_argument("model", type=Path, help="the model file (.onnx or .tflite)")
@@ -625,7 +657,7 @@ def _build(args) -> int:
     print(_row(_COLUMNS))
     print(_row("-" * w for w in _WIDTHS))
     problems, notes, passed, total = [], [], 0, 0
-    started, timings = time.perf_counter(), {"build": 0.0, "cached": 0}
+    started, timings = time.perf_counter(), {"build": 0.0, "cached": 0, "tuned": 0, "default": 0}
     for path in paths:
         if _is_network_file(path):
             for target in CPU_BACKENDS:
@@ -644,6 +676,8 @@ def _build(args) -> int:
             passed += _build_one(spec, target, args.output / spec.name, seed, problems, notes, timings)
     print(f"\n{passed}/{total} passed; {timings['build']:.1f} s building "
           f"({timings['cached']} of {total} kernels from the cache), {time.perf_counter() - started:.1f} s in all")
+    print(f"schedules: {timings['tuned']} layer kernels from tuned records, {timings['default']} the default "
+          f"for want of one ({default_records_path()})")
     for note in dict.fromkeys(notes):
         print(f"note: {note}")
     for problem in problems:
@@ -661,6 +695,8 @@ def _build_one(spec: Spec, target: str, folder: Path, seed: int, problems: list[
             kernel = build(spec, target, workdir=folder)
             timings["build"] += time.perf_counter() - started
             timings["cached"] += kernel.from_cache
+            timings["tuned"] += kernel.schedule_source == "tuned"
+            timings["default"] += kernel.schedule_source == "default"
         notes += [str(w.message) for w in caught if issubclass(w.category, ConvgenWarning)]
         result = check(kernel, seed)
     except ConvgenError as err:
@@ -838,55 +874,125 @@ def _spec_files(folder: Path) -> list[Path]:
     return paths
 
 
-def _explore(args) -> int:
-    spec = load_spec(args.spec)
-    machine = host()
-    threads = args.threads or machine.cores
-    seed = _seed(args)
-    inputs = random_inputs(spec, np.random.default_rng(seed))
-    space = candidates(spec, machine)
-    print(f"convgen explore: {spec.name}, {len(space)} candidates, host {machine.cpu}, {threads} threads, "
-          f"seed {seed}", file=sys.stderr)
-    rows = []
-    for number, (label, schedule) in enumerate(space, 1):
-        _progress(number, len(space), label)
-        rows.append((label, *_try_candidate(spec, schedule, inputs, threads, seed)))
-    print(file=sys.stderr)
-    timed = sorted((r for r in rows if r[1] is not None), key=lambda r: r[1])
-    failed = [r for r in rows if r[1] is None]
-    flops = 2 * spec.macs
-    print(f"{'rank':<5} {'schedule':<52} {'time':>10} {'GFLOP/s':>8}")
-    for rank, (label, seconds, _) in enumerate(timed[:args.top or None], 1):
-        print(f"{rank:<5} {label:<52} {seconds * 1e3:>8.3f}ms {flops / seconds / 1e9:>8.1f}")
-    for label, _, reason in failed:
-        print(f"{'-':<5} {label:<52} {'failed':>10}  {reason}")
-    if timed:
-        print(f"\nbest: {timed[0][0]}; its steps:")
-        print("\n".join(f"  - {s.describe()}" for s in dict(space)[timed[0][0]].steps) or "  (none)")
-    return 0 if timed else 1
+def _time_value(text: str) -> float:
+    """An argparse type: seconds, from 60, 60s, 1.5m or 1h."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*(s|m|min|h)?\s*", text)
+    if not match or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a time such as 60s, 90 or 10m; got {text!r}")
+    return float(match.group(1)) * {None: 1, "s": 1, "m": 60, "min": 60, "h": 3600}[match.group(2)]
 
 
-def _try_candidate(spec: Spec, schedule, inputs, threads: int, seed: int):
-    """(seconds, None) for a candidate that matches the reference, else (None, why not)."""
-    if isinstance(schedule, ScheduleError):
-        return None, f"refused: {schedule}"
+def _tune(args) -> int:
+    from .tune.report import layer_report, plot_curves
+    from .tune.tuner import tune
+    if args.target != "host":
+        raise ConvgenError(f"tune: --target {args.target}: only host can be tuned here (a kernel is timed on the "
+                           f"machine that runs it; tune on that machine, or on a cluster of them with --cluster)")
+    specs = _tunable_layers(args.spec)
+    database = args.db or default_records_path()
+    threads = args.threads or host().cores
+    print(f"convgen tune: {len(specs)} layer{'s' * (len(specs) != 1)}, {args.budget:g} s each, {args.strategy} "
+          f"search, seed {args.seed}, {threads} thread{'s' * (threads != 1)}, records in {database}", file=sys.stderr)
+    results = []
     try:
-        kernel = build(spec, "llvm", schedule=schedule, threads=threads)
-        result = check(kernel, seed)
-    except ConvgenError as err:
-        return None, f"did not compile: {str(err).splitlines()[0]}"
-    if not result.passed:
-        return None, f"wrong result: max error {result.max_abs_error:.3g}"
-    call = kernel.bind(inputs["w"], inputs.get("b")) if spec.is_conv else kernel
-    out = np.empty(spec.output_shape, dtype=spec.array_dtypes["y"])
-    return measure(lambda: call(inputs["x"], out=out)), ""
+        for spec in specs:
+            bar = _TuneBar(spec.name, args.budget)
+            result = tune(spec, args.budget, threads, database, args.seed, args.strategy, args.cluster,
+                          args.timeout, args.max_candidates, bar.update, min_seconds=args.min_time)
+            bar.done(result)
+            results.append(result)
+            if args.report:
+                print(layer_report(result))
+    except KeyboardInterrupt:
+        print(f"\nconvgen tune: interrupted; every completed measurement is in {database}: run the same "
+              f"command to continue", file=sys.stderr)
+        return 130
+    if args.report:
+        try:
+            print(f"search curves: {plot_curves(results, args.plot)}")
+        except ImportError:
+            print("search curves: not plotted (matplotlib is not installed: pip install 'convgen[plot]')",
+                  file=sys.stderr)
+    return 0 if all(r.winner is not None for r in results) else 1
 
 
-def _progress(done: int, total: int, label: str) -> None:
-    width = 30
-    filled = width * done // total
-    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label[:40]:<40}", end="",
-          file=sys.stderr, flush=True)
+def _tunable_layers(path: Path) -> list[Spec]:
+    """The layers a spec, a network spec or a folder of them holds, each distinct layer once."""
+    from .driver import load_any
+    from .fold import fuse
+    from .network import Network
+    from .tune.records import spec_fingerprint
+    found = {}
+    for file in _spec_files(path) if path.is_dir() else [path]:
+        loaded = load_any(file)
+        if isinstance(loaded, Network):
+            fused, _, _ = fuse(loaded, loaded.load_weights())
+            layers = [layer.spec for layer in fused.layers if layer.spec is not None]
+        else:
+            layers = [loaded]
+        for spec in layers:
+            found.setdefault(spec_fingerprint(spec), spec)
+    return list(found.values())
+
+
+class _TuneBar:
+    """One line on stderr: candidates measured, best GFLOP/s so far against the default, time left."""
+
+    def __init__(self, name: str, budget: float):
+        self.name, self.budget = name, budget
+
+    def update(self, p) -> None:
+        width = 24
+        filled = min(width, int(width * (1 - p.seconds_left / self.budget))) if self.budget else width
+        best = f"{p.best_gflops:.1f}" if p.best_gflops else "-"
+        default = f" (default {p.default_gflops:.1f})" if p.default_gflops else ""
+        resumed = f", {p.resumed} resumed" if p.resumed else ""
+        print(f"\r{self.name[:24]:<24} [{'#' * filled}{'.' * (width - filled)}] {p.measured} measured{resumed}, "
+              f"best {best} GFLOP/s{default}, {p.seconds_left:.0f} s left ", end="", file=sys.stderr, flush=True)
+
+    def done(self, result) -> None:
+        tuned = f"{result.tuned_gflops:.1f}" if result.tuned_gflops else "-"
+        default = f"{result.default_gflops:.1f}" if result.default_gflops else "-"
+        print(f"\r{self.name[:24]:<24} {result.measured} measured: tuned {tuned} GFLOP/s, default {default} "
+              f"(confirmed in turn)" + " " * 20, file=sys.stderr, flush=True)
+
+
+def _records(args) -> int:
+    from .tune.records import Records
+    from .tune.report import records_table
+    database = args.db or default_records_path()
+    if args.action == "where":
+        print(database)
+        return 0
+    if args.action == "import":
+        if args.file is None:
+            raise ConvgenError("records import: expected a file of JSON lines (from `convgen records export`), "
+                               "or - for stdin")
+        text = sys.stdin.read() if str(args.file) == "-" else _read_text(args.file)
+        with Records(database) as records:
+            try:
+                added, skipped = records.import_lines(text.splitlines())
+            except ConvgenError as err:
+                raise ConvgenError(f"{args.file}: {err}") from None
+        print(f"imported {added} records into {database} ({skipped} already there)")
+        return 0
+    with Records(database, create=False) as records:
+        if not records.exists:
+            raise ConvgenError(f"records {args.action}: no records database at {database} (`convgen tune` "
+                               f"makes one)")
+        if args.action == "export":
+            for record in records.all():
+                print(record.as_json())
+        else:
+            print(records_table(records.all(), records.winners()))
+    return 0
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConvgenError(f"{path}: expected a readable text file; {err}") from None
 
 
 if __name__ == "__main__":

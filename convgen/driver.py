@@ -34,6 +34,7 @@ from .schedule.space import Recipe, default_recipe
 from .schedule.steps import DEFAULT, NAIVE
 from .spec import Spec, load_spec
 from .target import GPUTarget, Target, gpu_arches, host, load_gpu_target
+from .tune.records import tuned_schedule
 
 _PACKAGE = str(Path(__file__).resolve().parent)
 DEFAULT_ARCH = "sm_80"   # the GPU a cuda kernel is scheduled for when none is named
@@ -50,6 +51,7 @@ class Plan:
     history: tuple[tuple[Step | None, ir.Func], ...]   # the kernel lowered (None), then after each step
     passes: tuple[tuple[str, ir.Func], ...]     # (pass name, the kernel after it)
     recipe: Recipe | None = None                # the default recipe chosen, with its parameters and reason
+    tuned: str = ""                             # what the tuner's records gave: the record used, or why none
 
     @property
     def lowered(self) -> ir.Func:
@@ -61,7 +63,8 @@ class Plan:
 
     def describe_schedule(self) -> str:
         count = f"{len(self.steps)} step{'s' * (len(self.steps) != 1)}"
-        return f"{SCHEDULE_SOURCES[self.schedule_source]}, on {self.target.describe()}: {count}"
+        said = f"{SCHEDULE_SOURCES[self.schedule_source]}, on {self.target.describe()}: {count}"
+        return said + (f" ({self.tuned})" if self.tuned else "")
 
     @property
     def func(self) -> ir.Func:
@@ -77,6 +80,7 @@ class Plan:
 # Where a plan's steps came from, and how to say it.
 SCHEDULE_SOURCES = {
     "default": "the default for the target",
+    "tuned": "the tuner's best for the layer and target",
     "spec": "the spec's own",
     "given": "as given",
     "naive": "none (naive, as asked)",
@@ -86,15 +90,26 @@ SCHEDULE_SOURCES = {
 
 
 def choose_schedule(spec: Spec, target: Target, schedule=None, threads: int | None = None):
-    """(steps, source, recipe), source a key of SCHEDULE_SOURCES, recipe the
-    default recipe where one was chosen (else None). `schedule` overrides
-    the spec's own; neither, or "default", gives the default for the target
-    and thread count (all its cores by default); "naive" gives no steps.
-    Where no default recipe fits the layer, a ConvgenWarning says so: never a
-    silent naive kernel."""
+    """(steps, source, recipe, tuned), source a key of SCHEDULE_SOURCES,
+    recipe the default recipe where one was chosen (else None), tuned what
+    the tuner's records said (else ""). `schedule` overrides the spec's own;
+    with neither, the tuner's best record for the layer, target and thread
+    count (all its cores by default) where there is one, else the default
+    for them; "default" gives the default, "naive" no steps. Where no
+    default recipe fits the layer, a ConvgenWarning says so: never a silent
+    naive kernel; a stale record warns too (records.tuned_schedule)."""
     chosen = schedule if schedule is not None else spec.schedule
     if isinstance(target, GPUTarget):
-        return _choose_gpu_schedule(spec, target, chosen, schedule is None)
+        return (*_choose_gpu_schedule(spec, target, chosen, schedule is None), "")
+    tuned = ""
+    if chosen is None:
+        steps, tuned = tuned_schedule(spec, target, threads or target.cores, _user_stacklevel() + 1)
+        if steps is not None:
+            return steps, "tuned", None, tuned
+    return (*_choose_cpu_schedule(spec, target, chosen, schedule is None, threads), tuned)
+
+
+def _choose_cpu_schedule(spec: Spec, target: Target, chosen, own: bool, threads: int | None):
     if chosen is None or chosen == DEFAULT:
         recipe = default_recipe(spec, target, threads or target.cores)
         if recipe is not None:
@@ -104,7 +119,7 @@ def choose_schedule(spec: Spec, target: Target, schedule=None, threads: int | No
         return (), "no recipe", None
     if chosen == NAIVE:
         return (), "naive", None
-    return as_steps(chosen), ("spec" if schedule is None else "given"), None
+    return as_steps(chosen), ("spec" if own else "given"), None
 
 
 def _choose_gpu_schedule(spec: Spec, gpu: GPUTarget, chosen, own: bool):
@@ -126,13 +141,13 @@ def plan(spec: Spec, target: Target | None = None, schedule=None, threads: int |
     loop, stage and buffer but the arguments (for several layers in one
     program); the schedule's steps may name loops without it."""
     target = target or host()
-    steps, source, recipe = choose_schedule(spec, target, schedule, threads)
+    steps, source, recipe, tuned = choose_schedule(spec, target, schedule, threads)
     lowered = lower(spec, prefix)
     if name is not None:
         lowered = replace(lowered, name=name)
     history = trace(ir.verify(lowered, f"{spec.name}: after lowering"), steps)
     _, passes = run_passes(history[-1][1])
-    return Plan(spec, target, tuple(steps), source, tuple(history), passes, recipe)
+    return Plan(spec, target, tuple(steps), source, tuple(history), passes, recipe, tuned)
 
 
 def emit(plan: Plan, backend: str, baking=None):
@@ -224,7 +239,7 @@ def load(chosen: Plan, backend: str = "llvm", workdir: str | os.PathLike | None 
     emitted, loaded, cached = _compiled(chosen, backend, workdir, use_cache)
     parallel = any(stage.convention in ("openmp", "c-openmp") for stage in loaded.stages)
     return Kernel(chosen.spec, backend, chosen.func, chosen.program, emitted.source, loaded, steps=chosen.steps,
-                  schedule_source=chosen.schedule_source, recipe=chosen.recipe, from_cache=cached,
+                  schedule_source=chosen.schedule_source, recipe=chosen.recipe, tuned=chosen.tuned, from_cache=cached,
                   threads=threads or (chosen.target.cores if parallel else 1), device=getattr(loaded, "device", ""))
 
 

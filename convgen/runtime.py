@@ -86,6 +86,7 @@ class Kernel:
     steps: tuple = ()
     schedule_source: str = ""  # where the steps came from (driver.SCHEDULE_SOURCES)
     recipe: object = None      # the default recipe chosen (schedule.space.Recipe), if that is where they came from
+    tuned: str = ""            # the tuner's record used, or why none was (driver.choose_schedule)
     from_cache: bool = False   # loaded from the kernel cache rather than compiled (cache.py)
     threads: int = 1
     device: str = ""           # where a cuda kernel runs (on a GPU, or emulated); "" for CPU backends

@@ -10,6 +10,9 @@ sys.path.insert(0, str(Path(__file__).parent))  # strategies.py, c_harness.py
 # Tests compile every kernel they check and leave nothing in the user's kernel cache; the cache's own
 # tests (test_cache.py) turn it on in a folder of their own. Subprocesses inherit this.
 os.environ["CONVGEN_CACHE"] = "off"
+# Nor do they read or write the user's tuning records: builds see no tuned record unless a test
+# makes one (test_tune.py points CONVGEN_RECORDS at a database of its own).
+os.environ["CONVGEN_RECORDS"] = str(Path(__file__).resolve().parents[1] / "build" / "tests" / "no-records.sqlite")
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = ROOT / "specs"

@@ -177,16 +177,6 @@ def test_compile_and_check_take_a_schedule(tmp_path):
     assert result.returncode == 0 and "<2 x float>" in (tmp_path / "out" / "step_sobel_x.ll").read_text()
 
 
-def test_explore_ranks_candidates():
-    result = convgen("explore", SPECS / "examples" / "photo_blur_replicate.yaml", "--seed", "2", "--threads", "2")
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert lines[0].split() == ["rank", "schedule", "time", "GFLOP/s"]
-    assert lines[1].startswith("1 ")
-    assert any(" naive " in f" {line} " for line in lines) and any(" default " in f" {line} " for line in lines)
-    assert "best:" in result.stdout and "candidates" in result.stderr
-
-
 def test_compile_for_a_named_target(tmp_path):
     """The same vectorized schedule for an AVX2-only CPU uses ymm registers, never zmm."""
     result = convgen("compile", SPECS / "scheduled" / "resnet_3x3_64_tuned.yaml", "-t", "llvm", "--asm",
@@ -340,7 +330,9 @@ SPEC = SPECS / "examples" / "grid3_diagonal.yaml"
     (("bench", TINY, "--threads", "two"), "convgen bench: argument --threads: expected a whole number of at least 1; got 'two'"),
     (("peak", "--threads", "-1"), "convgen peak: argument --threads: expected a whole number of at least 1; got -1"),
     (("bench", TINY, "--rounds", "0"), "convgen bench: argument --rounds: expected a whole number of at least 1; got 0"),
-    (("explore", SPEC, "--top", "-1"), "convgen explore: argument --top: expected a whole number of at least 0; got -1"),
+    (("tune", SPEC, "--budget", "soon"), "convgen tune: argument --budget: expected a time such as 60s, 90 or 10m; got 'soon'"),
+    (("tune", SPEC, "--target", "cortex-m4"), "tune: --target cortex-m4: only host can be tuned here"),
+    (("records", "import"), "records import: expected a file of JSON lines"),
     (("check", SPEC, "--seed", "-5"), "convgen check: argument --seed: expected a whole number from 0 to 4294967295; got '-5'"),
     (("compile", SPEC, "-o", "README.md"), "compile: -o README.md: expected a folder to write into; it is a file"),
 ])

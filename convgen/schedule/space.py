@@ -1,6 +1,9 @@
-"""A space of schedules for a layer, for `convgen explore` to search.
+"""The default schedule of a layer, and the recipes' space it is a point of.
 
-Candidates follow the direct-convolution recipe of TVM's conv2d_NCHWc and
+A recipe is a function of knobs (`schedule_for` builds a point of the
+space; schedule/knobs.py lists the points `convgen tune` searches). The
+default picks one point per layer by rules measured on real layers
+(`default_recipe`). Recipes follow the direct-convolution recipe of TVM's conv2d_NCHWc and
 oneDNN's JIT kernels: a register tile of R output columns by one vector of
 output channels (or of output columns, where channels do not vectorize
 well), the reduction outside the tile, the tile unrolled and vectorized,
@@ -10,9 +13,7 @@ an outer loop across threads. Widths come from the target, never literals.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from itertools import product
-from typing import Callable
+from dataclasses import dataclass, replace
 from math import prod
 
 from ..errors import ScheduleError
@@ -23,36 +24,12 @@ from .steps import Step
 from .nest import loop_names
 
 
-def candidates(spec: Spec, target: Target) -> list[tuple[str, Schedule | ScheduleError]]:
-    """(label, schedule) pairs; a candidate a primitive refused comes back as its error.
-    The default schedules (serial and parallel) come first, so a search starts from them."""
-    lanes = target.vector_lanes
-    threads = max(target.cores, 2)
-    found: list[tuple[str, Schedule | ScheduleError]] = [
-        ("default", Schedule(default_schedule(spec, target))),
-        ("default, parallel", Schedule(default_schedule(spec, target, threads))),
-        ("naive", Schedule.for_spec(spec))]
-    axes = ["channels", "columns"] if spec.is_conv else ["columns"]
-    tiles = [4, 6, 8] if spec.is_conv else [1]
-    for axis, vector, tile, order, parallel in product(axes, (lanes, lanes // 2), tiles, ("ic-outer", "kernel-outer"),
-                                                        (True, False)):
-        if not spec.is_conv and order == "kernel-outer":
-            continue
-        label = (f"vector {axis} x{vector}, tile {tile}, {order}" + (", parallel" if parallel else "")
-                 if spec.is_conv else f"vector {axis} x{vector}" + (", parallel" if parallel else ""))
-        try:
-            found.append((label, _direct(spec, target, axis, vector, tile, order, threads if parallel else 1)))
-        except ScheduleError as err:
-            found.append((label, err))
-    return found
-
-
 def _direct(spec: Spec, target: Target, axis: str, lanes: int, tile: int, order: str, threads: int,
-            vectors: int = 1) -> Schedule:
+            vectors: int = 1, split: str | None = None) -> Schedule:
     """A register tile of `tile` output columns by `vectors` vectors of output
     channels (axis "channels"), or by one vector of output columns per tile
-    step (axis "columns"), the reduction outside the tile; on `threads` threads
-    (`_thread_split`)."""
+    step (axis "columns"), the reduction outside the tile; on `threads` threads,
+    shared as `split` says (by default as `_thread_split` chooses)."""
     s = Schedule.for_spec(spec)
     names = set(loop_names(s.func))
     channel = "oc" if spec.is_conv else "c"
@@ -68,13 +45,16 @@ def _direct(spec: Spec, target: Target, axis: str, lanes: int, tile: int, order:
     # lowering leaves out loops of one iteration: batch 1, and a single output row
     has_rows = "oh" in names
     block_count = -(-spec.out_channels // (lanes * vectors)) if axis == "channels" else spec.out_channels
-    split = _thread_split(spec, target, has_rows, threads, block_count)
+    split = _thread_split(spec, target, has_rows, threads, block_count) if split is None else split
+    if split not in _DIRECT_SPLITS or (split == "") != (threads <= 1) or (split in ("rows", "fused") and not has_rows):
+        raise ScheduleError("parallel", f"threads: {threads} threads cannot be shared as {split!r} "
+                                        f"(rows: {'yes' if has_rows else 'none'})")
     rows = ["oh"] if has_rows else []
     outer = (["n"] if "n" in names else []) + (rows + [blocks] if split == "rows" else [blocks] + rows) + ["ow.o"]
     s = s.reorder(*outer, *tile_loops, vector_loop).cache_write("ow.o")
     reduction = [n for n in ("ic", "kh", "kw") if n in names]
     if order == "kernel-outer" and "ic" in reduction:
-        reduction = ["kh", "kw", "ic"]
+        reduction = [n for n in ("kh", "kw", "ic") if n in names]
     s = s.reorder(*reduction, *tile_loops, vector_loop)
     for loop, extent in zip(tile_loops, extents):
         if extent > 1:
@@ -125,6 +105,9 @@ def _direct(spec: Spec, target: Target, axis: str, lanes: int, tile: int, order:
         # a block, where LLVM spilled the copy's tile (NCHW 1x1 58->58 at 28x28: 88 -> 56)
         s = s.peel(blocks, 0, 1)
     return s
+
+
+_DIRECT_SPLITS = ("", "rows", "blocks", "fused")   # how `_direct` shares work among threads
 
 
 def _columns_alias(spec: Spec) -> bool:
@@ -279,15 +262,93 @@ def _tail(extent: int, factor: int) -> str:
     return "perfect" if extent % factor == 0 else "guard"
 
 
+# One point of the recipes' space: a recipe and the value of each of its knobs, as sorted (knob, value)
+# pairs (hashable, and JSON as a mapping). `schedule_for` builds it; the tuner's space
+# (schedule/knobs.py) varies the knobs.
+Config = tuple[tuple[str, object], ...]
+
+
+def config(**knobs) -> Config:
+    return tuple(sorted(knobs.items()))
+
+
+def schedule_for(spec: Spec, target: Target, point: Config) -> Schedule:
+    """The schedule a point of the recipes' space names (ScheduleError where a
+    primitive refuses it). Knobs: recipe, one of
+    - "direct": axis ("channels" or "columns"), lanes, vectors, tile (columns), order
+      ("ic-outer" or "kernel-outer"), threads, split ("", "rows", "blocks", "fused");
+    - "pointwise": rows, vectors (the GEMM's register tile), threads;
+    - "channels-last": lanes, tile, threads, split ("", "rows", "blocks");
+    - "one-pixel": lanes, vectors, threads;
+    - "winograd": tile (2 or 4), threads;
+    - "scalar": none (a target without vector registers);
+    - "inside-pool": none (the convolution computed per pool window, without vector registers);
+    - "naive": none (the loop nest as lowered: the default where no recipe fits).
+    A layer with a fused pool gets the pool's steps after the convolution's."""
+    knobs = dict(point)
+    recipe, threads = knobs.get("recipe"), knobs.get("threads", 1)
+    if recipe == "direct":
+        s = _direct(spec, target, knobs["axis"], knobs["lanes"], knobs["tile"], knobs["order"], threads,
+                    knobs.get("vectors", 1), knobs.get("split"))
+    elif recipe == "pointwise":
+        tile = (knobs["rows"], knobs["vectors"]) if "rows" in knobs else None
+        s = _pointwise(spec, target, threads, tile)
+    elif recipe == "channels-last":
+        s = _channels_last(spec, knobs["lanes"], threads, knobs.get("tile"), knobs.get("split"))
+    elif recipe == "one-pixel":
+        s = _one_pixel(spec, knobs["lanes"], knobs["vectors"], threads)
+    elif recipe == "winograd":
+        s = winograd_schedule(spec, target, threads, knobs["tile"])
+    elif recipe == "scalar":
+        return _scalar_tile(spec, target)
+    elif recipe == "inside-pool":
+        return Schedule.for_spec(spec).compute_at("conv", "pw")
+    elif recipe == "naive":
+        return Schedule.for_spec(spec)
+    else:
+        raise ScheduleError("recipe", f"expected one of direct, pointwise, channels-last, one-pixel, winograd, "
+                                      f"scalar, inside-pool, naive; got {recipe!r}")
+    return s.parallel(_pool_across(spec)) if spec.pool is not None and threads > 1 and _pool_across(spec) else s
+
+
+def _pool_across(spec: Spec) -> str | None:
+    """The fused pool's loop to share among threads (lowering leaves out loops of one iteration)."""
+    return "pc" if spec.out_channels > 1 else "ph" if spec.output_size[0] > 1 else None
+
+
+def _direct_config(spec: Spec, target: Target, axis: str, lanes: int, tile: int, order: str, threads: int,
+                   vectors: int = 1) -> Config:
+    """`_direct`'s point of the space, with its split among threads stated."""
+    blocks = -(-spec.out_channels // (lanes * vectors)) if axis == "channels" else spec.out_channels
+    split = _thread_split(spec, target, spec.conv_output_size[0] > 1, threads, blocks)
+    return config(recipe="direct", axis=axis, lanes=lanes, vectors=vectors, tile=tile, order=order,
+                  threads=threads, split=split)
+
+
+def _pointwise_config(spec: Spec, target: Target, threads: int) -> Config:
+    try:
+        rows, vectors = _pointwise_tile(spec, target)
+    except ScheduleError:
+        return config(recipe="pointwise", threads=threads)   # refused when built, with this reason
+    return config(recipe="pointwise", rows=rows, vectors=vectors, threads=threads)
+
+
+def _channels_last_config(spec: Spec, lanes: int, threads: int) -> Config:
+    return config(recipe="channels-last", lanes=lanes, tile=_channels_last_tile(spec), threads=threads,
+                  split=_depthwise_split(spec, lanes, threads))
+
+
 @dataclass(frozen=True)
 class Recipe:
     """The default schedule convgen chose for a layer: the recipe's name, its
-    parameters (tile, vectors, layout, threads) and the rule that picked it."""
+    parameters (tile, vectors, layout, threads), the rule that picked it, and
+    its point of the recipes' space (where the tuner starts)."""
 
     name: str
     params: tuple[tuple[str, str], ...]
     why: str
     steps: tuple
+    config: Config = ()
 
     def describe(self) -> str:
         params = ", ".join(f"{key} {value}" for key, value in self.params)
@@ -299,7 +360,7 @@ class _Candidate:
     name: str
     params: tuple[tuple[str, str], ...]
     why: str
-    build: Callable[[], Schedule]
+    config: Config
 
 
 def default_schedule(spec: Spec, target: Target, threads: int = 1) -> tuple:
@@ -346,19 +407,19 @@ def default_recipe(spec: Spec, target: Target, threads: int = 1) -> Recipe | Non
     """
     if spec.pool is not None:
         return _with_pool(spec, target, threads)
-    return _first_that_builds(_candidates(spec, target, threads))
+    return _first_that_builds(spec, target, _candidates(spec, target, threads))
 
 
-def _first_that_builds(candidates: list[_Candidate]) -> Recipe | None:
+def _first_that_builds(spec: Spec, target: Target, candidates: list[_Candidate]) -> Recipe | None:
     refused = []
     for candidate in candidates:
         try:
-            steps = candidate.build().steps
+            steps = schedule_for(spec, target, candidate.config).steps
         except ScheduleError as err:
             refused.append(f"{candidate.name} refused ({err.message})")
             continue
         why = candidate.why + "".join(f"; {reason}" for reason in refused)
-        return Recipe(candidate.name, candidate.params, why, steps)
+        return Recipe(candidate.name, candidate.params, why, steps, candidate.config)
     return None
 
 
@@ -374,17 +435,15 @@ def _with_pool(spec: Spec, target: Target, threads: int) -> Recipe | None:
     if target.vector_lanes == 1:
         return Recipe("convolution inside the pool", (("compute_at", "conv at pw"),),
                       "no vector registers: one pool window's convolution at a time keeps no intermediate in RAM",
-                      (Step("compute_at", ("conv", "pw")),))
-    recipe = _first_that_builds(_candidates(spec, target, threads))
+                      (Step("compute_at", ("conv", "pw")),), config(recipe="inside-pool"))
+    recipe = _first_that_builds(spec, target, _candidates(spec, target, threads))   # with the pool's steps
     if recipe is None:
         return None
-    # lowering leaves out loops of one iteration (one channel, one row)
-    across = "pc" if spec.out_channels > 1 else "ph" if spec.output_size[0] > 1 else None
-    steps, params = recipe.steps, recipe.params + (("pool", "after the convolution, over conv_out"),)
-    if threads > 1 and across:
-        steps += (Step("parallel", (across,)),)
+    params = recipe.params + (("pool", "after the convolution, over conv_out"),)
+    across = _pool_across(spec)
+    if dict(recipe.config).get("threads", 1) > 1 and across:
         params += (("pool threads", across),)
-    return Recipe(recipe.name, params, recipe.why, steps)
+    return replace(recipe, params=params)
 
 
 def _candidates(spec: Spec, target: Target, threads: int) -> list[_Candidate]:
@@ -392,14 +451,14 @@ def _candidates(spec: Spec, target: Target, threads: int) -> list[_Candidate]:
     lanes = target.vector_lanes
     if lanes == 1:
         return [_Candidate("scalar register tile", (), "no vector registers on " + target.name,
-                           lambda: _scalar_tile(spec, target))]
+                           config(recipe="scalar"))]
     per_group = spec.out_channels // spec.groups
     found = []
     if spec.is_conv and spec.groups > 1 and spec.input_layout == _computed_layout(spec) == "NHWC":
         params = (("vector", f"{lanes} channels"), ("tile", f"{_channels_last_tile(spec)} columns"),
                   ("weights", f"OIHW{lanes}o")) + ((("threads", "channel blocks"),) if threads > 1 else ())
         found.append(_Candidate("channels-last grouped", params, f"a grouped layer in NHWC ({spec.groups} groups)",
-                                lambda: _channels_last(spec, lanes, threads)))
+                                _channels_last_config(spec, lanes, threads)))
     if (spec.is_conv and spec.groups == spec.in_channels == spec.out_channels
             and spec.input_layout == _computed_layout(spec) == "NCHW" and spec.padding_mode == "zeros"):
         # one thread, GFLOP/s against the column vectors: 3x3 144 at 56x56 11-13 against 6-8; channels
@@ -410,7 +469,7 @@ def _candidates(spec: Spec, target: Target, threads: int) -> list[_Candidate]:
         split = {"rows": "output rows", "blocks": "channel blocks"}.get(_depthwise_split(spec, lanes, threads))
         found.append(_Candidate("channel-blocked depthwise", params + ((("threads", split),) if split else ()),
                                 "a depthwise layer in NCHW: its input copied into channel blocks",
-                                lambda: _channels_last(spec, lanes, threads)))
+                                _channels_last_config(spec, lanes, threads)))
     if spec.is_conv and spec.conv_output_size == (1, 1) and spec.groups == 1 and not spec.is_quantized:
         pixel_vectors, pixel_threads = _one_pixel_tile(spec, lanes, threads)   # `vectors` is rebound below
         params = (("vector", f"{pixel_vectors} x {lanes} output channels"), ("weights", f"OIHW{lanes}o"))
@@ -418,7 +477,7 @@ def _candidates(spec: Spec, target: Target, threads: int) -> list[_Candidate]:
             "one output pixel", params + ((("threads", "channel blocks"),) if pixel_threads > 1 else ()),
             "the output is one pixel (a squeeze-excite's or a classifier's fully connected layer): "
             "channel vectors, each its own chain of FMAs",
-            lambda: _one_pixel(spec, lanes, pixel_vectors, pixel_threads)))
+            config(recipe="one-pixel", lanes=lanes, vectors=pixel_vectors, threads=pixel_threads)))
     columns = spec.conv_output_size[1]
     if not spec.is_conv and not spec.is_quantized and spec.input_layout == spec.output_layout == "NHWC":
         # a pool in NHWC: a vector of channels, a pixel's window at a time, 4 columns a tile (avgpool 2x2
@@ -427,7 +486,7 @@ def _candidates(spec: Spec, target: Target, threads: int) -> list[_Candidate]:
             "channels-last pool", _direct_params(spec, target, f"{lanes} channels", 4, "ic-outer", threads,
                                                  -(-spec.out_channels // lanes)),
             "a pool in NHWC: a pixel's channels are contiguous",
-            lambda: _direct(spec, target, "channels", lanes, 4, "ic-outer", threads)))
+            _direct_config(spec, target, "channels", lanes, 4, "ic-outer", threads)))
     if spec.is_conv and per_group % lanes == 0:
         vectors, across = _channel_tile(spec, target)
         found.append(_channel_candidate(spec, target, threads, "direct, channel vectors", lanes, vectors, across,
@@ -436,7 +495,7 @@ def _candidates(spec: Spec, target: Target, threads: int) -> list[_Candidate]:
     if _is_pointwise(spec):
         gemm.append(_Candidate("pointwise GEMM", _pointwise_params(spec, target, threads),
                                f"a 1x1 stride-1 NCHW layer whose {per_group} output channels do not fill "
-                               f"{lanes}-lane vectors", lambda: _pointwise(spec, target, threads)))
+                               f"{lanes}-lane vectors", _pointwise_config(spec, target, threads)))
     tile = 8 if target.vector_registers >= 32 else 4
     column_recipes = []
     for vector in (lanes, max(lanes // 2, 2)):
@@ -445,7 +504,7 @@ def _candidates(spec: Spec, target: Target, threads: int) -> list[_Candidate]:
             "direct, column vectors", _direct_params(spec, target, f"{vector} output columns", rows, "ic-outer",
                                                      threads, spec.out_channels),
             "output columns fill the vectors where channels do not",
-            lambda vector=vector, rows=rows: _direct(spec, target, "columns", vector, rows, "ic-outer", threads)))
+            _direct_config(spec, target, "columns", vector, rows, "ic-outer", threads)))
     half = lanes // 2
     half_recipes, small_half = [], False
     # float32 only: not measured on int8 layers, whose lanes are not the float32 count
@@ -494,8 +553,7 @@ def _channel_candidate(spec: Spec, target: Target, threads: int, name: str, lane
     blocks = -(-spec.out_channels // (lanes * vectors))
     params = _direct_params(spec, target, f"{vectors} x {lanes} output channels", across, order, threads, blocks,
                             lanes)
-    return _Candidate(name, params, why,
-                      lambda: _direct(spec, target, "channels", lanes, across, order, threads, vectors))
+    return _Candidate(name, params, why, _direct_config(spec, target, "channels", lanes, across, order, threads, vectors))
 
 
 def _pointwise_params(spec: Spec, target: Target, threads: int) -> tuple[tuple[str, str], ...]:
@@ -569,7 +627,7 @@ def _is_pointwise(spec: Spec) -> bool:
             and spec.groups == 1 and spec.input_layout == spec.output_layout == "NCHW" and spec.pool is None)
 
 
-def _pointwise(spec: Spec, target: Target, threads: int) -> Schedule:
+def _pointwise(spec: Spec, target: Target, threads: int, tile: tuple[int, int] | None = None) -> Schedule:
     """1x1 convolution as a GEMM, y[oc, p] = sum_ic w[oc, ic] x[ic, p], over the
     output pixels p (rows and columns fused): a register tile of `rows` output
     channels by `vectors` pixel vectors, weights blocked by `rows` so each
@@ -577,10 +635,11 @@ def _pointwise(spec: Spec, target: Target, threads: int) -> Schedule:
     group's input fits in a quarter of the L2 cache; the channel blocks run
     inside a group, so its input is read from memory once and each channel
     block's weights stay in L1 across the group's pixel blocks. Groups run
-    in parallel."""
+    in parallel. tile: (output channels, pixel vectors) of the register
+    tile; by default `_pointwise_tile`'s."""
     lanes = target.vector_lanes
     pixels = spec.output_size[0] * spec.output_size[1]
-    rows, vectors = _pointwise_tile(spec, target)
+    rows, vectors = tile or _pointwise_tile(spec, target)
     blocks = pixels // (vectors * lanes)
     block_bytes = vectors * lanes * spec.in_channels * spec.array_dtypes["x"].itemsize
     fits = max(1, _l2_bytes(target) // 4 // block_bytes)
@@ -626,7 +685,8 @@ def _pointwise_tile(spec: Spec, target: Target) -> tuple[int, int]:
     return max(shapes, key=lambda shape: (shape[0] * shape[1], shape[0]))
 
 
-def _channels_last(spec: Spec, lanes: int, threads: int) -> Schedule:
+def _channels_last(spec: Spec, lanes: int, threads: int, tile: int | None = None,
+                   split: str | None = None) -> Schedule:
     """Grouped and depthwise layers in NHWC (depthwise in NCHW too, on a copy
     of the input in channel blocks, `_channel_blocked_input`, with the tile
     written back to NCHW a vector of columns at a time): output channels fill the vectors
@@ -643,12 +703,14 @@ def _channels_last(spec: Spec, lanes: int, threads: int) -> Schedule:
     per-call padded copy of the input costs more than the checks), with the
     border tiles and rows peeled so that only they check, and a masked last
     channel block (depthwise channels that fill no whole number of vectors)
-    peeled so that only it is masked."""
+    peeled so that only it is masked. tile and split: the columns of the
+    register tile and the share of work among threads; by default
+    `_channels_last_tile`'s and `_depthwise_split`'s."""
     if (spec.out_channels // spec.groups) % lanes and spec.out_channels // spec.groups != 1:
         raise ScheduleError("split", f"{spec.out_channels // spec.groups} channels per group do not fill "
                                      f"{lanes}-lane vectors")
     columns = spec.output_size[1]
-    tile = _channels_last_tile(spec)
+    tile = tile or _channels_last_tile(spec)
     s = Schedule.for_spec(spec)
     if spec.input_layout == "NCHW":
         s = _channel_blocked_input(s, spec, lanes, threads)
@@ -669,7 +731,9 @@ def _channels_last(spec: Spec, lanes: int, threads: int) -> Schedule:
         # a vector of channels at a time (LLVM's SLP vectorizer did that, but not for a masked block:
         # NHWC 116 channels at 28x28, 3x3: 65 -> 75 GFLOP/s)
         s = s.vectorize("oc.i.out")
-    split = _depthwise_split(spec, lanes, threads)
+    split = _depthwise_split(spec, lanes, threads) if split is None else split
+    if split not in ("", "rows", "blocks") or (split == "") != (threads <= 1) or (split == "rows" and "oh" not in names):
+        raise ScheduleError("parallel", f"threads: {threads} threads cannot be shared as {split!r}")
     s = s.parallel({"rows": "oh", "blocks": "oc.o"}[split]) if split else s
     # Border tiles and rows in copies of their own, so the rest runs without padding checks.
     s = _peel_border(s, spec, "ow.o", tile, axis=1)
