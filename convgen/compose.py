@@ -66,7 +66,7 @@ class NetworkPlan:
         """The fused program in words: the rewrites, a line per layer, the memory plan."""
         lines = [f"network {self.network.name}: {len(self.network.layers)} layers as written, "
                  f"{len(self.fused.layers)} after folding and fusion"]
-        lines += [f"  {line}" for line in self.rewrites] + _layer_lines(self.layers)
+        lines += [f"  {line}" for line in self.rewrites] + _layer_lines(self.layers, schedules=True)
         return lines + ["memory plan:"] + [f"  {line}" for line in self.memory.table(
             [step.layer.name for step in self.layers])] + [f"  {line}" for line in self.in_place()]
 
@@ -257,10 +257,18 @@ def _summary(spec) -> str:
     return " ".join(parts)
 
 
-def _layer_lines(steps) -> list[str]:
-    """A line per layer: what it reads and writes, and what it is."""
-    return [f"  {step.layer.name}: {', '.join(step.layer.inputs)} -> {step.layer.output}: "
-            f"{_summary(step.plan.spec) if step.plan is not None else step.layer.op}" for step in steps]
+def _layer_lines(steps, schedules: bool = False) -> list[str]:
+    """A line per layer: what it reads and writes, and what it is; with
+    schedules, a second line saying where its schedule came from (a tuned
+    record, or the default and why)."""
+    lines = []
+    for step in steps:
+        lines.append(f"  {step.layer.name}: {', '.join(step.layer.inputs)} -> {step.layer.output}: "
+                     f"{_summary(step.plan.spec) if step.plan is not None else step.layer.op}")
+        if schedules and step.plan is not None:
+            lines.append(f"    schedule: {step.plan.schedule_source}" + (f" ({step.plan.tuned})" if step.plan.tuned
+                                                                          else ""))
+    return lines
 
 
 def _doc(network: Network, fused: Network, memory: MemoryPlan, steps) -> str:

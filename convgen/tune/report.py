@@ -44,14 +44,15 @@ def records_table(records: list[Record], winners: list[Winner]) -> str:
 
 
 def plot_curves(results: list[LayerResult], path: Path) -> Path:
-    """The search curves: best GFLOP/s so far (over the default's) against
-    candidates measured and against seconds, a line per layer."""
+    """The search curves: best GFLOP/s so far (over the default's, as the
+    search measured it first) against candidates measured and against
+    seconds, a line per layer."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     figure, (by_count, by_time) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for result in results:
-        base = result.default_gflops or next((best for _, _, best in result.curve if best), None)
+        base = next((best for _, _, best in result.curve if best), None)   # the default: measured first
         curve = [(n, s, best / base) for n, s, best in result.curve if best and base]
         if not curve:
             continue
