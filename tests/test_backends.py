@@ -44,7 +44,9 @@ def test_random_specs_match_reference(backend, spec, seed):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-@settings(max_examples=100)
+# 60 a backend: the float32 tests take the 300 the issue asked for, and the suite must stay under
+# ten minutes on two cores (int8 layers share lowering, schedules and backends with them)
+@settings(max_examples=60)
 @given(spec=quantized_specs(), seed=st.integers(0, 2**32 - 1))
 def test_random_int8_specs_match_reference_bit_for_bit(backend, spec, seed):
     _assert_matches(convgen.build(spec, backend), seed)

@@ -434,7 +434,9 @@ def test_random_schedules_match_reference(backend, case, seed):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-@settings(max_examples=100)
+# 60 a backend: the float32 tests take the 300 the issue asked for, and the suite must stay under
+# ten minutes on two cores (int8 layers share lowering, schedules and backends with them)
+@settings(max_examples=60)
 @given(case=scheduled(spec_strategy=quantized_specs()), seed=st.integers(0, 2**32 - 1))
 def test_random_schedules_of_int8_layers_match_bit_for_bit(backend, case, seed):
     """Vectorized int8 code included (LLVM: vectors of i8/i32 and the requantization on them)."""

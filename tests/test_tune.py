@@ -8,9 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-import warnings
 import zlib
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -190,29 +188,22 @@ def test_a_crash_a_hang_and_a_wrong_result_are_recorded_and_the_worker_goes_on(s
     assert good.status == "ok" and good.seconds > 0 and good.machine == _machine()
 
 
-def test_the_tuner_survives_bad_candidates(tmp_path, small, jobs_importable):
-    """Every third candidate crashes the worker: each is recorded as such, the search finishes."""
+def test_the_tuner_survives_bad_candidates(tmp_path, small):
+    """Every third candidate comes back crashed, hung or wrong (as the worker above reports them):
+    each is recorded with its status, none is a winner, and the search finishes."""
+    bad = ["crashed", "timeout", "wrong"]
 
-    class Sabotaged(measure.Local):
-        count = 0
-
+    class Sabotaged(Timed):
         def measure(self, tasks):
-            out = []
-            for task in tasks:
-                self.count += 1
-                out += super().measure([replace(task, job="tune_jobs:crash") if self.count % 3 == 0 else task])
-            return out
+            out = super().measure(tasks)
+            return [measure.Outcome(bad[len(self.seen) // 3 % 3], detail="sabotaged", machine=_machine())
+                    if len(self.seen) % 3 == 0 else o for o in out]
 
-    sabotaged = Sabotaged(timeout=30)
-    try:
-        result = tune(small, budget=600, threads=1, db=tmp_path / "r.sqlite", max_candidates=5, measurer=sabotaged,
-                      min_seconds=0.005)
-    finally:
-        sabotaged.close()
+    result = tune(small, budget=600, threads=1, db=tmp_path / "r.sqlite", max_candidates=16, measurer=Sabotaged())
     with Records(tmp_path / "r.sqlite") as records:
         statuses = [r.status for r in records.all()]
-    assert statuses.count("crashed") == sabotaged.count // 3 >= 1
-    assert result.winner is not None and result.winner.status == "ok"
+    assert {"crashed", "timeout", "wrong"} <= set(statuses) and statuses.count("ok") >= 6
+    assert result.winner is not None and result.winner.status == "ok" and result.failed >= 3
 
 
 # ---------------------------------------------------------------------------
@@ -242,12 +233,19 @@ def test_a_build_uses_the_winner_says_so_replays_it_byte_for_byte_and_not_when_s
     assert kernel.schedule_source == "default" and "stale" in kernel.tuned
 
 
-def test_records_export_and_import(tmp_path, small):
-    first = tmp_path / "a.sqlite"
-    tune(small, budget=600, threads=1, db=first, max_candidates=2, min_seconds=0.005)
+def test_tune_report_and_the_records_commands(tmp_path):
+    spec = tmp_path / "small.yaml"
+    spec.write_text(json.dumps(SMALL))
+    plot, first = tmp_path / "curve.png", tmp_path / "a.sqlite"
+    result = _cli("tune", spec, "--threads", "1", "--max-candidates", "4", "--min-time", "0.005s", "--db", first,
+                  "--report", "--plot", plot)
+    assert result.returncode == 0, result.stderr
+    assert "tune_small: default" in result.stdout and "GFLOP/s" in result.stdout and "winner: record" in result.stdout
+    assert "4 measured" in result.stderr and "best" in result.stderr
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     exported = _cli("records", "export", "--db", first)
     lines = exported.stdout.splitlines()
-    assert exported.returncode == 0 and len(lines) >= 2 and json.loads(lines[0])["spec_name"] == "tune_small"
+    assert exported.returncode == 0 and len(lines) >= 4 and json.loads(lines[0])["spec_name"] == "tune_small"
     (tmp_path / "r.jsonl").write_text(exported.stdout)
     second = tmp_path / "b.sqlite"
     assert f"imported {len(lines)} records" in _cli("records", "import", tmp_path / "r.jsonl", "--db", second).stdout
@@ -257,19 +255,6 @@ def test_records_export_and_import(tmp_path, small):
     (tmp_path / "bad.jsonl").write_text('{"spec_name": "x"}\n')
     bad = _cli("records", "import", tmp_path / "bad.jsonl", "--db", second)
     assert bad.returncode == 2 and "line 1: expected a record exported by" in bad.stderr
-
-
-def test_tune_report_prints_gains_and_plots_the_curve(tmp_path):
-    spec = tmp_path / "small.yaml"
-    spec.write_text(json.dumps(SMALL))
-    plot = tmp_path / "curve.png"
-    result = _cli("tune", spec, "--threads", "1", "--max-candidates", "4", "--min-time", "0.005s", "--db",
-                  tmp_path / "r.sqlite",
-                  "--report", "--plot", plot)
-    assert result.returncode == 0, result.stderr
-    assert "tune_small: default" in result.stdout and "GFLOP/s" in result.stdout and "winner: record" in result.stdout
-    assert "4 measured" in result.stderr and "best" in result.stderr
-    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # ---------------------------------------------------------------------------
