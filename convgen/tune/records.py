@@ -94,6 +94,11 @@ class Record:
     created: str                # ISO 8601, UTC
     id: int | None = None
 
+    def steps(self) -> tuple:
+        """The schedule's steps, parsed from its YAML (schedule_text wrote it)."""
+        from ..schedule.steps import parse_steps
+        return parse_steps(yaml.safe_load(self.schedule) or [], f"record {self.id}: schedule")
+
     def as_json(self) -> str:
         return json.dumps({f.name: getattr(self, f.name) for f in fields(self) if f.name != "id"}, sort_keys=True)
 
@@ -269,7 +274,6 @@ def tuned_schedule(spec: Spec, target: Target, threads: int, stacklevel: int = 2
     what was used), or (None, why there is none). A winner from another
     convgen is stale: a ConvgenWarning says so and the default is used."""
     from ..errors import ConvgenWarning
-    from ..schedule.steps import parse_steps
     records = Records(create=False)
     try:
         if not records.exists:
@@ -287,7 +291,7 @@ def tuned_schedule(spec: Spec, target: Target, threads: int, stacklevel: int = 2
             return None, (f"no tuned record for this layer on {target_description(target)}, "
                           f"{threads} thread{'s' * (threads != 1)}, in {records.path}")
         record = winner.record
-        steps = parse_steps(yaml.safe_load(record.schedule) or [], f"{records.path}: record {record.id}: schedule")
+        steps = record.steps()
         against = f" against {_gflops(record, winner.default_seconds)} for the default" if winner.default_seconds else ""
         return steps, (f"record {record.id} of {records.path}: {_gflops(record, winner.seconds)}{against}, "
                        f"tuned {winner.created[:10]}")
@@ -297,3 +301,14 @@ def tuned_schedule(spec: Spec, target: Target, threads: int, stacklevel: int = 2
 
 def _gflops(record: Record, seconds: float) -> str:
     return f"{record.gflops * record.seconds / seconds:.1f} GFLOP/s" if record.gflops and record.seconds else "?"
+
+
+def schedule_text(steps: tuple) -> str:
+    """Steps as the YAML a user writes in a spec's `schedule:`, a step a line."""
+    return "".join(f"- {_flow(step.to_data())}\n" for step in steps)
+
+
+def _flow(data) -> str:
+    if isinstance(data, str):
+        return data
+    return yaml.safe_dump(data, default_flow_style=True, width=1 << 20).strip()

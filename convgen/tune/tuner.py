@@ -20,15 +20,13 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-import yaml
-
 from ..errors import ConvgenError, ScheduleError
 from ..schedule import knobs
 from ..schedule.space import Config, schedule_for
 from ..spec import Spec
 from ..target import Target, host
 from .measure import DEFAULT_TIMEOUT, Cluster, Compare, Local, Outcome, Task
-from .records import (Record, Records, convgen_version, machine_description, machine_fingerprint, now,
+from .records import (Record, Records, convgen_version, machine_description, machine_fingerprint, now, schedule_text,
                       spec_fingerprint, target_fingerprint)
 from .search import STRATEGIES
 
@@ -177,7 +175,7 @@ class _Search:
         return self.records.add(Record(
             spec_fingerprint=self.layer, spec_name=self.spec.name, target_fingerprint=machine_fingerprint(*machine),
             target=machine_description(*machine), threads=self.threads, convgen_version=convgen_version(), search=self.key,
-            sequence=len(self.mine), config=_as_json(point), schedule=_schedule_yaml(steps), status=outcome.status,
+            sequence=len(self.mine), config=_as_json(point), schedule=schedule_text(steps), status=outcome.status,
             seconds=seconds, gflops=self.flops / seconds / 1e9 if seconds else None, detail=outcome.detail,
             cost_seconds=outcome.cost_seconds, created=now()))
 
@@ -197,7 +195,7 @@ class _Search:
                              len(self.mine), self.resumed, sum(r.seconds is None for r in self.mine))
         if not contenders:
             return result
-        steps = tuple(_steps(r.schedule) for r in contenders)
+        steps = tuple(r.steps() for r in contenders)
         times = self.measurer.compare(Compare(self.spec, steps, self.threads, self.seed,
                                               min_seconds=self.min_seconds))
         confirmed = [(t, i) for i, t in enumerate(times) if t is not None]
@@ -226,19 +224,3 @@ class _Search:
 
 def _as_json(point: Config) -> str:
     return json.dumps(dict(point), sort_keys=True)
-
-
-def _schedule_yaml(steps: tuple) -> str:
-    """The steps as the YAML a user writes in a spec's `schedule:`, a step a line."""
-    return "".join(f"- {_flow(step.to_data())}\n" for step in steps)
-
-
-def _flow(data) -> str:
-    if isinstance(data, str):
-        return data
-    return yaml.safe_dump(data, default_flow_style=True, width=1 << 20).strip()
-
-
-def _steps(text: str) -> tuple:
-    from ..schedule.steps import parse_steps
-    return parse_steps(yaml.safe_load(text) or [], "record: schedule")
