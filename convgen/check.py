@@ -227,6 +227,14 @@ def _propagate(layer, m_in, e_in, weights):
     raise ValueError(f"network_tolerance: no rule for op {layer.op}")
 
 
+def random_network_input(network, rng: np.random.Generator) -> np.ndarray:
+    """A network's input: over all of int8, or float32 in [-1, 1)."""
+    shape = network.shape[network.input]
+    if network.is_quantized:
+        return rng.integers(-128, 128, shape, dtype=np.int8)
+    return rng.uniform(-1, 1, shape).astype(np.float32)
+
+
 def check_network(kernel, rng: np.random.Generator | int | None = None) -> CheckResult:
     """Run a network kernel (runtime.NetworkKernel) on a random input and
     compare with the network reference: a float network once, its input in
@@ -237,12 +245,10 @@ def check_network(kernel, rng: np.random.Generator | int | None = None) -> Check
     rng = np.random.default_rng(rng)
     network = kernel.plan.network
     weights = kernel.plan.source_weights
-    shape = network.shape[network.input]
+    x = random_network_input(network, rng)
     if network.is_quantized:
-        x = rng.integers(-128, 128, shape, dtype=np.int8)
         outputs = [kernel(x, out=np.full(kernel.output_shape, fill, dtype=np.int8)) for fill in INT8_FILLS]
         return compare_exact(outputs, network_reference(network, x, weights)[network.output])
-    x = rng.uniform(-1, 1, shape).astype(np.float32)
     actual = kernel(x, out=np.full(kernel.output_shape, np.nan, dtype=np.float32))
     expected = network_reference(network, x, weights)[network.output]
     return compare(actual, expected, network_tolerance(network, x, weights))

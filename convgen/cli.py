@@ -24,7 +24,7 @@ import yaml
 from . import cache as kernel_cache, firmware, ir
 from .bench import DEFAULT_PEERS, bench, bench_cuda
 from .peers import PEERS
-from .check import check, check_network
+from .check import check, check_network, random_inputs, random_network_input
 from .codegen import BACKENDS, CPU_BACKENDS
 from .codegen.c import Baking
 from .driver import build, build_network, default_arch, emit, plan, plan_network
@@ -387,7 +387,9 @@ def _compile_network(args) -> int:
     for name, text in emitted.files.items():
         print(_write(folder / name, text))
     if args.report:
-        for line in firmware.report(chosen.func, emitted, machine, folder / "report").lines():
+        macs = sum(step.plan.spec.macs for step in chosen.layers if step.plan is not None)
+        inputs = {"x": random_network_input(network, np.random.default_rng(0))}
+        for line in firmware.report(chosen.func, emitted, machine, folder / "report", inputs, macs).lines():
             print(line)
     return 0
 
@@ -508,7 +510,8 @@ def _compile(args) -> int:
     if args.report and args.backend == "cuda":
         _print_ptxas(nvcc_compile(folder / f"{emitted.name}.cu", machine.arch), machine.arch)
     elif args.report:
-        for line in firmware.report(chosen.func, emitted, machine, folder / "report").lines():
+        inputs = random_inputs(spec, np.random.default_rng(0))   # for the instruction count, where QEMU runs
+        for line in firmware.report(chosen.func, emitted, machine, folder / "report", inputs, spec.macs).lines():
             print(line)
     return 0
 

@@ -45,6 +45,7 @@ class Target:
     simd_flags: tuple[str, ...] = ("-fopenmp-simd", "-DCONVGEN_OPENMP_SIMD")  # `omp simd` only
     registers: int = field(default=0)  # vector registers; 0 = from the features
     qemu: str = ""          # microcontrollers: the QEMU board that emulates the core
+    qemu_clock_hz: int = 0  # and the clock its SysTick counts, which times instructions (firmware.py)
 
     def has(self, feature: str) -> bool:
         return f"+{feature}" in self.features.split(",")
@@ -148,7 +149,8 @@ def _gcc_workarounds(cc: tuple[str, ...]) -> tuple[str, ...]:
     return _GCC_WORKAROUNDS if "Free Software Foundation" in banner and "clang" not in banner else ()
 
 
-_TARGET_FIELDS = ("name", "triple", "cpu", "features", "cores", "cc", "cflags", "caches", "registers", "qemu")
+_TARGET_FIELDS = ("name", "triple", "cpu", "features", "cores", "cc", "cflags", "caches", "registers", "qemu",
+                  "qemu_clock_hz")
 
 
 def load_target(name: str) -> Target:
@@ -174,6 +176,7 @@ def load_target(name: str) -> Target:
         cc=tuple(shlex.split(data.get("cc", "cc"))), cflags=tuple(shlex.split(data.get("cflags", "-O3"))),
         caches=tuple((level, int(size) * 1024) for level, size in (data.get("caches") or {}).items()),
         registers=int(data.get("registers", 0)), qemu=str(data.get("qemu", "")),
+        qemu_clock_hz=int(data.get("qemu_clock_hz", 0)),
     )
 
 

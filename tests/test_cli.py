@@ -185,7 +185,7 @@ def test_compile_for_a_named_target(tmp_path):
     assembly = (tmp_path / "resnet_3x3_64_tuned.s").read_text()
     assert "%ymm" in assembly and "%zmm" not in assembly
     result = convgen("compile", SPECS / "examples" / "grid3_diagonal.yaml", "--target", "cortex-m9")
-    assert result.returncode == 2 and "target: expected one of host, cortex-m4, cortex-m55, cortex-m7" in result.stderr
+    assert result.returncode == 2 and "target: expected one of host, cortex-m0plus, cortex-m4, cortex-m55, cortex-m7" in result.stderr
 
 
 @pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None,
@@ -198,6 +198,10 @@ def test_compile_for_cortex_m4_with_prefix_and_report(tmp_path):
     assert "void net1_grid3_diagonal(" in header and "#define NET1_GRID3_DIAGONAL_WORKSPACE_BYTES 0" in header
     assert re.search(r"code size: text [1-9]\d* B", result.stdout)
     assert re.search(r"stack: \d+ B \(static", result.stdout)  # a leaf kernel may need no frame at all
+    if shutil.which("qemu-system-arm"):
+        assert re.search(r"instructions: [1-9][\d,]* per call, [\d.]+ per MAC \(executed under QEMU", result.stdout)
+    else:
+        assert "instructions: not counted (qemu-system-arm not found" in result.stdout
     bad = convgen("compile", SPECS / "examples" / "grid3_diagonal.yaml", "-t", "c", "--prefix", "9x")
     assert bad.returncode == 2 and "--prefix" in bad.stderr and "Traceback" not in bad.stderr
 
