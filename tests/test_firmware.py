@@ -33,7 +33,7 @@ HOST_COMPILERS = ["gcc", "clang"]
 
 def _compilers():
     """(compiler command, the target whose default schedules it builds)."""
-    for name in ("cortex-m4", "cortex-m7"):
+    for name in ("cortex-m0plus", "cortex-m4", "cortex-m7", "cortex-m55"):
         target = load_target(name)
         yield pytest.param([*target.cc, *target.cflags], name, id=name, marks=needs_arm)
     for cc in HOST_COMPILERS:
@@ -72,6 +72,11 @@ SHAPES = {
     "depthwise_s2_nhwc": dict(op="conv2d", in_channels=6, out_channels=6, groups=6, input_size=[12, 12],
                               kernel_size=3, stride=2, padding=[0, 1, 0, 1], layout="NHWC"),
     "pointwise": dict(op="conv2d", in_channels=16, out_channels=8, input_size=[7, 7], kernel_size=1),
+    # int8 in NHWC with input channels in fours: the packed dot tile on the DSP and Helium cores
+    "pointwise_nhwc": dict(op="conv2d", in_channels=24, out_channels=12, input_size=[5, 3], kernel_size=1,
+                           layout="NHWC", activation="relu"),
+    "conv3x3_nhwc": dict(op="conv2d", in_channels=12, out_channels=6, input_size=[6, 5], kernel_size=3,
+                         padding=1, layout="NHWC"),
     "grouped": dict(op="conv2d", in_channels=8, out_channels=8, groups=2, input_size=[6, 6], kernel_size=3,
                     padding=1),
     "reflect_pad": dict(op="conv2d", in_channels=2, out_channels=2, input_size=[6, 7], kernel_size=3, padding=1,
@@ -131,9 +136,51 @@ def test_int8_spec_files_match_the_reference_bit_for_bit_on_cortex_m4(path, tmp_
 
 @needs_qemu
 @pytest.mark.parametrize("target", ["cortex-m7", "cortex-m55"])
-@pytest.mark.parametrize("name", ["conv3x3_s2_int8", "depthwise_int8", "maxpool_pad_int8"])
+@pytest.mark.parametrize("name", ["conv3x3_s2_int8", "depthwise_int8", "maxpool_pad_int8", "pointwise_nhwc_int8",
+                                  "conv3x3_nhwc_int8"])
 def test_int8_kernels_match_the_reference_bit_for_bit_on_other_cores(name, target, tmp_path):
     _check_on_board(name, target, tmp_path, INT8_SHAPES[name])
+
+
+@needs_arm
+def test_int8_dot_products_use_the_cores_own_instructions(tmp_path):
+    """ds_cnn_pw_int8's default kernel: SMLAD on the DSP cores, Helium's
+    VMLADAV on the M55, and neither in the portable C an M0+ gets."""
+    spec = load_spec(Path(__file__).parent.parent / "specs" / "layers" / "ds_cnn_pw_int8.yaml")
+    expected = {"cortex-m4": "smlad", "cortex-m7": "smlad", "cortex-m55": "vmladava", "cortex-m0plus": None}
+    for name, instruction in expected.items():
+        target = load_target(name)
+        files = emit(plan(spec, target), "c")
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / f"{files.name}.h").write_text(files.header)
+        (folder / f"{files.name}.c").write_text(files.source)
+        subprocess.run([*target.cc, *target.cflags, *firmware.STRICT_FLAGS, "-S", f"{files.name}.c", "-o", "k.s"],
+                       cwd=folder, check=True)
+        mnemonics = {line.split()[0].split(".")[0] for line in (folder / "k.s").read_text().splitlines()
+                     if line.startswith("\t") and not line.startswith("\t.")}
+        if instruction is None:
+            assert not {"smlad", "vmladava"} & mnemonics and "muls" in mnemonics, f"{name}: {sorted(mnemonics)}"
+        else:
+            assert instruction in mnemonics, f"{name}: no {instruction} in {sorted(mnemonics)}"
+
+
+@needs_qemu
+def test_instruction_counts_are_calibrated_by_a_loop_of_known_length(tmp_path):
+    """main times a loop of 100000 iterations of two instructions (subs, bne)
+    as it times the kernel: SysTick at the board's clock under -icount shift=0
+    must count 200000 instructions, give or take a tick and the call; and the
+    kernel's two calls (two output fills) count alike."""
+    spec = load_spec(dict(INT8_SHAPES["pointwise_nhwc_int8"], name="counted"))
+    for name in ("cortex-m4", "cortex-m55"):
+        target = load_target(name)
+        chosen = plan(spec, target)
+        inputs = random_inputs(spec, np.random.default_rng(3))
+        run = firmware.run_on_qemu(chosen.func, emit(chosen, "c"), target, inputs, tmp_path / name, calibrate=100000)
+        tick = 10**9 / target.qemu_clock_hz
+        assert abs(run.calibration - 200000) <= tick + 16, f"{name}: {run.calibration}"
+        first, second = run.instructions
+        assert abs(first - second) <= tick and spec.macs / 4 < first < 20 * spec.macs, f"{name}: {run.instructions}"
 
 
 @needs_qemu

@@ -8,14 +8,17 @@ integers and fractions, not from gemmlowp's bit tricks:
 - the rounding right shift is x / 2**e rounded half away from zero.
 """
 
+import ctypes
 import math
+import subprocess
 from fractions import Fraction
 
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from convgen import quant
+from convgen import ir, quant
+from convgen.codegen.c import helper_definition
 
 INT32 = st.integers(quant.INT32_MIN, quant.INT32_MAX)
 
@@ -35,20 +38,7 @@ def model_requantize(x: int, multiplier: int, shift: int) -> int:
     return model_shift_right(model_high_mul(x * 2 ** max(shift, 0), multiplier), max(-shift, 0))
 
 
-def test_thousands_of_random_triples_agree_with_the_model():
-    rng = np.random.default_rng(2026)
-    count = 20000
-    multipliers = rng.integers(2**30, 2**31, count)          # what quantize_multiplier yields
-    shifts = rng.integers(-31, 8, count)
-    limits = 2**31 >> np.maximum(shifts, 0)                   # the accumulator must fit after the left shift
-    values = (rng.uniform(-1, 1, count) * limits).astype(np.int64)
-    values[: count // 4] = rng.integers(-2**16, 2**16, count // 4)   # typical conv accumulators
-    got = quant.requantize(values, multipliers, shifts)
-    expected = [model_requantize(int(v), int(m), int(s)) for v, m, s in zip(values, multipliers, shifts)]
-    assert got.tolist() == expected
-
-
-@pytest.mark.parametrize("x, multiplier, shift", [
+EDGES = [
     # exact halves of the high multiply (multiplier 2**30 halves x), both signs
     (1, 2**30, 0), (-1, 2**30, 0), (3, 2**30, 0), (-3, 2**30, 0), (quant.INT32_MAX, 2**30, 0),
     (quant.INT32_MIN, 2**30, 0),
@@ -58,7 +48,60 @@ def test_thousands_of_random_triples_agree_with_the_model():
     # extremes of value, multiplier and shift
     (quant.INT32_MIN, quant.INT32_MAX, 0), (quant.INT32_MAX, quant.INT32_MAX, 0), (0, 2**30, -31),
     (quant.INT32_MAX, 2**30, -31), (quant.INT32_MIN, 2**30, -31), (1, quant.INT32_MAX, 30), (-1, quant.INT32_MAX, 30),
-])
+    # the one saturating product
+    (quant.INT32_MIN, quant.INT32_MIN, 0),
+]
+
+
+def _random_triples(count: int, seed: int):
+    rng = np.random.default_rng(seed)
+    multipliers = rng.integers(2**30, 2**31, count)          # what quantize_multiplier yields
+    shifts = rng.integers(-31, 8, count)
+    limits = 2**31 >> np.maximum(shifts, 0)                   # the accumulator must fit after the left shift
+    values = (rng.uniform(-1, 1, count) * limits).astype(np.int64)
+    values[: count // 4] = rng.integers(-2**16, 2**16, count // 4)   # typical conv accumulators
+    return values, multipliers, shifts
+
+
+def test_thousands_of_random_triples_agree_with_the_model():
+    values, multipliers, shifts = _random_triples(20000, 2026)
+    got = quant.requantize(values, multipliers, shifts)
+    expected = [model_requantize(int(v), int(m), int(s)) for v, m, s in zip(values, multipliers, shifts)]
+    assert got.tolist() == expected
+
+
+def test_the_emitted_c_requantization_agrees_with_the_model(tmp_path):
+    """The C helper every int8 kernel calls (codegen/c.py writes it in its own,
+    cheaper form), built with the host's compiler, on random triples and the
+    edge cases; and the int8 clamp beside it."""
+    source = tmp_path / "requantize.c"
+    source.write_text("#include <stdint.h>\n#include <stddef.h>\n" + helper_definition(("requantize", ir.INT32))
+                      + "\n" + helper_definition(("saturate8", ir.INT32)) + """
+void run(const int32_t *acc, const int32_t *m, const int32_t *s, int32_t *out, int32_t *saturated, size_t n)
+{
+    for (size_t i = 0; i < n; ++i) {
+        out[i] = convgen_requantize(acc[i], m[i], s[i]);
+        saturated[i] = convgen_saturate_i8(acc[i]);
+    }
+}
+""")
+    library = tmp_path / "requantize.so"
+    subprocess.run(["cc", "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", str(source),
+                    "-o", str(library)], check=True)
+    values, multipliers, shifts = _random_triples(20000, 7)
+    edges = np.array(EDGES, dtype=np.int64)
+    values, multipliers, shifts = (np.concatenate([column, edges[:, k]]).astype(np.int32)
+                                   for k, column in enumerate((values, multipliers, shifts)))
+    out, saturated = np.full(len(values), 12345, np.int32), np.full(len(values), 12345, np.int32)
+    pointer = ctypes.POINTER(ctypes.c_int32)
+    ctypes.CDLL(str(library)).run(*(a.ctypes.data_as(pointer) for a in (values, multipliers, shifts, out, saturated)),
+                                  ctypes.c_size_t(len(values)))
+    expected = [model_requantize(int(v), int(m), int(s)) for v, m, s in zip(values, multipliers, shifts)]
+    assert out.tolist() == expected
+    assert saturated.tolist() == np.clip(values, -128, 127).tolist()
+
+
+@pytest.mark.parametrize("x, multiplier, shift", EDGES)
 def test_rounding_edge_cases_agree_with_the_model(x, multiplier, shift):
     assert int(quant.requantize(np.array([x]), multiplier, shift)[0]) == model_requantize(x, multiplier, shift)
 

@@ -200,6 +200,43 @@ def test_vectorize_refusals(make, words):
     refusal(make, *words)
 
 
+# -- dot -------------------------------------------------------------------------
+
+DOT = {"name": "dotted", "op": "conv2d", "in_channels": 8, "out_channels": 6, "input_size": [5, 6],
+       "kernel_size": 3, "padding": 1, "layout": "NHWC", "dtype": "int8", "activation": "relu",
+       "quantization": {"input": {"scale": 0.02, "zero_point": 5}, "output": {"scale": 0.05, "zero_point": -10},
+                        "weight_scales": 0.01}}
+
+
+def test_dot_keeps_results_exact_on_the_cpu_backends():
+    """The packed dot tile (weights laid out OHWI, a 2x2 tile with a guarded
+    column tail, under the padding's guard): C on the host runs its plain
+    fallback, LLVM a serial loop; both bit for bit."""
+    from convgen.schedule.space import config, schedule_for
+    from convgen.target import load_target
+    spec = convgen.load_spec(DOT)
+    s = schedule_for(spec, load_target("cortex-m4"), config(recipe="dot", rows=2, columns=4, width=8))
+    dots = [l for l in ir.find_all(s.func.body, ir.Loop) if l.kind == "dot"]
+    assert [(l.var.name, l.extent) for l in dots] == [("ic.i", 8)]
+    assert "acc[1] = convgen_dot8_i8(&x[" in convgen.build(spec, "c", schedule=s).source
+    matches_reference(DOT, s)
+    matches_reference(DOT, s, seed=1)
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: chain().dot("kw"), ["'kw' is not an int8 multiply-accumulate", "its guard", "depends on 'kw'"]),
+    (lambda: chain(dict(CONV, padding=0)).dot("kw"), ["the store to 'acc' is not an int32 accumulator"]),
+    (lambda: chain(DOT).dot("ic"), ["'ic' is not innermost", "'kh' is inside it"]),
+    (lambda: chain(DOT).reorder("kh", "kw", "ic").dot("ic"), ["'w' is not contiguous along 'ic'", "9 apart"]),
+    (lambda: chain(dict(DOT, in_channels=6)).layout("w", "OHWI").reorder("kh", "kw", "ic").dot("ic"),
+     ["6 iterations; expected a multiple of 4"]),
+    (lambda: chain(DOT).layout("w", "OHWI").split("ic", 4).reorder("kh", "kw", "ic.o", "ic.i").dot("ic.i")
+     .dot("ic.i"), ["'ic.i' is already dot"]),
+])
+def test_dot_refusals(make, words):
+    refusal(make, *words)
+
+
 def test_parallel_results_equal_serial_ones(backend):
     spec = convgen.load_spec(CONV)
     s = vectorized_schedule().parallel("oc.o")

@@ -52,24 +52,87 @@ _HELPERS[("clamp", ir.INDEX)] = ("convgen_clamp", (
     "static inline ptrdiff_t convgen_clamp(ptrdiff_t i, ptrdiff_t n) "
     "{ return i < 0 ? 0 : (i < n ? i : n - 1); }"))
 # TFLite's MultiplyByQuantizedMultiplier in C99 without division (it would call a
-# library routine on 32-bit targets): gemmlowp's saturating rounding doubling high
-# multiply, then a rounding right shift, half away from zero.
+# library routine on 32-bit targets), in few instructions on a 32-bit core: the
+# left shift in 32 bits (TFLite requires that it does not overflow); gemmlowp's
+# saturating rounding doubling high multiply, whose sign-dependent nudge and
+# truncation equal one nudge and a floor shift, (a * m + 2^30) >> 31; then the
+# rounding right shift, half away from zero, as (high + 2^(right-1) - (high < 0))
+# >> right, in unsigned 32-bit arithmetic where high >= 0 so that nothing
+# overflows. tests/test_int8.py checks it against quant.py's gemmlowp forms.
 _HELPERS[("requantize", ir.INT32)] = ("convgen_requantize", """\
 static inline int32_t convgen_requantize(int32_t acc, int32_t multiplier, int32_t shift)
 {
     const int32_t left = shift > 0 ? shift : 0, right = shift > 0 ? 0 : -shift;
-    const int32_t a = (int32_t)((int64_t)acc * ((int64_t)1 << left));
-    const int64_t product = (int64_t)a * multiplier;
-    const int64_t total = product + (product >= 0 ? (1 << 30) : 1 - (1 << 30));
+    const int32_t a = (int32_t)((uint32_t)acc << left);
     const int32_t high = (a == INT32_MIN && multiplier == INT32_MIN) ? INT32_MAX
-                       : (int32_t)(total >= 0 ? total >> 31 : -((-total) >> 31));
-    const int32_t mask = (int32_t)(((int64_t)1 << right) - 1);
-    const int32_t threshold = (mask >> 1) + (high < 0 ? 1 : 0);
-    return (high >> right) + ((high & mask) > threshold ? 1 : 0);
+                       : (int32_t)(((int64_t)a * multiplier + ((int64_t)1 << 30)) >> 31);
+    const uint32_t nudged = (uint32_t)high + (((uint32_t)1 << right) >> 1) - (uint32_t)(high < 0);
+    return right == 0 ? high : high < 0 ? (int32_t)nudged >> right : (int32_t)(nudged >> right);
 }""")
+# min(max(v, -128), 127), the int8 clamp: one SSAT where the compiler targets it.
+_HELPERS[("saturate8", ir.INT32)] = ("convgen_saturate_i8", """\
+#if defined(__ARM_FEATURE_SAT) && defined(__GNUC__)
+#include <arm_acle.h>
+static inline int32_t convgen_saturate_i8(int32_t v) { return __ssat(v, 8); }
+#else
+static inline int32_t convgen_saturate_i8(int32_t v) { return v < -128 ? -128 : (v > 127 ? 127 : v); }
+#endif""")
 _HELPERS[("divide_round", ir.INT32)] = ("convgen_divide_round", (
     "static inline int32_t convgen_divide_round(int32_t a, int32_t n) "
     "{ return (a + (a > 0 ? n / 2 : -(n / 2))) / n; }"))
+# A dot loop's packed multiply-accumulates (ir/dot.py): acc + the sum over k of
+# (a[k] + a_offset) * (b[k] + b_offset), the offsets constants that keep each factor
+# within int16. Each helper tests the compiler's target features, so one file builds
+# everywhere: Arm's DSP extension takes four int8 as a word and makes two SMLADs
+# over int16 pairs; Helium takes eight as a vector and makes one VMLADAV; elsewhere
+# a plain loop. gcc's SXTAB16 intrinsic takes no rotation, and without one each
+# odd-byte extract costs an extra instruction: those two are inline assembly.
+_HELPERS[("dot4", ir.INT8)] = ("convgen_dot4_i8", """\
+#if defined(__ARM_FEATURE_DSP) && defined(__GNUC__)
+#include <arm_acle.h>
+static inline uint32_t convgen_word(const int8_t *p) { uint32_t v; __builtin_memcpy(&v, p, 4); return v; }
+static inline uint32_t convgen_pair(int32_t offset) { return ((uint32_t)offset & 0xffffu) * 0x10001u; }
+/* bytes 0 and 2, then bytes 1 and 3, sign-extended to int16 and added to the offset pair */
+static inline uint32_t convgen_even(uint32_t offsets, uint32_t v) { return offsets ? __sxtab16(offsets, v) : __sxtb16(v); }
+static inline uint32_t convgen_odd(uint32_t offsets, uint32_t v)
+{
+    uint32_t r;
+    if (offsets) __asm__("sxtab16 %0, %1, %2, ror #8" : "=r"(r) : "r"(offsets), "r"(v));
+    else __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
+    return r;
+}
+static inline int32_t convgen_dot4_i8(const int8_t *a, int32_t a_offset, const int8_t *b, int32_t b_offset, int32_t acc)
+{
+    const uint32_t a_word = convgen_word(a), b_word = convgen_word(b);
+    const uint32_t a_pair = convgen_pair(a_offset), b_pair = convgen_pair(b_offset);
+    acc = __smlad(convgen_even(a_pair, a_word), convgen_even(b_pair, b_word), acc);
+    return __smlad(convgen_odd(a_pair, a_word), convgen_odd(b_pair, b_word), acc);
+}
+#else
+static inline int32_t convgen_dot4_i8(const int8_t *a, int32_t a_offset, const int8_t *b, int32_t b_offset, int32_t acc)
+{
+    for (int k = 0; k < 4; ++k) {
+        acc += ((int32_t)a[k] + a_offset) * ((int32_t)b[k] + b_offset);
+    }
+    return acc;
+}
+#endif""")
+_HELPERS[("dot8", ir.INT8)] = ("convgen_dot8_i8", """\
+#if defined(__ARM_FEATURE_MVE)
+#include <arm_mve.h>
+static inline int32_t convgen_dot8_i8(const int8_t *a, int32_t a_offset, const int8_t *b, int32_t b_offset, int32_t acc)
+{
+    int16x8_t a_vector = vldrbq_s16(a), b_vector = vldrbq_s16(b);
+    if (a_offset) a_vector = vaddq_n_s16(a_vector, (int16_t)a_offset);
+    if (b_offset) b_vector = vaddq_n_s16(b_vector, (int16_t)b_offset);
+    return vmladavaq_s16(acc, a_vector, b_vector);
+}
+#else
+static inline int32_t convgen_dot8_i8(const int8_t *a, int32_t a_offset, const int8_t *b, int32_t b_offset, int32_t acc)
+{
+    return convgen_dot4_i8(a + 4, a_offset, b + 4, b_offset, convgen_dot4_i8(a, a_offset, b, b_offset, acc));
+}
+#endif""")
 # Pragmas behind macros: without OpenMP (or -DCONVGEN_OPENMP_SIMD) they vanish, and no
 # compiler warns about an unknown pragma.
 _MACROS = {
@@ -271,6 +334,10 @@ def float_literal(value: float) -> str:
     return text + "f"
 
 
+def _is_int(node: ir.Expr, value: int) -> bool:
+    return isinstance(node, ir.IntImm) and node.value == value
+
+
 class CLikeEmitter:
     """A walk over the IR that writes C-family statements and expressions.
     A renderer for another C-like language (CUDA) subclasses it and changes
@@ -328,7 +395,9 @@ class CLikeEmitter:
     def stmt_Loop(self, node: ir.Loop, depth: int) -> None:
         name, var = node.var.name, c_name(node.var.name)
         self.ranges[name] = (0, node.extent - 1)
-        if node.kind == "unrolled":
+        if node.kind == "dot":
+            self.dot_loop(node, depth)
+        elif node.kind == "unrolled":
             for k in range(node.extent):
                 self.emit(depth, f"{{ /* {var} = {k} */")
                 self.stmt(ir.simplify(ir.substitute(node.body, {name: ir.IntImm(k)}), self.ranges), depth + 1)
@@ -339,6 +408,27 @@ class CLikeEmitter:
             self.stmt(node.body, depth + 1)
             self.emit(depth, "}")
         del self.ranges[name]
+
+    def dot_loop(self, node: ir.Loop, depth: int) -> None:
+        """A dot loop as calls of the packed helpers, eight elements a call
+        where the extent allows, else four (its extent is at most 64)."""
+        found = ir.match_dot(node)
+        if isinstance(found, str):
+            raise CodegenError(f"{self.language} backend: dot loop {node.var.name}: {found}")
+        width = 8 if node.extent % 8 == 0 else ir.DOT_WIDTH
+        self.helpers.add(("dot4", ir.INT8))
+        self.helpers.add((f"dot{width}", ir.INT8))
+        if found.cond is not None:
+            self.emit(depth, f"if ({self.expr(found.cond)}) {{")
+            depth += 1
+        acc = self.access(found.store.buffer, found.store.indices)
+        for start in range(0, node.extent, width):
+            at = {node.var.name: ir.IntImm(start)}
+            a, b = (f"&{self.access(o.load.buffer, ir.simplify(ir.substitute(o.load, at), self.ranges).indices)}, "
+                    f"{o.offset}" for o in (found.a, found.b))
+            self.emit(depth, f"{acc} = {_HELPERS[(f'dot{width}', ir.INT8)][0]}({a}, {b}, {acc});")
+        if found.cond is not None:
+            self.emit(depth - 1, "}")
 
     def stmt_Store(self, node: ir.Store, depth: int) -> None:
         self.emit(depth, f"{self.access(node.buffer, node.indices)} = {self.expr(node.value)};")
@@ -401,6 +491,10 @@ class CLikeEmitter:
         raise CodegenError(f"{self.language} backend: cannot emit expression {type(node).__name__}")
 
     def binop(self, node: ir.BinOp, parent: int) -> str:
+        if node.op == "min" and node.dtype == ir.INT32 and _is_int(node.b, 127) and isinstance(node.a, ir.BinOp) \
+                and node.a.op == "max" and _is_int(node.a.b, -128):
+            self.helpers.add(("saturate8", ir.INT32))
+            return f"{_HELPERS[('saturate8', ir.INT32)][0]}({self.expr(node.a.a)})"
         if node.op in ("min", "max"):
             key = (node.op, node.dtype)
             self.helpers.add(key)

@@ -34,7 +34,7 @@ import ctypes
 import math
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .. import gpu, ir
@@ -219,6 +219,10 @@ class CUDAEmitter(CLikeEmitter):
         if node.extent < sizes[ir.GPU_AXES.index(node.axis)]:
             return [f"if (const {self.index_type} {var} = {index}; {var} < {node.extent}) {{"]
         return [f"{{ const {self.index_type} {var} = {index};"]
+
+    def dot_loop(self, node: ir.Loop, depth: int) -> None:
+        """A GPU thread runs a dot loop as the plain loop it means."""
+        super().stmt_Loop(replace(node, kind="serial"), depth)
 
     def stmt_Loop(self, node: ir.Loop, depth: int) -> None:
         bound = node.kind == "gpu_thread"

@@ -25,7 +25,9 @@ INT_TYPES = (INDEX, INT8, INT32)
 # transposed: a loop over a vectorized copy that reads across the rows of a block, which the
 # LLVM backend emits unrolled as a register transpose and C as a plain loop (set by the
 # mark-transposes pass).
-LOOP_KINDS = ("serial", "vectorized", "unrolled", "parallel", "transposed", "gpu_block", "gpu_thread")
+# dot: an innermost int8 multiply-accumulate reduction (ir/dot.py) that C runs as packed dot
+# products where the compiler targets Arm's DSP extension or Helium, and the others as a plain loop.
+LOOP_KINDS = ("serial", "vectorized", "unrolled", "parallel", "transposed", "dot", "gpu_block", "gpu_thread")
 GPU_KINDS = ("gpu_block", "gpu_thread")
 GPU_AXES = ("x", "y", "z")
 LOOP_ROLES = ("spatial", "reduction")

@@ -21,7 +21,7 @@ from typing import Iterable
 
 from .. import ir
 from ..errors import ScheduleError
-from .bind import bind, parallel, vectorize
+from .bind import bind, dot, parallel, vectorize
 from .fusion import compute_at
 from .loops import TAILS, fuse, peel, reorder, split, tile, unroll
 from .memory import cache_read, cache_write, layout, pad_input
@@ -31,7 +31,7 @@ from .winograd import winograd
 
 PRIMITIVES = {
     "split": split, "tile": tile, "reorder": reorder, "fuse": fuse, "unroll": unroll, "peel": peel,
-    "vectorize": vectorize, "parallel": parallel, "bind": bind,
+    "vectorize": vectorize, "dot": dot, "parallel": parallel, "bind": bind,
     "cache_write": cache_write, "cache_read": cache_read, "pad_input": pad_input, "layout": layout,
     "winograd": winograd, "compute_at": compute_at,
 }
@@ -160,6 +160,9 @@ class Schedule:
 
     def vectorize(self, loop: str) -> "Schedule":
         return self.then("vectorize", loop)
+
+    def dot(self, loop: str) -> "Schedule":
+        return self.then("dot", loop)
 
     def parallel(self, loop: str) -> "Schedule":
         return self.then("parallel", loop)

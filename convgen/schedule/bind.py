@@ -1,4 +1,4 @@
-"""Binding loops to hardware: vector lanes, CPU threads, GPU blocks and threads."""
+"""Binding loops to hardware: vector lanes, packed dot products, CPU threads, GPU blocks and threads."""
 
 from __future__ import annotations
 
@@ -48,6 +48,41 @@ def vectorize(func: ir.Func, loop: str) -> ir.Func:
                             "vectorize a loop the output varies along (after cache_write, e.g. an output-channel "
                             "or output-column loop moved innermost)")
     return replace_loop(func, loop, lambda node: replace(node, kind="vectorized"))
+
+
+def dot(func: ir.Func, loop: str) -> ir.Func:
+    """Run an innermost int8 multiply-accumulate loop as packed dot products
+    (TVM: tensorize with a dot-product intrinsic).
+
+    C runs each four elements as two SMLADs over pairs of int16 (Arm's DSP
+    extension: Cortex-M4, M7, M33) and each eight as one VMLADAV over a
+    Helium vector (Cortex-M55) where the compiler targets them, and as a
+    plain loop elsewhere; the other backends run a plain loop. The result
+    is the same everywhere: the products and their sum are exact in int32.
+
+    It requires: the loop is serial, innermost, a multiple of 4 iterations,
+    and its one statement (under a guard that does not depend on it) is
+    `acc[..] = acc[..] + (int32(a[..]) + c) * (int32(b[..]) + d)`: an int32
+    accumulator that does not move along the loop, a and b int8 buffers
+    whose elements are contiguous along it, c and d constants (zero points)
+    that keep each factor within int16.
+
+    rewrite:
+        for ic.i in 0..8:                     dot for ic.i in 0..8:
+          acc[k] = acc[k] + a(ic.i) * b(ic.i)   ->   acc[k] = acc[k] + a(ic.i) * b(ic.i)
+    """
+    target = find_loop(func, loop, "dot")
+    require_serial(target, "dot")
+    inner = ir.find_all(target.body, ir.Loop)
+    if inner:
+        raise ScheduleError("dot", f"'{loop}' is not innermost: '{inner[0].var.name}' is inside it",
+                            f"reorder so that '{loop}' is innermost")
+    found = ir.match_dot(target)
+    if isinstance(found, str):
+        raise ScheduleError("dot", f"'{loop}' is not an int8 multiply-accumulate over contiguous elements: {found}",
+                            "split the reduction over contiguous input channels (e.g. split(ic, 8)) and move "
+                            "the inner loop innermost, under the register tile")
+    return replace_loop(func, loop, lambda node: replace(node, kind="dot"))
 
 
 def parallel(func: ir.Func, loop: str) -> ir.Func:

@@ -1,0 +1,93 @@
+"""The multiply-accumulate that a `dot` loop runs.
+
+A dot loop is an innermost reduction over contiguous int8 elements whose
+one statement adds a product of two int8 values (each less a constant,
+such as a zero point) into an int32 accumulator:
+
+    dot for ic.i in 0..8:
+      acc[k] = acc[k] + (int32(x[.., ic.i, ..]) + 128) * int32(w[.., ic.i, ..])
+
+Its meaning is the plain loop's; the kind says that a backend may run it as
+packed dot products (on Arm: SMLAD over pairs of int16, or Helium's VMLADAV
+over vectors). `match_dot` reads the pattern back or says why a loop is not
+one; the schedule's `dot` step and the backends share it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .nodes import INT8, INT32, BinOp, Cast, Expr, If, IntImm, Load, Loop, Store, all_of
+from .printer import format_expr
+from .simplify import flat_index, linear_coefficient
+from .walk import free_vars
+
+DOT_WIDTH = 4            # elements one packed step takes (a 32-bit word of int8); extents are multiples of it
+MAX_OFFSET = 32767 - 128  # an offset plus an int8 value must fit int16, the width of a packed product
+
+
+@dataclass(frozen=True)
+class Operand:
+    """One factor of the product: `load` (an int8 element, contiguous along
+    the loop) plus `offset`."""
+
+    load: Load
+    offset: int
+
+
+@dataclass(frozen=True)
+class Dot:
+    """acc[indices] = acc[indices] + (a + a.offset) * (b + b.offset), summed
+    over the loop; `cond` (or None: the guards around the store, which do not
+    depend on the loop, joined) guards the whole loop."""
+
+    store: Store
+    a: Operand
+    b: Operand
+    cond: Expr | None
+
+
+def match_dot(loop: Loop) -> Dot | str:
+    """The loop's multiply-accumulate, or a sentence saying why it is not one."""
+    var = loop.var.name
+    body, guards = loop.body, []
+    while isinstance(body, If) and body.orelse is None:
+        if var in free_vars(body.cond):
+            return f"its guard {format_expr(body.cond)} depends on '{var}'"
+        body, guards = body.then, guards + [body.cond]
+    cond = all_of(*guards) if guards else None
+    if not isinstance(body, Store):
+        return "its body is not one store"
+    if body.buffer.dtype != INT32 or any(var in free_vars(i) for i in body.indices):
+        return f"the store to '{body.buffer.name}' is not an int32 accumulator that stays put along '{var}'"
+    value = body.value
+    accumulator = Load(body.buffer, body.indices)
+    if not (isinstance(value, BinOp) and value.op == "+"):
+        return f"'{body.buffer.name}' is not added to"
+    product = value.b if value.a == accumulator else value.a if value.b == accumulator else None
+    if not (isinstance(product, BinOp) and product.op == "*"):
+        return f"what is added to '{body.buffer.name}' is not a product"
+    operands = [_operand(side, var) for side in (product.a, product.b)]
+    for found in operands:
+        if isinstance(found, str):
+            return found
+    if loop.extent % DOT_WIDTH:
+        return f"it has {loop.extent} iterations; expected a multiple of {DOT_WIDTH}"
+    return Dot(body, operands[0], operands[1], cond)
+
+
+def _operand(expr: Expr, var: str) -> Operand | str:
+    offset = 0
+    if isinstance(expr, BinOp) and expr.op == "+" and isinstance(expr.b, IntImm):
+        expr, offset = expr.a, expr.b.value
+    if not (isinstance(expr, Cast) and expr.type == INT32 and isinstance(expr.value, Load)
+            and expr.value.buffer.dtype == INT8):
+        return f"the factor {format_expr(expr)} is not an int8 element widened to int32 (plus a constant)"
+    if abs(offset) > MAX_OFFSET:
+        return f"the offset {offset} does not fit a 16-bit product with an int8 value"
+    load = expr.value
+    stride = linear_coefficient(flat_index(load.buffer, load.indices), var)
+    if stride != 1:
+        return (f"'{load.buffer.name}' is not contiguous along '{var}' (its elements are "
+                f"{'not evenly' if stride is None else stride} apart)")
+    return Operand(load, offset)
