@@ -77,6 +77,9 @@ SHAPES = {
                            layout="NHWC", activation="relu"),
     "conv3x3_nhwc": dict(op="conv2d", in_channels=12, out_channels=6, input_size=[6, 5], kernel_size=3,
                          padding=1, layout="NHWC"),
+    # and a depthwise one, channels in fours: four Helium lanes on the M55
+    "depthwise_nhwc": dict(op="conv2d", in_channels=8, out_channels=8, groups=8, input_size=[7, 6], kernel_size=3,
+                           padding=1, layout="NHWC", activation="relu6"),
     "grouped": dict(op="conv2d", in_channels=8, out_channels=8, groups=2, input_size=[6, 6], kernel_size=3,
                     padding=1),
     "reflect_pad": dict(op="conv2d", in_channels=2, out_channels=2, input_size=[6, 7], kernel_size=3, padding=1,
@@ -137,17 +140,21 @@ def test_int8_spec_files_match_the_reference_bit_for_bit_on_cortex_m4(path, tmp_
 @needs_qemu
 @pytest.mark.parametrize("target", ["cortex-m7", "cortex-m55"])
 @pytest.mark.parametrize("name", ["conv3x3_s2_int8", "depthwise_int8", "maxpool_pad_int8", "pointwise_nhwc_int8",
-                                  "conv3x3_nhwc_int8"])
+                                  "conv3x3_nhwc_int8", "depthwise_nhwc_int8"])
 def test_int8_kernels_match_the_reference_bit_for_bit_on_other_cores(name, target, tmp_path):
     _check_on_board(name, target, tmp_path, INT8_SHAPES[name])
 
 
 @needs_arm
-def test_int8_dot_products_use_the_cores_own_instructions(tmp_path):
-    """ds_cnn_pw_int8's default kernel: SMLAD on the DSP cores, Helium's
-    VMLADAV on the M55, and neither in the portable C an M0+ gets."""
-    spec = load_spec(Path(__file__).parent.parent / "specs" / "layers" / "ds_cnn_pw_int8.yaml")
-    expected = {"cortex-m4": "smlad", "cortex-m7": "smlad", "cortex-m55": "vmladava", "cortex-m0plus": None}
+@pytest.mark.parametrize("layer, expected", [
+    ("ds_cnn_pw_int8", {"cortex-m4": "smlad", "cortex-m7": "smlad", "cortex-m55": "vmladava", "cortex-m0plus": None}),
+    ("ds_cnn_dw_int8", {"cortex-m55": "vmul"}),
+])
+def test_int8_kernels_use_the_cores_own_instructions(layer, expected, tmp_path):
+    """The default kernels: SMLAD on the DSP cores, Helium's VMLADAV (dot
+    products) and VMUL (depthwise lanes) on the M55, and none of these in
+    the portable C an M0+ gets."""
+    spec = load_spec(Path(__file__).parent.parent / "specs" / "layers" / f"{layer}.yaml")
     for name, instruction in expected.items():
         target = load_target(name)
         files = emit(plan(spec, target), "c")
@@ -160,7 +167,7 @@ def test_int8_dot_products_use_the_cores_own_instructions(tmp_path):
         mnemonics = {line.split()[0].split(".")[0] for line in (folder / "k.s").read_text().splitlines()
                      if line.startswith("\t") and not line.startswith("\t.")}
         if instruction is None:
-            assert not {"smlad", "vmladava"} & mnemonics and "muls" in mnemonics, f"{name}: {sorted(mnemonics)}"
+            assert not {"smlad", "vmladava", "vmul"} & mnemonics and "muls" in mnemonics, f"{name}: {sorted(mnemonics)}"
         else:
             assert instruction in mnemonics, f"{name}: no {instruction} in {sorted(mnemonics)}"
 

@@ -223,6 +223,18 @@ def test_dot_keeps_results_exact_on_the_cpu_backends():
     matches_reference(DOT, s, seed=1)
 
 
+def test_depthwise_lanes_keep_results_exact_on_the_cpu_backends():
+    """Helium's depthwise recipe (channels as four int32 lanes, weights IHWO):
+    C on the host runs the lane helper's plain loop; both backends bit for bit."""
+    from convgen.schedule.space import config, schedule_for
+    from convgen.target import load_target
+    spec = convgen.load_spec(dict(DOT, name="lanes", in_channels=8, out_channels=8, groups=8))
+    s = schedule_for(spec, load_target("cortex-m55"), config(recipe="lanes", columns=3))
+    assert [l.var.name for l in ir.find_all(s.func.body, ir.Loop) if l.kind == "vectorized"] == ["oc.i"]
+    assert "convgen_mac4_i8(&acc[" in convgen.build(spec, "c", schedule=s).source
+    matches_reference(spec, s)
+
+
 @pytest.mark.parametrize("make, words", [
     (lambda: chain().dot("kw"), ["'kw' is not an int8 multiply-accumulate", "its guard", "depends on 'kw'"]),
     (lambda: chain(dict(CONV, padding=0)).dot("kw"), ["the store to 'acc' is not an int32 accumulator"]),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -133,6 +134,29 @@ static inline int32_t convgen_dot8_i8(const int8_t *a, int32_t a_offset, const i
     return convgen_dot4_i8(a + 4, a_offset, b + 4, b_offset, convgen_dot4_i8(a, a_offset, b, b_offset, acc));
 }
 #endif""")
+# A vectorized loop's lane-wise multiply-accumulate (ir/dot.py's match_lanes):
+# acc[k] += (a[k] + a_offset) * (b[k] + b_offset) for four lanes, one Helium
+# vector of int32 (int8 widened as loaded) where the compiler targets Helium,
+# else a plain loop. Helium has no vector-by-vector multiply-accumulate: a
+# multiply and an add. gcc keeps a tile's accumulators in vector registers.
+_HELPERS[("mac4", ir.INT8)] = ("convgen_mac4_i8", """\
+#if defined(__ARM_FEATURE_MVE)
+#include <arm_mve.h>
+static inline void convgen_mac4_i8(int32_t *acc, const int8_t *a, int32_t a_offset, const int8_t *b, int32_t b_offset)
+{
+    int32x4_t a_vector = vldrbq_s32(a), b_vector = vldrbq_s32(b);
+    if (a_offset) a_vector = vaddq_n_s32(a_vector, a_offset);
+    if (b_offset) b_vector = vaddq_n_s32(b_vector, b_offset);
+    vst1q_s32(acc, vaddq_s32(vld1q_s32(acc), vmulq_s32(a_vector, b_vector)));
+}
+#else
+static inline void convgen_mac4_i8(int32_t *acc, const int8_t *a, int32_t a_offset, const int8_t *b, int32_t b_offset)
+{
+    for (int k = 0; k < 4; ++k) {
+        acc[k] += ((int32_t)a[k] + a_offset) * ((int32_t)b[k] + b_offset);
+    }
+}
+#endif""")
 # Pragmas behind macros: without OpenMP (or -DCONVGEN_OPENMP_SIMD) they vanish, and no
 # compiler warns about an unknown pragma.
 _MACROS = {
@@ -213,11 +237,12 @@ def emit_c(program: ir.Func | ir.Program, baking: Baking | None = None) -> CFile
     functions = []
     for stage in program.stages:
         emitter.lines = []
-        used = {node.buffer.name for node in ir.find_all(stage.body, (ir.Load, ir.Store))}
-        for buffer in takes:
-            if buffer.name not in used:  # e.g. every tap lands in padding: say so, or -Wunused-parameter fails
-                emitter.emit(1, f"(void){emitter.c_array_name(buffer)};")
         emitter.stmt(stage.body, 1)
+        written = "\n".join(emitter.lines)
+        # e.g. every tap lands in padding, which only unrolling shows: say so, or -Wunused-parameter fails
+        unused = [f"    (void){name};" for name in (emitter.c_array_name(b) for b in takes)
+                  if not re.search(rf"\b{re.escape(name)}\b", written)]
+        emitter.lines = unused + emitter.lines
         functions.append(dict(name=stage.name, params=[_c_param(b, b.name in outputs or b.scope == "workspace")
                                                        for b in takes],
                               body="\n".join(emitter.lines)))
@@ -397,6 +422,8 @@ class CLikeEmitter:
         self.ranges[name] = (0, node.extent - 1)
         if node.kind == "dot":
             self.dot_loop(node, depth)
+        elif node.kind == "vectorized" and self.lanes_loop(node, depth):
+            pass
         elif node.kind == "unrolled":
             for k in range(node.extent):
                 self.emit(depth, f"{{ /* {var} = {k} */")
@@ -429,6 +456,24 @@ class CLikeEmitter:
             self.emit(depth, f"{acc} = {_HELPERS[(f'dot{width}', ir.INT8)][0]}({a}, {b}, {acc});")
         if found.cond is not None:
             self.emit(depth - 1, "}")
+
+    def lanes_loop(self, node: ir.Loop, depth: int) -> bool:
+        """A vectorized loop of four int8 multiply-accumulate lanes as one call
+        of the lane helper; False (nothing written) for any other."""
+        found = ir.match_lanes(node)
+        if isinstance(found, str) or node.extent != ir.MAC_LANES:
+            return False
+        self.helpers.add(("mac4", ir.INT8))
+        if found.cond is not None:
+            self.emit(depth, f"if ({self.expr(found.cond)}) {{")
+        at = {node.var.name: ir.IntImm(0)}
+        acc, a, b = (f"&{self.access(load.buffer, ir.simplify(ir.substitute(load, at), self.ranges).indices)}"
+                     for load in (ir.Load(found.store.buffer, found.store.indices), found.a.load, found.b.load))
+        call = f"{_HELPERS[('mac4', ir.INT8)][0]}({acc}, {a}, {found.a.offset}, {b}, {found.b.offset});"
+        self.emit(depth + (found.cond is not None), call)
+        if found.cond is not None:
+            self.emit(depth, "}")
+        return True
 
     def stmt_Store(self, node: ir.Store, depth: int) -> None:
         self.emit(depth, f"{self.access(node.buffer, node.indices)} = {self.expr(node.value)};")

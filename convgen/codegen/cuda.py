@@ -140,8 +140,9 @@ def _param(buffer: ir.Buffer, writable: bool, restrict: str) -> str:
 
 
 def _device_helper(key, index_type: str) -> str:
-    """A C helper as a device function (it is called from kernels only), on the kernel's index type."""
-    text = helper_definition(key).replace("static inline", "static __device__ __forceinline__", 1)
+    """A C helper as a device function (it is called from kernels only), on the kernel's index type:
+    each of its definitions (a helper may define itself apart for some C compilers)."""
+    text = helper_definition(key).replace("static inline", "static __device__ __forceinline__")
     return text.replace("ptrdiff_t", index_type)
 
 
@@ -223,6 +224,9 @@ class CUDAEmitter(CLikeEmitter):
     def dot_loop(self, node: ir.Loop, depth: int) -> None:
         """A GPU thread runs a dot loop as the plain loop it means."""
         super().stmt_Loop(replace(node, kind="serial"), depth)
+
+    def lanes_loop(self, node: ir.Loop, depth: int) -> bool:
+        return False   # a vectorized loop is a CPU step, which loop_header refuses
 
     def stmt_Loop(self, node: ir.Loop, depth: int) -> None:
         bound = node.kind == "gpu_thread"

@@ -10,7 +10,7 @@
   schedule step and after each pass.
 - program: a kernel split into stage functions (prepare, run) over one
   argument list, its workspace laid out.
-- dot: the multiply-accumulate a `dot` loop runs (packed int8 dot products).
+- dot: the int8 multiply-accumulates packed instructions run (a `dot` loop; a vectorized one, lane-wise).
 - signature: a kernel's arguments as its caller passes them, read from its
   parameters, and its workspace size.
 """
@@ -20,7 +20,7 @@ from .nodes import __all__ as _nodes_all
 from .printer import format_buffer, format_expr, format_func, format_stmt
 from .simplify import (Ranges, bounds, conjuncts, flat_index, hoist_conditions, linear_coefficient, simplify,
                        truncation_is_floor)
-from .dot import DOT_WIDTH, Dot, match_dot
+from .dot import DOT_WIDTH, MAC_LANES, Dot, match_dot, match_lanes
 from .program import Program, Slot, split, with_stages
 from .signature import Argument, Signature, signature
 from .verify import VerifyError, verify
@@ -30,4 +30,4 @@ from .walk import (Rewriter, Visitor, children, constant_buffers, find_all, free
 __all__ = [*_nodes_all, "constant_buffers", "format_buffer", "format_expr", "format_func", "format_stmt", "Ranges", "bounds",
            "flat_index", "hoist_conditions", "linear_coefficient", "simplify", "truncation_is_floor", "Rewriter", "Visitor", "children", "find_all",
            "free_vars", "loops_by_name", "rebind", "substitute", "with_prefix", "verify", "VerifyError", "Argument", "Signature", "signature",
-           "Program", "Slot", "split", "with_stages", "DOT_WIDTH", "Dot", "match_dot"]
+           "Program", "Slot", "split", "with_stages", "DOT_WIDTH", "MAC_LANES", "Dot", "match_dot", "match_lanes"]

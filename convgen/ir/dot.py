@@ -1,4 +1,4 @@
-"""The multiply-accumulate that a `dot` loop runs.
+"""The int8 multiply-accumulates that packed instructions run.
 
 A dot loop is an innermost reduction over contiguous int8 elements whose
 one statement adds a product of two int8 values (each less a constant,
@@ -11,6 +11,11 @@ Its meaning is the plain loop's; the kind says that a backend may run it as
 packed dot products (on Arm: SMLAD over pairs of int16, or Helium's VMLADAV
 over vectors). `match_dot` reads the pattern back or says why a loop is not
 one; the schedule's `dot` step and the backends share it.
+
+A vectorized loop of the same statement whose accumulator moves with the
+loop, one element a lane, is a lane-wise multiply-accumulate (a depthwise
+layer's channels): `match_lanes` reads it back, and C runs four such lanes
+as one Helium vector of int32.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from .simplify import flat_index, linear_coefficient
 from .walk import free_vars
 
 DOT_WIDTH = 4            # elements one packed step takes (a 32-bit word of int8); extents are multiples of it
+MAC_LANES = 4            # int32 lanes of a 128-bit vector: the lanes one Helium multiply-accumulate takes
 MAX_OFFSET = 32767 - 128  # an offset plus an int8 value must fit int16, the width of a packed product
 
 
@@ -49,6 +55,19 @@ class Dot:
 
 def match_dot(loop: Loop) -> Dot | str:
     """The loop's multiply-accumulate, or a sentence saying why it is not one."""
+    found = _match_mac(loop, moves=False)
+    if isinstance(found, Dot) and loop.extent % DOT_WIDTH:
+        return f"it has {loop.extent} iterations; expected a multiple of {DOT_WIDTH}"
+    return found
+
+
+def match_lanes(loop: Loop) -> Dot | str:
+    """The loop's lane-wise multiply-accumulate (the accumulator, too,
+    contiguous along it), or a sentence saying why it is not one."""
+    return _match_mac(loop, moves=True)
+
+
+def _match_mac(loop: Loop, moves: bool) -> Dot | str:
     var = loop.var.name
     body, guards = loop.body, []
     while isinstance(body, If) and body.orelse is None:
@@ -58,8 +77,10 @@ def match_dot(loop: Loop) -> Dot | str:
     cond = all_of(*guards) if guards else None
     if not isinstance(body, Store):
         return "its body is not one store"
-    if body.buffer.dtype != INT32 or any(var in free_vars(i) for i in body.indices):
-        return f"the store to '{body.buffer.name}' is not an int32 accumulator that stays put along '{var}'"
+    stride = linear_coefficient(flat_index(body.buffer, body.indices), var)
+    if body.buffer.dtype != INT32 or stride != (1 if moves else 0):
+        where = "moves with" if moves else "stays put along"
+        return f"the store to '{body.buffer.name}' is not an int32 accumulator that {where} '{var}'"
     value = body.value
     accumulator = Load(body.buffer, body.indices)
     if not (isinstance(value, BinOp) and value.op == "+"):
@@ -71,8 +92,6 @@ def match_dot(loop: Loop) -> Dot | str:
     for found in operands:
         if isinstance(found, str):
             return found
-    if loop.extent % DOT_WIDTH:
-        return f"it has {loop.extent} iterations; expected a multiple of {DOT_WIDTH}"
     return Dot(body, operands[0], operands[1], cond)
 
 

@@ -285,6 +285,7 @@ def schedule_for(spec: Spec, target: Target, point: Config) -> Schedule:
     - "scalar": none (a target without vector registers);
     - "dot": rows, columns (the register tile), width (elements a dot loop takes: 4 or 8),
       for int8 on a target with packed dot products (Arm's DSP extension or Helium);
+    - "lanes": columns, for an int8 depthwise layer on Helium (channels as vector lanes);
     - "inside-pool": none (the convolution computed per pool window, without vector registers);
     - "naive": none (the loop nest as lowered: the default where no recipe fits).
     A layer with a fused pool gets the pool's steps after the convolution's."""
@@ -306,13 +307,15 @@ def schedule_for(spec: Spec, target: Target, point: Config) -> Schedule:
         return _scalar_tile(spec, target)
     elif recipe == "dot":
         return _dot_tile(spec, knobs["rows"], knobs["columns"], knobs["width"])
+    elif recipe == "lanes":
+        return _lanes_tile(spec, knobs["columns"])
     elif recipe == "inside-pool":
         return Schedule.for_spec(spec).compute_at("conv", "pw")
     elif recipe == "naive":
         return Schedule.for_spec(spec)
     else:
         raise ScheduleError("recipe", f"expected one of direct, pointwise, channels-last, one-pixel, winograd, "
-                                      f"scalar, dot, inside-pool, naive; got {recipe!r}")
+                                      f"scalar, dot, lanes, inside-pool, naive; got {recipe!r}")
     return s.parallel(_pool_across(spec)) if spec.pool is not None and threads > 1 and _pool_across(spec) else s
 
 
@@ -456,7 +459,9 @@ def _candidates(spec: Spec, target: Target, threads: int) -> list[_Candidate]:
     lanes = target.vector_lanes
     if lanes == 1:
         scalar = _Candidate("scalar register tile", (), "no vector registers on " + target.name, config(recipe="scalar"))
-        return ([_dot_candidate(spec, target)] if _dot_applies(spec, target) else []) + [scalar]
+        packed = ([_dot_candidate(spec, target)] if _dot_applies(spec, target) else []) + (
+            [_lanes_candidate(spec)] if _lanes_apply(spec, target) else [])
+        return packed + [scalar]
     per_group = spec.out_channels // spec.groups
     found = []
     if spec.is_conv and spec.groups > 1 and spec.input_layout == _computed_layout(spec) == "NHWC":
@@ -696,6 +701,62 @@ def _dot_tile(spec: Spec, rows: int, columns: int, width: int) -> Schedule:
     for loop in tile_loops:
         s = s.unroll(loop).unroll(f"{loop}.init").unroll(f"{loop}.out")
     return s.dot("ic.i")
+
+
+def _lanes_apply(spec: Spec, target: Target) -> bool:
+    """An int8 depthwise layer in NHWC, its channels in fours and its output
+    columns in threes, fours or fives, on Helium."""
+    return (spec.is_conv and spec.is_quantized and spec.groups == spec.in_channels == spec.out_channels
+            and spec.input_layout == spec.output_layout == "NHWC" and spec.out_channels % ir.MAC_LANES == 0
+            and spec.padding_mode == "zeros" and spec.pool is None and _has_helium(target)
+            and _lanes_columns(spec) is not None)
+
+
+def _lanes_columns(spec: Spec) -> int | None:
+    """The fewest output columns from 3 to 5 that divide the output's width.
+    Under QEMU on the M55, with the accumulators kept in memory (gcc holds
+    few of a tile's vectors in registers), a guarded tail or a tile under
+    3 columns executed more instructions than the scalar tile, and wider
+    tiles than these took over 2 KB of code (person_detect_dw_s2_int8: 3
+    columns 413,344 instructions, 4 columns 434,312 and 2.2 KB, the scalar
+    tile 683,156; ds_cnn_dw_int8: 5 columns 301,562, the scalar tile 303,875)."""
+    width = spec.conv_output_size[1]
+    return next((c for c in (3, 4, 5) if width % c == 0), None)
+
+
+def _lanes_candidate(spec: Spec) -> "_Candidate":
+    """Four channels a Helium vector of int32 by a few output columns."""
+    columns = _lanes_columns(spec)
+    params = (("tile", f"4 channels x {columns} columns"), ("products", "Helium, four int32 lanes"),
+              ("weights", "IHWO"))
+    return _Candidate("channel-lanes depthwise", params, "an int8 depthwise layer in NHWC on Helium",
+                      config(recipe="lanes", columns=columns))
+
+
+def _lanes_tile(spec: Spec, columns: int) -> Schedule:
+    """Depthwise int8 on Helium: a tile of `columns` output columns by four
+    channels, the channels innermost as the four int32 lanes of a vector
+    (C renders their multiply-accumulate as Helium's), the kernel's taps
+    unrolled around them as in the scalar tile; weights laid out IHWO, so
+    that a tap's four channels lie side by side, as they do in NHWC."""
+    s = Schedule.for_spec(spec).layout("w", "IHWO").split("oc", ir.MAC_LANES, tail="perfect")
+    width = spec.conv_output_size[1]
+    if columns > 1:
+        s = s.split("ow", columns, tail=_tail(width, columns))
+    names = loop_names(s.func)
+    column, tile = ("ow.o", ["ow.i"]) if columns > 1 else ("ow", [])
+    outer = [n for n in ("n", "oc.o", "oh", column) if n in names]
+    s = s.reorder(*outer, *tile, "oc.i").cache_write(column)
+    s = s.reorder(*[n for n in ("kh", "kw") if n in names], *tile, "oc.i")
+    for loop in tile:
+        s = s.unroll(loop).unroll(f"{loop}.init").unroll(f"{loop}.out")
+    statements = columns
+    for loop, extent in (("kw", spec.kernel_size[1]), ("kh", spec.kernel_size[0])):
+        statements *= extent
+        if loop not in names or extent == 1 or statements > _UNROLLED_STATEMENTS:
+            break
+        s = s.unroll(loop)
+    return s.vectorize("oc.i")
 
 
 def _is_pointwise(spec: Spec) -> bool:
