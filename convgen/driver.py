@@ -145,9 +145,19 @@ def plan(spec: Spec, target: Target | None = None, schedule=None, threads: int |
     lowered = lower(spec, prefix)
     if name is not None:
         lowered = replace(lowered, name=name)
-    history = trace(ir.verify(lowered, f"{spec.name}: after lowering"), steps)
+    ir.verify(lowered, f"{spec.name}: after lowering")
+    history = _recipe_history(recipe, lowered) or trace(lowered, steps)
     _, passes = run_passes(history[-1][1])
     return Plan(spec, target, tuple(steps), source, tuple(history), passes, recipe, tuned)
+
+
+def _recipe_history(recipe: Recipe | None, lowered: ir.Func) -> tuple | None:
+    """The default recipe's own trace, renamed as the kernel, where the search
+    for it scheduled this very nest (no prefix): its steps need not be
+    applied twice. None otherwise."""
+    if recipe is None or not recipe.history or replace(recipe.history[0][1], name=lowered.name) != lowered:
+        return None
+    return tuple((step, replace(func, name=lowered.name)) for step, func in recipe.history)
 
 
 def emit(plan: Plan, backend: str, baking=None):

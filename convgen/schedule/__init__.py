@@ -125,20 +125,24 @@ class Schedule:
     step is applied at once, so a refusal is raised where it is written, and
     `.func` shows the loop nest so far."""
 
-    def __init__(self, steps: tuple[Step, ...] = (), func: ir.Func | None = None):
+    def __init__(self, steps: tuple[Step, ...] = (), func: ir.Func | None = None, history: tuple = ()):
         self.steps = tuple(steps)
         self.func = func
+        self.history = history   # bound: `trace`'s list, the nest after lowering and after each step
 
     @classmethod
     def for_spec(cls, spec) -> "Schedule":
         from ..lower import lower
-        return cls((), lower(spec))
+        lowered = lower(spec)
+        return cls((), lowered, ((None, lowered),))
 
     def then(self, primitive: str, *args, **kwargs) -> "Schedule":
         """Append any primitive by name (the methods below are shorthands)."""
         step = Step(primitive, args, tuple(kwargs.items()), where=f"step {len(self.steps)}")
-        func = apply_step(self.func, step) if self.func is not None else None
-        return Schedule(self.steps + (step,), func)
+        if self.func is None:
+            return Schedule(self.steps + (step,))
+        func = apply_step(self.func, step)
+        return Schedule(self.steps + (step,), func, self.history + ((step, func),))
 
     def split(self, loop: str, factor: int, tail: str = "guard") -> "Schedule":
         return self.then("split", loop, factor, tail=tail)

@@ -61,7 +61,7 @@ def gpu_recipe(spec: Spec, gpu: GPUTarget) -> Recipe:
         if spec.is_conv and spec.pool is not None:
             s = direct(s, first[1], _block_threads(spec, gpu, 1))
             params += (("pool", "a kernel of its own, direct"),)
-        return Recipe(name, params, why + "".join(f"; {reason}" for reason in refused), s.steps)
+        return Recipe(name, params, why + "".join(f"; {reason}" for reason in refused), s.steps, (), s.history)
     raise AssertionError("direct builds for every layer")
 
 

@@ -13,7 +13,7 @@ an outer loop across threads. Widths come from the target, never literals.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from math import prod
 
 from .. import ir
@@ -357,6 +357,9 @@ class Recipe:
     why: str
     steps: tuple
     config: Config = ()
+    # the nest after lowering and after each step, as the search for a recipe applied them
+    # (Schedule.history), so that a plan need not apply them again; () where not kept
+    history: tuple = field(default=(), compare=False, repr=False)
 
     def describe(self) -> str:
         params = ", ".join(f"{key} {value}" for key, value in self.params)
@@ -409,7 +412,10 @@ def default_recipe(spec: Spec, target: Target, threads: int = 1) -> Recipe | Non
     - direct over output columns, the last resort.
     The register tile leaves room for weight vectors and broadcast inputs
     among the target's vector registers. A target without vector registers
-    (a Cortex-M) gets a scalar register tile (`_scalar_tile`) instead. A
+    (a Cortex-M) gets, for int8 layers where its packed instructions apply,
+    the packed dot tile (`_dot_tile`: the DSP extension's SMLAD or Helium's
+    VMLADAV) or, for depthwise layers on Helium, channels as vector lanes
+    (`_lanes_tile`); else a scalar register tile (`_scalar_tile`). A
     recipe that applies but is refused by a step (a guarded tail it cannot
     take, say) passes the layer on to the next; the refusal is named in `why`.
     """
@@ -422,12 +428,12 @@ def _first_that_builds(spec: Spec, target: Target, candidates: list[_Candidate])
     refused = []
     for candidate in candidates:
         try:
-            steps = schedule_for(spec, target, candidate.config).steps
+            schedule = schedule_for(spec, target, candidate.config)
         except ScheduleError as err:
             refused.append(f"{candidate.name} refused ({err.message})")
             continue
         why = candidate.why + "".join(f"; {reason}" for reason in refused)
-        return Recipe(candidate.name, candidate.params, why, steps, candidate.config)
+        return Recipe(candidate.name, candidate.params, why, schedule.steps, candidate.config, schedule.history)
     return None
 
 
