@@ -1,5 +1,7 @@
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -7,9 +9,15 @@ from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, str(Path(__file__).parent))  # strategies.py, c_harness.py
 
-# Tests compile every kernel they check and leave nothing in the user's kernel cache; the cache's own
-# tests (test_cache.py) turn it on in a folder of their own. Subprocesses inherit this.
-os.environ["CONVGEN_CACHE"] = "off"
+# Tests leave nothing in the user's kernel cache: they share one of their own, new for each run (made
+# by the controlling process, inherited by pytest-xdist's workers and by subprocesses, removed at the
+# end), so that every distinct kernel of a run is compiled once and a test that builds what another
+# built loads it, as a user's second build would (about a second a layer, and the suite must stay
+# under ten minutes on two cores). The cache's own tests (test_cache.py) use folders of their own.
+os.environ.pop("CONVGEN_CACHE", None)
+if "CONVGEN_TEST_CACHE_DIR" not in os.environ:
+    os.environ["CONVGEN_TEST_CACHE_DIR"] = tempfile.mkdtemp(prefix="convgen-test-cache-")
+os.environ["CONVGEN_CACHE_DIR"] = os.environ["CONVGEN_TEST_CACHE_DIR"]
 # Nor do they read or write the user's tuning records: builds see no tuned record unless a test
 # makes one (test_tune.py points CONVGEN_RECORDS at a database of its own).
 os.environ["CONVGEN_RECORDS"] = str(Path(__file__).resolve().parents[1] / "build" / "tests" / "no-records.sqlite")
@@ -54,3 +62,9 @@ def backend(request):
 def spec_paths():
     """Layer specs (specs/targets/ holds hardware descriptions, specs/networks/ network specs)."""
     return sorted(p for p in SPECS.rglob("*.yaml") if p.parent.name not in ("targets", "networks"))
+
+
+def pytest_unconfigure(config):
+    """The controlling process (not a pytest-xdist worker) removes the run's kernel cache."""
+    if not hasattr(config, "workerinput"):
+        shutil.rmtree(os.environ["CONVGEN_TEST_CACHE_DIR"], ignore_errors=True)
