@@ -223,6 +223,32 @@ def test_dot_keeps_results_exact_on_the_cpu_backends():
     matches_reference(DOT, s, seed=1)
 
 
+def test_folding_the_zero_point_keeps_results_exact():
+    """Into the bias, computed by a prepare stage; then under the packed dot tile."""
+    from convgen.schedule.space import config, schedule_for
+    from convgen.target import load_target
+    pointwise = dict(DOT, kernel_size=1, padding=0, in_channels=16)
+    s = chain(pointwise).fold_zero_point()
+    compute = "\n".join(ir.format_stmt(next(stage for stage in s.func.stages if stage.name == "compute")))
+    assert "b_folded" in {b.name for b in s.func.workspace}
+    assert "int32(x[0, ic, oh, ow]) * int32(w[oc, ic, 0, 0])" in compute and "b[" not in compute
+    matches_reference(pointwise, s)
+    dotted = schedule_for(convgen.load_spec(pointwise), load_target("cortex-m55"),
+                          config(recipe="dot", rows=2, columns=1, width=16, fold=True))
+    assert "convgen_dot16_i8(&x[" in convgen.build(pointwise, "c", schedule=dotted).source
+    matches_reference(pointwise, dotted, seed=3)
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: chain(DOT).fold_zero_point(), ["guarded by", "a test of the kernel's taps", "without padding"]),
+    (lambda: chain(dict(DOT, bias=False, padding=0)).fold_zero_point(), ["no bias to fold"]),
+    (lambda: chain(CONV).fold_zero_point(), ["no multiply-add reads 'x' plus a constant"]),
+    (lambda: chain(dict(DOT, padding=0)).fold_zero_point().fold_zero_point(), ["no multiply-add reads 'x'"]),
+])
+def test_fold_zero_point_refusals(make, words):
+    refusal(make, *words)
+
+
 def test_depthwise_lanes_keep_results_exact_on_the_cpu_backends():
     """Helium's depthwise recipe (channels as four int32 lanes, weights IHWO):
     C on the host runs the lane helper's plain loop; both backends bit for bit."""

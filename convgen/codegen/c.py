@@ -134,6 +134,20 @@ static inline int32_t convgen_dot8_i8(const int8_t *a, int32_t a_offset, const i
     return convgen_dot4_i8(a + 4, a_offset, b + 4, b_offset, convgen_dot4_i8(a, a_offset, b, b_offset, acc));
 }
 #endif""")
+# Sixteen elements without offsets (a zero point folded into the bias): one Helium
+# VMLADAV over int8 vectors, or two of the eight-element helper.
+_HELPERS[("dot16", ir.INT8)] = ("convgen_dot16_i8", """\
+#if defined(__ARM_FEATURE_MVE)
+static inline int32_t convgen_dot16_i8(const int8_t *a, const int8_t *b, int32_t acc)
+{
+    return vmladavaq_s8(acc, vldrbq_s8(a), vldrbq_s8(b));
+}
+#else
+static inline int32_t convgen_dot16_i8(const int8_t *a, const int8_t *b, int32_t acc)
+{
+    return convgen_dot8_i8(a + 8, 0, b + 8, 0, convgen_dot8_i8(a, 0, b, 0, acc));
+}
+#endif""")
 # A vectorized loop's lane-wise multiply-accumulate (ir/dot.py's match_lanes):
 # acc[k] += (a[k] + a_offset) * (b[k] + b_offset) for four lanes, one Helium
 # vector of int32 (int8 widened as loaded) where the compiler targets Helium,
@@ -165,6 +179,13 @@ _MACROS = {
     "vectorized": ("CONVGEN_SIMD", "#if defined(_OPENMP) || defined(CONVGEN_OPENMP_SIMD)\n"
                    "#define CONVGEN_SIMD _Pragma(\"omp simd\")\n#else\n#define CONVGEN_SIMD\n#endif"),
 }
+
+
+def helpers_in_order(keys) -> list[tuple[str, str]]:
+    """Helper keys in the order their definitions stand above, so that each
+    follows the helpers it calls."""
+    order = list(_HELPERS)
+    return sorted(keys, key=order.index)
 
 
 def helper_definition(key: tuple[str, str]) -> str:
@@ -278,7 +299,7 @@ def emit_c(program: ir.Func | ir.Program, baking: Baking | None = None) -> CFile
     source = render("c/kernel.c.j2", includes=sorted(emitter.includes), tables=tables, weights=weights,
                     weight_attributes=_attributes(baking) if baked else "",
                     macros=[_MACROS[kind][1] for kind in sorted(emitter.macros)],
-                    helpers=[helper_definition(key) for key in sorted(emitter.helpers)], **context)
+                    helpers=[helper_definition(key) for key in helpers_in_order(emitter.helpers)], **context)
     kinds = frozenset(loop.kind for body in bodies for loop in ir.find_all(body, ir.Loop))
     return CFiles(program.name, header, source, tuple(baked), kinds, tuple(f.name for f in program.stages),
                   len(takes), workspace_bytes, tuple(p.name for p in arguments))
@@ -437,22 +458,23 @@ class CLikeEmitter:
         del self.ranges[name]
 
     def dot_loop(self, node: ir.Loop, depth: int) -> None:
-        """A dot loop as calls of the packed helpers, eight elements a call
-        where the extent allows, else four (its extent is at most 64)."""
+        """A dot loop as calls of the packed helpers, sixteen elements a call
+        where the extent allows and neither factor has an offset, else eight
+        where it allows, else four (its extent is at most 64)."""
         found = ir.match_dot(node)
         if isinstance(found, str):
             raise CodegenError(f"{self.language} backend: dot loop {node.var.name}: {found}")
-        width = 8 if node.extent % 8 == 0 else ir.DOT_WIDTH
-        self.helpers.add(("dot4", ir.INT8))
-        self.helpers.add((f"dot{width}", ir.INT8))
+        plain = found.a.offset == found.b.offset == 0
+        width = 16 if plain and node.extent % 16 == 0 else 8 if node.extent % 8 == 0 else ir.DOT_WIDTH
+        self.helpers |= {("dot4", ir.INT8), ("dot8", ir.INT8), (f"dot{width}", ir.INT8)}
         if found.cond is not None:
             self.emit(depth, f"if ({self.expr(found.cond)}) {{")
             depth += 1
         acc = self.access(found.store.buffer, found.store.indices)
         for start in range(0, node.extent, width):
             at = {node.var.name: ir.IntImm(start)}
-            a, b = (f"&{self.access(o.load.buffer, ir.simplify(ir.substitute(o.load, at), self.ranges).indices)}, "
-                    f"{o.offset}" for o in (found.a, found.b))
+            a, b = (f"&{self.access(o.load.buffer, ir.simplify(ir.substitute(o.load, at), self.ranges).indices)}"
+                    + ("" if width == 16 else f", {o.offset}") for o in (found.a, found.b))
             self.emit(depth, f"{acc} = {_HELPERS[(f'dot{width}', ir.INT8)][0]}({a}, {b}, {acc});")
         if found.cond is not None:
             self.emit(depth - 1, "}")

@@ -41,7 +41,7 @@ from .. import gpu, ir
 from ..errors import CodegenError
 from ..native import load_c_image, load_cpp, load_cuda
 from ..target import GPUTarget
-from .c import C_TYPES, CLikeEmitter, argument_doc, c_name, c_table, helper_definition
+from .c import C_TYPES, CLikeEmitter, argument_doc, c_name, c_table, helper_definition, helpers_in_order
 from .render import TEMPLATE_DIRS, render
 
 # gridDim and blockDim limits of every architecture since sm_30 (CUDA C++ Programming Guide)
@@ -128,7 +128,7 @@ def emit_cuda(program: ir.Func | ir.Program, target: GPUTarget) -> CUDAFiles:
     source = render("cuda/kernel.cu.j2", includes=sorted(emitter.includes),
                     tables=[c_table(emitter.c_array_name(b), b.dtype, b.values, storage="static __device__ const")
                             for b in tables.values()],
-                    helpers=[_device_helper(key, emitter.index_type) for key in sorted(emitter.helpers)], **context)
+                    helpers=[_device_helper(key, emitter.index_type) for key in helpers_in_order(emitter.helpers)], **context)
     header = render("cuda/kernel.h.j2", **context)
     return CUDAFiles(program.name, header, source, target.arch, tuple(launches),
                      tuple(f"{'' if w else 'const '}{C_TYPES[b.dtype]} *" for b, w in zip(takes, writable)),

@@ -26,6 +26,7 @@ from .fusion import compute_at
 from .loops import TAILS, fuse, peel, reorder, split, tile, unroll
 from .memory import cache_read, cache_write, layout, pad_input
 from .nest import loop_names
+from .offsets import fold_zero_point
 from .steps import Step, load_steps, parse_steps
 from .winograd import winograd
 
@@ -33,7 +34,7 @@ PRIMITIVES = {
     "split": split, "tile": tile, "reorder": reorder, "fuse": fuse, "unroll": unroll, "peel": peel,
     "vectorize": vectorize, "dot": dot, "parallel": parallel, "bind": bind,
     "cache_write": cache_write, "cache_read": cache_read, "pad_input": pad_input, "layout": layout,
-    "winograd": winograd, "compute_at": compute_at,
+    "winograd": winograd, "compute_at": compute_at, "fold_zero_point": fold_zero_point,
 }
 
 __all__ = ["Schedule", "Step", "PRIMITIVES", "TAILS", "apply_step", "apply_schedule", "trace", "as_steps",
@@ -182,6 +183,9 @@ class Schedule:
 
     def pad_input(self, buffer: str = "x") -> "Schedule":
         return self.then("pad_input", buffer)
+
+    def fold_zero_point(self, buffer: str = "x") -> "Schedule":
+        return self.then("fold_zero_point", buffer)
 
     def layout(self, buffer: str, layout: str) -> "Schedule":
         return self.then("layout", buffer, layout)

@@ -283,8 +283,9 @@ def schedule_for(spec: Spec, target: Target, point: Config) -> Schedule:
     - "one-pixel": lanes, vectors, threads;
     - "winograd": tile (2 or 4), threads;
     - "scalar": none (a target without vector registers);
-    - "dot": rows, columns (the register tile), width (elements a dot loop takes: 4 or 8),
-      for int8 on a target with packed dot products (Arm's DSP extension or Helium);
+    - "dot": rows, columns (the register tile), width (elements a dot loop takes: 4, 8 or 16),
+      fold (the zero point folded into the bias), for int8 on a target with packed dot
+      products (Arm's DSP extension or Helium);
     - "lanes": columns, for an int8 depthwise layer on Helium (channels as vector lanes);
     - "inside-pool": none (the convolution computed per pool window, without vector registers);
     - "naive": none (the loop nest as lowered: the default where no recipe fits).
@@ -306,7 +307,7 @@ def schedule_for(spec: Spec, target: Target, point: Config) -> Schedule:
     elif recipe == "scalar":
         return _scalar_tile(spec, target)
     elif recipe == "dot":
-        return _dot_tile(spec, knobs["rows"], knobs["columns"], knobs["width"])
+        return _dot_tile(spec, knobs["rows"], knobs["columns"], knobs["width"], knobs.get("fold", False))
     elif recipe == "lanes":
         return _lanes_tile(spec, knobs["columns"])
     elif recipe == "inside-pool":
@@ -669,26 +670,35 @@ def _dot_candidate(spec: Spec, target: Target) -> "_Candidate":
     """The dot tile's size. Both kinds of dot product accumulate in general
     registers, 13 on a Cortex-M, so the tile is four output channels by one
     column, each input word feeding four dot products; wider tiles left gcc
-    spilling. Helium takes eight channels a dot loop, the DSP extension four
-    (eight spilled). Under QEMU, ds_cnn_pw_int8 executed 1.99 instructions
-    per MAC on an M4 with this tile against 2.24-3.24 with 2x1, 2x2, 1x5 and
-    4x2, and 0.80 on an M55 against 0.87-0.95 (4x2, 2x1, sixteen channels)."""
+    spilling. Helium takes eight channels a dot loop (sixteen int8 lanes
+    where the zero point is folded), the DSP extension four (eight spilled).
+    Under QEMU, ds_cnn_pw_int8 executed 1.99 instructions per MAC on an M4
+    with this tile against 2.24-3.24 with 2x1, 2x2, 1x5 and 4x2, and 0.80 on
+    an M55 against 0.87-0.95 (4x2, 2x1, sixteen int16 channels); folding its
+    zero point made these 1.96 and 0.59."""
     helium = _has_helium(target)
-    width = 8 if helium and spec.in_channels % 8 == 0 else ir.DOT_WIDTH
+    fold = not any(spec.padding) and spec.bias and spec.quantization.input_zero_point != 0
+    width = next(w for w in ((16, 8, 4) if helium and fold else (8, 4) if helium else (4,))
+                 if spec.in_channels % w == 0)
     rows = next(r for r in (4, 2, 1) if spec.out_channels % r == 0)
     params = (("tile", f"{rows} channels x 1 column"), ("dot", f"{width} input channels"),
-              ("products", "Helium VMLADAV" if helium else "SMLAD pairs"))
+              ("products", "Helium VMLADAV" if helium else "SMLAD pairs")) + (
+              (("zero point", "folded into the bias"),) if fold else ())
     return _Candidate("packed dot tile", params, f"int8 with packed dot products on {target.name}",
-                      config(recipe="dot", rows=rows, columns=1, width=width))
+                      config(recipe="dot", rows=rows, columns=1, width=width, fold=fold))
 
 
-def _dot_tile(spec: Spec, rows: int, columns: int, width: int) -> Schedule:
+def _dot_tile(spec: Spec, rows: int, columns: int, width: int, fold: bool = False) -> Schedule:
     """A register tile of `rows` output channels by `columns` output columns
     around a dot loop over `width` contiguous input channels, innermost: each
     input word feeds `rows` dot products and each weight word `columns`.
     Weights of a kernel larger than 1x1 are laid out OHWI, input channels
-    innermost as in the NHWC input (prepared once, or baked so at build time)."""
+    innermost as in the NHWC input (prepared once, or baked so at build time).
+    fold: the input's zero point folded into the bias first (a layer without
+    padding), so that the products take the input as stored."""
     s = Schedule.for_spec(spec)
+    if fold:
+        s = s.fold_zero_point()
     if spec.kernel_size != (1, 1):
         s = s.layout("w", "OHWI")
     s = s.split("ic", width, tail="perfect")
