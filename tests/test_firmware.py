@@ -79,6 +79,9 @@ SHAPES = {
                            layout="NHWC", activation="relu"),
     "conv3x3_nhwc": dict(op="conv2d", in_channels=12, out_channels=6, input_size=[6, 5], kernel_size=3,
                          padding=1, layout="NHWC"),
+    # one input channel (the dot tile does not take it): output channels as Helium lanes on the M55
+    "conv1ch_s2_nhwc": dict(op="conv2d", in_channels=1, out_channels=8, input_size=[9, 9], kernel_size=3,
+                            stride=2, padding=1, layout="NHWC", activation="relu6"),
     # and a depthwise one, channels in fours: four Helium lanes on the M55
     "depthwise_nhwc": dict(op="conv2d", in_channels=8, out_channels=8, groups=8, input_size=[7, 6], kernel_size=3,
                            padding=1, layout="NHWC", activation="relu6"),
@@ -142,7 +145,7 @@ def test_int8_spec_files_match_the_reference_bit_for_bit_on_cortex_m4(path, tmp_
 @needs_qemu
 @pytest.mark.parametrize("target", ["cortex-m7", "cortex-m55"])
 @pytest.mark.parametrize("name", ["conv3x3_s2_int8", "depthwise_int8", "maxpool_pad_int8", "pointwise_nhwc_int8",
-                                  "conv3x3_nhwc_int8", "depthwise_nhwc_int8"])
+                                  "conv3x3_nhwc_int8", "depthwise_nhwc_int8", "conv1ch_s2_nhwc_int8"])
 def test_int8_kernels_match_the_reference_bit_for_bit_on_other_cores(name, target, tmp_path):
     _check_on_board(name, target, tmp_path, INT8_SHAPES[name])
 
@@ -151,11 +154,12 @@ def test_int8_kernels_match_the_reference_bit_for_bit_on_other_cores(name, targe
 @pytest.mark.parametrize("layer, expected", [
     ("ds_cnn_pw_int8", {"cortex-m4": "smlad", "cortex-m7": "smlad", "cortex-m55": "vmladava", "cortex-m0plus": None}),
     ("ds_cnn_dw_int8", {"cortex-m55": "vmul"}),
+    ("person_detect_conv1_int8", {"cortex-m55": "vmla"}),
 ])
 def test_int8_kernels_use_the_cores_own_instructions(layer, expected, tmp_path):
     """The default kernels: SMLAD on the DSP cores, Helium's VMLADAV (dot
-    products) and VMUL (depthwise lanes) on the M55, and none of these in
-    the portable C an M0+ gets."""
+    products), VMUL (depthwise lanes) and VMLA (lanes by a scalar) on the
+    M55, and none of these in the portable C an M0+ gets."""
     spec = load_spec(Path(__file__).parent.parent / "specs" / "layers" / f"{layer}.yaml")
     for name, instruction in expected.items():
         target = load_target(name)

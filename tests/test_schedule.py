@@ -259,6 +259,10 @@ def test_depthwise_lanes_keep_results_exact_on_the_cpu_backends():
     assert [l.var.name for l in ir.find_all(s.func.body, ir.Loop) if l.kind == "vectorized"] == ["oc.i"]
     assert "convgen_mac4_i8(&acc[" in convgen.build(spec, "c", schedule=s).source
     matches_reference(spec, s)
+    one_channel = convgen.load_spec(dict(DOT, name="lanes1", in_channels=1, out_channels=8))
+    s = schedule_for(one_channel, load_target("cortex-m55"), config(recipe="lanes", columns=3))
+    assert "convgen_mac4_scalar_i8(&acc[" in convgen.build(one_channel, "c", schedule=s).source
+    matches_reference(one_channel, s)
 
 
 @pytest.mark.parametrize("make, words", [

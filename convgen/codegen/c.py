@@ -171,6 +171,25 @@ static inline void convgen_mac4_i8(int32_t *acc, const int8_t *a, int32_t a_offs
     }
 }
 #endif""")
+# The same with one factor the same in every lane (an input element against four
+# output channels' weights): Helium's multiply-accumulate by a scalar, VMLA.
+_HELPERS[("mac4_scalar", ir.INT8)] = ("convgen_mac4_scalar_i8", """\
+#if defined(__ARM_FEATURE_MVE)
+#include <arm_mve.h>
+static inline void convgen_mac4_scalar_i8(int32_t *acc, const int8_t *a, int32_t a_offset, int32_t b)
+{
+    int32x4_t a_vector = vldrbq_s32(a);
+    if (a_offset) a_vector = vaddq_n_s32(a_vector, a_offset);
+    vst1q_s32(acc, vmlaq_n_s32(vld1q_s32(acc), a_vector, b));
+}
+#else
+static inline void convgen_mac4_scalar_i8(int32_t *acc, const int8_t *a, int32_t a_offset, int32_t b)
+{
+    for (int k = 0; k < 4; ++k) {
+        acc[k] += ((int32_t)a[k] + a_offset) * b;
+    }
+}
+#endif""")
 # Pragmas behind macros: without OpenMP (or -DCONVGEN_OPENMP_SIMD) they vanish, and no
 # compiler warns about an unknown pragma.
 _MACROS = {
@@ -485,13 +504,19 @@ class CLikeEmitter:
         found = ir.match_lanes(node)
         if isinstance(found, str) or node.extent != ir.MAC_LANES:
             return False
-        self.helpers.add(("mac4", ir.INT8))
+        key = ("mac4_scalar" if found.b.broadcast else "mac4", ir.INT8)
+        self.helpers.add(key)
         if found.cond is not None:
             self.emit(depth, f"if ({self.expr(found.cond)}) {{")
         at = {node.var.name: ir.IntImm(0)}
         acc, a, b = (f"&{self.access(load.buffer, ir.simplify(ir.substitute(load, at), self.ranges).indices)}"
                      for load in (ir.Load(found.store.buffer, found.store.indices), found.a.load, found.b.load))
-        call = f"{_HELPERS[('mac4', ir.INT8)][0]}({acc}, {a}, {found.a.offset}, {b}, {found.b.offset});"
+        if found.b.broadcast:   # the value itself: (int32_t)b[..] + offset
+            value = ir.binop("+", ir.Cast(found.b.load, ir.INT32), ir.IntImm(found.b.offset, ir.INT32))
+            b = self.expr(ir.simplify(ir.substitute(value, at), self.ranges))
+            call = f"{_HELPERS[key][0]}({acc}, {a}, {found.a.offset}, {b});"
+        else:
+            call = f"{_HELPERS[key][0]}({acc}, {a}, {found.a.offset}, {b}, {found.b.offset});"
         self.emit(depth + (found.cond is not None), call)
         if found.cond is not None:
             self.emit(depth, "}")

@@ -14,8 +14,9 @@ one; the schedule's `dot` step and the backends share it.
 
 A vectorized loop of the same statement whose accumulator moves with the
 loop, one element a lane, is a lane-wise multiply-accumulate (a depthwise
-layer's channels): `match_lanes` reads it back, and C runs four such lanes
-as one Helium vector of int32.
+layer's channels; or output channels, each input element the same in every
+lane): `match_lanes` reads it back, and C runs four such lanes as one
+Helium vector of int32.
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ MAX_OFFSET = 32767 - 128  # an offset plus an int8 value must fit int16, the wid
 @dataclass(frozen=True)
 class Operand:
     """One factor of the product: `load` (an int8 element, contiguous along
-    the loop) plus `offset`."""
+    the loop, or for a lane-wise multiply-accumulate the same in every lane:
+    `broadcast`) plus `offset`."""
 
     load: Load
     offset: int
+    broadcast: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,14 +91,18 @@ def _match_mac(loop: Loop, moves: bool) -> Dot | str:
     product = value.b if value.a == accumulator else value.a if value.b == accumulator else None
     if not (isinstance(product, BinOp) and product.op == "*"):
         return f"what is added to '{body.buffer.name}' is not a product"
-    operands = [_operand(side, var) for side in (product.a, product.b)]
+    operands = [_operand(side, var, broadcast=moves) for side in (product.a, product.b)]
     for found in operands:
         if isinstance(found, str):
             return found
-    return Dot(body, operands[0], operands[1], cond)
+    if all(o.broadcast for o in operands):
+        return "neither factor moves along it"
+    a, b = sorted(operands, key=lambda o: o.broadcast)   # a broadcast factor second
+    return Dot(body, a, b, cond)
 
 
-def _operand(expr: Expr, var: str) -> Operand | str:
+def _operand(expr: Expr, var: str, broadcast: bool = False) -> Operand | str:
+    """The factor, contiguous along var (or, where `broadcast`, the same for every var)."""
     offset = 0
     if isinstance(expr, BinOp) and expr.op == "+" and isinstance(expr.b, IntImm):
         expr, offset = expr.a, expr.b.value
@@ -106,6 +113,8 @@ def _operand(expr: Expr, var: str) -> Operand | str:
         return f"the offset {offset} does not fit a 16-bit product with an int8 value"
     load = expr.value
     stride = linear_coefficient(flat_index(load.buffer, load.indices), var)
+    if stride == 0 and broadcast:
+        return Operand(load, offset, broadcast=True)
     if stride != 1:
         return (f"'{load.buffer.name}' is not contiguous along '{var}' (its elements are "
                 f"{'not evenly' if stride is None else stride} apart)")

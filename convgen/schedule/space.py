@@ -286,7 +286,7 @@ def schedule_for(spec: Spec, target: Target, point: Config) -> Schedule:
     - "dot": rows, columns (the register tile), width (elements a dot loop takes: 4, 8 or 16),
       fold (the zero point folded into the bias), for int8 on a target with packed dot
       products (Arm's DSP extension or Helium);
-    - "lanes": columns, for an int8 depthwise layer on Helium (channels as vector lanes);
+    - "lanes": columns, for an int8 layer on Helium (output channels as vector lanes);
     - "inside-pool": none (the convolution computed per pool window, without vector registers);
     - "naive": none (the loop nest as lowered: the default where no recipe fits).
     A layer with a fused pool gets the pool's steps after the convolution's."""
@@ -415,8 +415,8 @@ def default_recipe(spec: Spec, target: Target, threads: int = 1) -> Recipe | Non
     among the target's vector registers. A target without vector registers
     (a Cortex-M) gets, for int8 layers where its packed instructions apply,
     the packed dot tile (`_dot_tile`: the DSP extension's SMLAD or Helium's
-    VMLADAV) or, for depthwise layers on Helium, channels as vector lanes
-    (`_lanes_tile`); else a scalar register tile (`_scalar_tile`). A
+    VMLADAV) or, for other int8 layers on Helium, output channels as vector
+    lanes (`_lanes_tile`); else a scalar register tile (`_scalar_tile`). A
     recipe that applies but is refused by a step (a guarded tail it cannot
     take, say) passes the layer on to the next; the refusal is named in `why`.
     """
@@ -720,9 +720,11 @@ def _dot_tile(spec: Spec, rows: int, columns: int, width: int, fold: bool = Fals
 
 
 def _lanes_apply(spec: Spec, target: Target) -> bool:
-    """An int8 depthwise layer in NHWC, its channels in fours and its output
-    columns in threes, fours or fives, on Helium."""
-    return (spec.is_conv and spec.is_quantized and spec.groups == spec.in_channels == spec.out_channels
+    """An int8 layer in NHWC, depthwise or of one group that the dot tile
+    does not take (input channels not in fours), its output channels in
+    fours and its output columns in threes, fours or fives, on Helium."""
+    depthwise = spec.groups == spec.in_channels == spec.out_channels
+    return (spec.is_conv and spec.is_quantized and (depthwise or (spec.groups == 1 and not _dot_applies(spec, target)))
             and spec.input_layout == spec.output_layout == "NHWC" and spec.out_channels % ir.MAC_LANES == 0
             and spec.padding_mode == "zeros" and spec.pool is None and _has_helium(target)
             and _lanes_columns(spec) is not None)
@@ -745,16 +747,19 @@ def _lanes_candidate(spec: Spec) -> "_Candidate":
     columns = _lanes_columns(spec)
     params = (("tile", f"4 channels x {columns} columns"), ("products", "Helium, four int32 lanes"),
               ("weights", "IHWO"))
-    return _Candidate("channel-lanes depthwise", params, "an int8 depthwise layer in NHWC on Helium",
+    kind = "depthwise" if spec.groups > 1 else "with input channels not in fours"
+    return _Candidate("channel lanes", params, f"an int8 layer in NHWC, {kind}, on Helium",
                       config(recipe="lanes", columns=columns))
 
 
 def _lanes_tile(spec: Spec, columns: int) -> Schedule:
-    """Depthwise int8 on Helium: a tile of `columns` output columns by four
-    channels, the channels innermost as the four int32 lanes of a vector
-    (C renders their multiply-accumulate as Helium's), the kernel's taps
-    unrolled around them as in the scalar tile; weights laid out IHWO, so
-    that a tap's four channels lie side by side, as they do in NHWC."""
+    """int8 on Helium: a tile of `columns` output columns by four output
+    channels, the channels innermost as the four int32 lanes of a vector (C
+    renders their multiply-accumulate as Helium's: for a depthwise layer
+    input by weight lane by lane, else the weights by one input element),
+    the kernel's taps unrolled around them as in the scalar tile; weights
+    laid out IHWO, so that a tap's four channels lie side by side, as they
+    do in NHWC."""
     s = Schedule.for_spec(spec).layout("w", "IHWO").split("oc", ir.MAC_LANES, tail="perfect")
     width = spec.conv_output_size[1]
     if columns > 1:
@@ -763,7 +768,7 @@ def _lanes_tile(spec: Spec, columns: int) -> Schedule:
     column, tile = ("ow.o", ["ow.i"]) if columns > 1 else ("ow", [])
     outer = [n for n in ("n", "oc.o", "oh", column) if n in names]
     s = s.reorder(*outer, *tile, "oc.i").cache_write(column)
-    s = s.reorder(*[n for n in ("kh", "kw") if n in names], *tile, "oc.i")
+    s = s.reorder(*[n for n in ("ic", "kh", "kw") if n in names], *tile, "oc.i")
     for loop in tile:
         s = s.unroll(loop).unroll(f"{loop}.init").unroll(f"{loop}.out")
     statements = columns
