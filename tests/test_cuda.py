@@ -2,7 +2,6 @@
 against the reference, the emulator's barriers, the renderer's refusals, and the
 emitted code compiled by nvcc where it is installed."""
 
-import math
 import shutil
 from dataclasses import replace
 

@@ -17,7 +17,6 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import convgen  # noqa: E402
 from convgen.check import network_tolerance  # noqa: E402
-from convgen.driver import build_network  # noqa: E402
 from convgen.import_onnx import UnsupportedModel, import_onnx, write_network  # noqa: E402
 from convgen.network import load_network  # noqa: E402
 from convgen.reference import network_reference  # noqa: E402
