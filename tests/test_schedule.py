@@ -272,6 +272,8 @@ def test_depthwise_lanes_keep_results_exact_on_the_cpu_backends():
     (lambda: chain(DOT).reorder("kh", "kw", "ic").dot("ic"), ["'w' is not contiguous along 'ic'", "9 apart"]),
     (lambda: chain(dict(DOT, in_channels=6)).layout("w", "OHWI").reorder("kh", "kw", "ic").dot("ic"),
      ["6 iterations; expected a multiple of 4"]),
+    (lambda: chain(dict(DOT, in_channels=68)).layout("w", "OHWI").reorder("kh", "kw", "ic").dot("ic"),
+     ["68 iterations; expected at most 64"]),
     (lambda: chain(DOT).layout("w", "OHWI").split("ic", 4).reorder("kh", "kw", "ic.o", "ic.i").dot("ic.i")
      .dot("ic.i"), ["'ic.i' is already dot"]),
 ])

@@ -60,8 +60,8 @@ def dot(func: ir.Func, loop: str) -> ir.Func:
     plain loop elsewhere; the other backends run a plain loop. The result
     is the same everywhere: the products and their sum are exact in int32.
 
-    It requires: the loop is serial, innermost, a multiple of 4 iterations,
-    and its one statement (under a guard that does not depend on it) is
+    It requires: the loop is serial, innermost, a multiple of 4 iterations
+    (64 at most), and its one statement (under a guard that does not depend on it) is
     `acc[..] = acc[..] + (int32(a[..]) + c) * (int32(b[..]) + d)`: an int32
     accumulator that does not move along the loop, a and b int8 buffers
     whose elements are contiguous along it, c and d constants (zero points)
@@ -73,6 +73,9 @@ def dot(func: ir.Func, loop: str) -> ir.Func:
     """
     target = find_loop(func, loop, "dot")
     require_serial(target, "dot")
+    if target.extent > MAX_LANES:
+        raise ScheduleError("dot", f"'{loop}' has {target.extent} iterations; expected at most {MAX_LANES}",
+                            f"split it, e.g. split({loop}, 8) and dot {loop}.i")
     inner = ir.find_all(target.body, ir.Loop)
     if inner:
         raise ScheduleError("dot", f"'{loop}' is not innermost: '{inner[0].var.name}' is inside it",
