@@ -14,6 +14,7 @@ an outer loop across threads. Widths come from the target, never literals.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from math import prod
 
 from .. import ir
@@ -381,6 +382,7 @@ def default_schedule(spec: Spec, target: Target, threads: int = 1) -> tuple:
     return recipe.steps if recipe else ()
 
 
+@lru_cache(maxsize=64)   # a layer built for a second backend, or again, reuses the search
 def default_recipe(spec: Spec, target: Target, threads: int = 1) -> Recipe | None:
     """The schedule convgen uses when a spec brings none: the first recipe of
     the layer's family that applies, else None (the naive loop nest).
