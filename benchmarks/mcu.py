@@ -51,9 +51,7 @@ def measure_layer(spec, target, folder: Path, schedule=None) -> firmware.Report:
     files = emit(chosen, "c")
     inputs = random_inputs(spec, np.random.default_rng(0))
     run = firmware.run_on_qemu(chosen.func, files, target, inputs, folder / "check")
-    expected = reference(spec, inputs["x"], inputs.get("w"), inputs.get("b"))
-    if not all(np.array_equal(out.reshape(expected.shape), expected) for out in run.outputs["y"]):
-        raise SystemExit(f"{spec.name} on {target.name}: outputs differ from the reference")
+    _require_exact(run, reference(spec, inputs["x"], inputs.get("w"), inputs.get("b")), spec.name, target)
     return firmware.report(chosen.func, files, target, folder / "report", inputs, spec.macs)
 
 
@@ -63,11 +61,15 @@ def measure_network(network, target, folder: Path) -> tuple[firmware.Report, int
     files = emit(chosen, "c", Baking(chosen.weights))
     x = random_network_input(network, np.random.default_rng(0))
     run = firmware.run_on_qemu(chosen.func, files, target, {"x": x}, folder / "check")
-    expected = network_reference(network, x, network.load_weights())[network.output]
-    if not all(np.array_equal(out.reshape(expected.shape), expected) for out in run.outputs["y"]):
-        raise SystemExit(f"{network.name} on {target.name}: outputs differ from the reference")
+    _require_exact(run, network_reference(network, x, network.load_weights())[network.output], network.name, target)
     macs = sum(step.plan.spec.macs for step in chosen.layers if step.plan is not None)
     return firmware.report(chosen.func, files, target, folder / "report", {"x": x}, macs), macs
+
+
+def _require_exact(run: firmware.BoardRun, expected: np.ndarray, name: str, target) -> None:
+    """Stop unless every call's output equals the reference bit for bit."""
+    if not all(np.array_equal(out.reshape(expected.shape), expected) for out in run.outputs["y"]):
+        raise SystemExit(f"{name} on {target.name}: outputs differ from the reference")
 
 
 def main() -> None:

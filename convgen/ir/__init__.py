@@ -20,7 +20,7 @@ from .nodes import __all__ as _nodes_all
 from .printer import format_buffer, format_expr, format_func, format_stmt
 from .simplify import (Ranges, bounds, conjuncts, flat_index, hoist_conditions, linear_coefficient, simplify,
                        truncation_is_floor)
-from .dot import DOT_WIDTH, MAC_LANES, Dot, match_dot, match_lanes
+from .dot import DOT_WIDTH, MAC_LANES, Dot, added_product, match_dot, match_lanes
 from .program import Program, Slot, split, with_stages
 from .signature import Argument, Signature, signature
 from .verify import VerifyError, verify
@@ -30,4 +30,4 @@ from .walk import (Rewriter, Visitor, children, constant_buffers, find_all, free
 __all__ = [*_nodes_all, "constant_buffers", "format_buffer", "format_expr", "format_func", "format_stmt", "Ranges", "bounds",
            "flat_index", "hoist_conditions", "linear_coefficient", "simplify", "truncation_is_floor", "Rewriter", "Visitor", "children", "find_all",
            "free_vars", "loops_by_name", "rebind", "substitute", "with_prefix", "verify", "VerifyError", "Argument", "Signature", "signature",
-           "Program", "Slot", "split", "with_stages", "DOT_WIDTH", "MAC_LANES", "Dot", "match_dot", "match_lanes"]
+           "Program", "Slot", "split", "with_stages", "DOT_WIDTH", "MAC_LANES", "Dot", "added_product", "match_dot", "match_lanes"]

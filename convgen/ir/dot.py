@@ -84,13 +84,9 @@ def _match_mac(loop: Loop, moves: bool) -> Dot | str:
     if body.buffer.dtype != INT32 or stride != (1 if moves else 0):
         where = "moves with" if moves else "stays put along"
         return f"the store to '{body.buffer.name}' is not an int32 accumulator that {where} '{var}'"
-    value = body.value
-    accumulator = Load(body.buffer, body.indices)
-    if not (isinstance(value, BinOp) and value.op == "+"):
-        return f"'{body.buffer.name}' is not added to"
-    product = value.b if value.a == accumulator else value.a if value.b == accumulator else None
-    if not (isinstance(product, BinOp) and product.op == "*"):
-        return f"what is added to '{body.buffer.name}' is not a product"
+    product = added_product(body)
+    if product is None:
+        return f"'{body.buffer.name}' is not added a product to"
     operands = [_operand(side, var, broadcast=moves) for side in (product.a, product.b)]
     for found in operands:
         if isinstance(found, str):
@@ -99,6 +95,16 @@ def _match_mac(loop: Loop, moves: bool) -> Dot | str:
         return "neither factor moves along it"
     a, b = sorted(operands, key=lambda o: o.broadcast)   # a broadcast factor second
     return Dot(body, a, b, cond)
+
+
+def added_product(store: Store) -> BinOp | None:
+    """The product a store adds into its own element (acc = acc + a * b), or None."""
+    value, accumulator = store.value, Load(store.buffer, store.indices)
+    if isinstance(value, BinOp) and value.op == "+" and accumulator in (value.a, value.b):
+        product = value.b if value.a == accumulator else value.a
+        if isinstance(product, BinOp) and product.op == "*":
+            return product
+    return None
 
 
 def _operand(expr: Expr, var: str, broadcast: bool = False) -> Operand | str:

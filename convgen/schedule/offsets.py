@@ -66,16 +66,6 @@ def _is_offset_read(expr: ir.Expr, buffer: str) -> int | None:
     return None
 
 
-def _product_of(store: ir.Store) -> ir.BinOp | None:
-    """The product a store adds into its own accumulator, if it does."""
-    value, accumulator = store.value, ir.Load(store.buffer, store.indices)
-    if isinstance(value, ir.BinOp) and value.op == "+" and accumulator in (value.a, value.b):
-        product = value.b if value.a == accumulator else value.a
-        if isinstance(product, ir.BinOp) and product.op == "*":
-            return product
-    return None
-
-
 class _MultiplyAdds(ir.Rewriter):
     """Collects the constants added to `buffer` in multiply-adds, and the
     first reason one cannot be folded (a guard on the reduction's taps)."""
@@ -100,7 +90,7 @@ class _MultiplyAdds(ir.Rewriter):
         return node
 
     def visit_Store(self, node: ir.Store) -> ir.Stmt:
-        product = _product_of(node)
+        product = ir.added_product(node)
         offset = None if product is None else next(
             (c for c in (_is_offset_read(product.a, self.buffer), _is_offset_read(product.b, self.buffer))
              if c is not None), None)

@@ -646,9 +646,19 @@ def _scalar_tile(spec: Spec, target: Target) -> Schedule:
     reduction = [n for n in ("ic", "kh", "kw") if n in names]
     if reduction:
         s = s.reorder(*reduction, *tile_loops)
-    for loop in tile_loops:
+    return _unroll_taps(_unroll_tile(s, tile_loops), spec, names, rows * columns)
+
+
+def _unroll_tile(s: Schedule, loops) -> Schedule:
+    """A register tile's loops written out: the accumulators' start, the multiply-adds, the results."""
+    for loop in loops:
         s = s.unroll(loop).unroll(f"{loop}.init").unroll(f"{loop}.out")
-    statements = rows * columns
+    return s
+
+
+def _unroll_taps(s: Schedule, spec: Spec, names, statements: int) -> Schedule:
+    """The kernel's column loop, then its row loop, written out around a tile
+    of `statements` multiply-adds while they stay within _UNROLLED_STATEMENTS."""
     for loop, extent in (("kw", spec.kernel_size[1]), ("kh", spec.kernel_size[0])):
         statements *= extent
         if loop not in names or extent == 1 or statements > _UNROLLED_STATEMENTS:
@@ -716,9 +726,7 @@ def _dot_tile(spec: Spec, rows: int, columns: int, width: int, fold: bool = Fals
     s = s.reorder(*outer, *tile_loops).cache_write(outer[-1])
     reduction = [n for n in ("kh", "kw", "ic.o") if n in names]
     s = s.reorder(*reduction, *tile_loops, "ic.i")
-    for loop in tile_loops:
-        s = s.unroll(loop).unroll(f"{loop}.init").unroll(f"{loop}.out")
-    return s.dot("ic.i")
+    return _unroll_tile(s, tile_loops).dot("ic.i")
 
 
 def _lanes_apply(spec: Spec, target: Target) -> bool:
@@ -771,15 +779,7 @@ def _lanes_tile(spec: Spec, columns: int) -> Schedule:
     outer = [n for n in ("n", "oc.o", "oh", column) if n in names]
     s = s.reorder(*outer, *tile, "oc.i").cache_write(column)
     s = s.reorder(*[n for n in ("ic", "kh", "kw") if n in names], *tile, "oc.i")
-    for loop in tile:
-        s = s.unroll(loop).unroll(f"{loop}.init").unroll(f"{loop}.out")
-    statements = columns
-    for loop, extent in (("kw", spec.kernel_size[1]), ("kh", spec.kernel_size[0])):
-        statements *= extent
-        if loop not in names or extent == 1 or statements > _UNROLLED_STATEMENTS:
-            break
-        s = s.unroll(loop)
-    return s.vectorize("oc.i")
+    return _unroll_taps(_unroll_tile(s, tile), spec, names, columns).vectorize("oc.i")
 
 
 def _is_pointwise(spec: Spec) -> bool:
